@@ -1,0 +1,2 @@
+"""Diffusion models for reconstruction: ``densify`` (conditional) and ``assimilate``
+(unconditional prior + score-based data assimilation)."""

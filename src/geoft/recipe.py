@@ -1,0 +1,372 @@
+"""Recipes: one YAML file drives every stage.
+
+Validation is strict (pydantic, ``extra="forbid"``) and happens in two passes: the top level
+(:class:`Recipe`), then every plugin-owned part against the plugin's own model (``source.options``
+against the source's ``Options``, ``data.options`` against the dataset's, ``model.options``,
+``train``, ``densify``, ``assimilate`` and plugin-contributed sections). Every error names the
+file, the key path, the line and what is allowed::
+
+    recipes/demo.yaml:31: train.learning_rte: unknown key; allowed: lr, steps, batch_size, ...
+
+Relative paths in a recipe (``workdir``, local files) are relative to the current directory.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from geoft.errors import RecipeError
+
+
+class Strict(BaseModel):
+    """Base for every recipe model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PluginRef(Strict):
+    name: str = Field(description="registered name (see `geoft plugins list`)")
+    options: dict[str, Any] = Field(default_factory=dict,
+                                    description="options validated by the plugin's own schema")
+
+
+class BBox(Strict):
+    lon_min: float = Field(description="western edge, degrees east (-180..360)")
+    lon_max: float = Field(description="eastern edge, degrees east")
+    lat_min: float = Field(ge=-90, le=90, description="southern edge, degrees north")
+    lat_max: float = Field(ge=-90, le=90, description="northern edge, degrees north")
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.lat_min >= self.lat_max:
+            raise ValueError(f"lat_min ({self.lat_min}) must be below lat_max ({self.lat_max})")
+        if self.lon_min >= self.lon_max:
+            raise ValueError(f"lon_min ({self.lon_min}) must be west of lon_max ({self.lon_max}); "
+                             "a box crossing 0 degrees is written e.g. lon_min: -5, lon_max: 5")
+        return self
+
+
+class Split(Strict):
+    train: tuple[_dt.date, _dt.date] = Field(description="first and last day (inclusive)")
+    val: tuple[_dt.date, _dt.date]
+    test: tuple[_dt.date, _dt.date]
+
+    @model_validator(mode="after")
+    def _disjoint(self):
+        spans = [(n, getattr(self, n)) for n in ("train", "val", "test")]
+        for name, (a, b) in spans:
+            if a > b:
+                raise ValueError(f"{name}: first day {a} is after last day {b}")
+        ordered = sorted(spans, key=lambda s: s[1][0])
+        for (n1, (_, b1)), (n2, (a2, _)) in zip(ordered, ordered[1:]):
+            if a2 <= b1:
+                raise ValueError(f"splits {n1} and {n2} overlap ({n2} starts {a2}, "
+                                 f"{n1} ends {b1}); splits must be disjoint")
+        return self
+
+    def as_strings(self) -> dict[str, list[str]]:
+        return {n: [str(d) for d in getattr(self, n)] for n in ("train", "val", "test")}
+
+
+class DataSection(Strict):
+    dataset: str = Field("canonical", description="registered dataset mapping the raw layout")
+    options: dict[str, Any] = Field(default_factory=dict)
+    bbox: BBox | None = Field(None, description="crop before preparing (None: whole source)")
+    patch_size: int = Field(4, ge=1, description="crop the grid so that lat/lon sizes are "
+                            "multiples of this (Aurora's patch size)")
+    split: Split
+    chunk_days: int = Field(31, ge=1, description="time chunk of the prepared store")
+
+
+class ModelSection(Strict):
+    name: str = Field("aurora", description="registered model adapter")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvaluateSection(Strict):
+    split: Literal["train", "val", "test"] = "test"
+    checkpoint: str = Field("best", description="'best', 'latest' or a checkpoint directory")
+    lead_steps: int = Field(5, ge=1, description="forecast steps per initial time")
+    max_init_times: int | None = Field(None, ge=1, description="cap on initial times (None: all)")
+    metrics: list[str] = Field(default_factory=lambda: ["rmse", "bias", "acc"])
+    baselines: list[str] = Field(default_factory=lambda: ["persistence", "climatology"])
+    maps: bool = Field(True, description="write PNG maps of truth/prediction/error")
+    batch_size: int = Field(4, ge=1)
+
+
+class Recipe(Strict):
+    name: str = Field(description="short name of the experiment")
+    description: str = ""
+    workdir: Path = Field(description="every stage writes below this directory")
+    seed: int = 0
+    source: PluginRef
+    data: DataSection
+    model: ModelSection = Field(default_factory=ModelSection)
+    train: dict[str, Any] | None = None
+    evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
+    densify: dict[str, Any] | None = None
+    assimilate: dict[str, Any] | None = None
+
+    # where each stage writes; one place so stages agree
+    @property
+    def raw_dir(self) -> Path:
+        return self.workdir / "raw"
+
+    @property
+    def store_path(self) -> Path:
+        return self.workdir / "prepared" / "store.zarr"
+
+    @property
+    def finetune_dir(self) -> Path:
+        return self.workdir / "finetune"
+
+    @property
+    def evaluate_dir(self) -> Path:
+        return self.workdir / "evaluate"
+
+
+@dataclass
+class LoadedRecipe:
+    """A validated recipe plus the validated plugin-owned parts and the resolved form."""
+
+    path: Path | None
+    recipe: Recipe
+    parts: dict[str, BaseModel]  # "source", "data", "model", "train", ... -> validated model
+    extra_sections: dict[str, BaseModel]
+    resolved: dict[str, Any]
+
+    @property
+    def hash(self) -> str:
+        return recipe_hash(self.resolved)
+
+    def part(self, key: str) -> BaseModel | None:
+        return self.parts.get(key)
+
+
+def recipe_hash(resolved: dict[str, Any]) -> str:
+    text = json.dumps(resolved, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# -- YAML with line numbers ----------------------------------------------------------------
+def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
+    """1-based line of the deepest node reachable along ``loc`` in a composed YAML tree."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            found = None
+            for k, v in node.value:
+                if k.value == str(key):
+                    found = (k, v)
+                    break
+            if found is None:
+                return line
+            line = found[0].start_mark.line + 1
+            node = found[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _allowed(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    """Field names allowed at ``loc`` (the parent of an unknown key) in ``model``."""
+    current: Any = model
+    for key in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(key))
+        if field is None:
+            return None
+        current = _model_in(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return None
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _raise_validation(exc: ValidationError, model: type[BaseModel], *, prefix: tuple,
+                      path: Path | None, node: yaml.Node | None) -> None:
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    full = prefix + loc
+    key = ".".join(str(k) for k in full) or "(top level)"
+    line = _line_of(node, full)
+    where = f"{path or '<recipe>'}" + (f":{line}" if line else "")
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed(model, loc[:-1])
+        fix = (f"allowed keys here: {', '.join(allowed)}" if allowed else
+               "remove the key") + "; `geoft recipe schema` shows the full schema"
+        raise RecipeError(f"{key}: unknown key", where=where, fix=fix) from None
+    if err["type"] == "missing":
+        raise RecipeError(f"{key}: required key missing", where=where,
+                          fix=f"add `{full[-1]}:` (see `geoft recipe schema`)") from None
+    msg = err["msg"]
+    value = err.get("input")
+    shown = f" (got {value!r})" if value is not None and not isinstance(value, dict) else ""
+    raise RecipeError(f"{key}: {msg}{shown}", where=where,
+                      fix="see `geoft recipe schema` for the allowed values") from None
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = data
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+        if not isinstance(cur, dict):
+            raise RecipeError(f"cannot set {dotted}: {k} is not a section", where="--set")
+    cur[keys[-1]] = value
+
+
+def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
+    """``["train.lr=1e-4", "workdir=runs/x"]`` -> ``[(key, yaml value)]``."""
+    out = []
+    for item in items or []:
+        if "=" not in item:
+            raise RecipeError(f"override {item!r} is not KEY=VALUE", where="--set",
+                              fix="write e.g. --set train.lr=1e-4")
+        key, _, value = item.partition("=")
+        out.append((key.strip(), yaml.safe_load(value)))
+    return out
+
+
+def load_recipe(path: str | Path | None = None, *, data: dict | None = None,
+                overrides: list[tuple[str, Any]] | None = None,
+                validate_plugins: bool = True) -> LoadedRecipe:
+    """Read, validate and resolve a recipe (see the module docstring)."""
+    node = None
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise RecipeError("recipe file not found", where=str(path),
+                              fix="check the path; `ls recipes/` lists the shipped recipes")
+        text = path.read_text()
+        try:
+            node = yaml.compose(text)
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise RecipeError(f"not valid YAML ({getattr(exc, 'problem', exc)})", where=where,
+                              fix="check indentation and colons on that line") from None
+    data = dict(data or {})
+    if not isinstance(data, dict):
+        raise RecipeError("a recipe must be a mapping of sections", where=str(path))
+    for key, value in overrides or []:
+        _set_dotted(data, key, value)
+
+    from geoft.plugins import get_plugin_manager
+
+    pm = get_plugin_manager() if validate_plugins else None
+    extra_models: dict[str, type[BaseModel]] = {}
+    if pm is not None:
+        for name in pm.names("recipe_section"):
+            extra_models[name] = pm.get("recipe_section", name)
+    core = {k: v for k, v in data.items() if k not in extra_models}
+    try:
+        recipe = Recipe.model_validate(core)
+    except ValidationError as exc:
+        _raise_validation(exc, Recipe, prefix=(), path=path, node=node)
+
+    parts: dict[str, BaseModel] = {}
+    extras: dict[str, BaseModel] = {}
+
+    def check(key_path: tuple, model: type[BaseModel], raw: Any) -> BaseModel:
+        try:
+            return model.model_validate(raw or {})
+        except ValidationError as exc:
+            _raise_validation(exc, model, prefix=key_path, path=path, node=node)
+            raise  # unreachable
+
+    if pm is not None:
+        parts["source"] = check(("source", "options"),
+                                pm.get("source", recipe.source.name).Options, recipe.source.options)
+        parts["data"] = check(("data", "options"),
+                              pm.get("dataset", recipe.data.dataset).Options, recipe.data.options)
+        stage_models = _stage_models(pm, recipe)
+        for key, model in stage_models.items():
+            raw = getattr(recipe, key)
+            if raw is not None or key == "model":
+                parts[key] = check((key, "options") if key == "model" else (key,), model,
+                                   recipe.model.options if key == "model" else raw)
+        for name, model in extra_models.items():
+            if name in data:
+                extras[name] = check((name,), model, data[name])
+
+    resolved = recipe.model_dump(mode="json")
+    for key, model in parts.items():
+        dumped = model.model_dump(mode="json")
+        if key in ("source", "data", "model"):
+            resolved[key]["options"] = dumped
+        else:
+            resolved[key] = dumped
+    for name, model in extras.items():
+        resolved[name] = model.model_dump(mode="json")
+    return LoadedRecipe(path, recipe, parts, extras, resolved)
+
+
+def _stage_models(pm, recipe: Recipe) -> dict[str, type[BaseModel]]:
+    """The schema of each stage section, from the plugins that run the stage."""
+    models: dict[str, type[BaseModel]] = {}
+    if recipe.model.name:
+        adapter = pm.get("model", recipe.model.name)
+        models["model"] = adapter.Options
+        if recipe.train is not None:
+            models["train"] = adapter.TrainConfig
+    for stage in ("densify", "assimilate"):
+        section = getattr(recipe, stage)
+        if section is not None:
+            method = (section or {}).get("method", _DEFAULT_METHOD[stage])
+            models[stage] = pm.get("reconstructor", method).Config
+    return models
+
+
+_DEFAULT_METHOD = {"densify": "diffusion-densify", "assimilate": "sda"}
+
+
+def dump_yaml(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the recipe, with every registered plugin's section schemas under
+    ``$defs`` and ``x-geoft-plugin-schemas``."""
+    from geoft.plugins import get_plugin_manager
+
+    schema = Recipe.model_json_schema()
+    pm = get_plugin_manager()
+    plugin_schemas: dict[str, dict] = {}
+    for kind, attr in (("source", "Options"), ("dataset", "Options"), ("model", "Options"),
+                       ("model", "TrainConfig"), ("reconstructor", "Config")):
+        for name in pm.names(kind):
+            try:
+                obj = pm.get(kind, name)
+            except Exception as exc:  # noqa: BLE001 - report, don't fail the whole schema
+                plugin_schemas[f"{kind}:{name}"] = {"error": str(exc)}
+                continue
+            model = getattr(obj, attr, None)
+            if model is not None:
+                plugin_schemas[f"{kind}:{name}:{attr}"] = model.model_json_schema()
+    for name in pm.names("recipe_section"):
+        plugin_schemas[f"section:{name}"] = pm.get("recipe_section", name).model_json_schema()
+    schema["x-geoft-plugin-schemas"] = plugin_schemas
+    return schema

@@ -1,0 +1,94 @@
+"""Built-in generic source and dataset: files on disk, data already in canonical layout."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from geoft.errors import GeoftError
+from geoft.protocols import FetchResult
+
+
+class LocalFilesOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    paths: list[str] = Field(description="netCDF (.nc) or zarr (.zarr) files or globs")
+    variables: list[str] | None = Field(None, description="keep only these variables")
+
+
+def expand(paths: list[str]) -> list[Path]:
+    found: list[Path] = []
+    for pattern in paths:
+        matches = sorted(glob.glob(str(Path(pattern).expanduser())))
+        if not matches:
+            raise GeoftError("no file matches", where=pattern,
+                             fix="check the path or glob (relative paths start at the current directory)")
+        found.extend(Path(m) for m in matches)
+    return found
+
+
+def open_files(files: list[Path], variables: list[str] | None = None):
+    import xarray as xr
+
+    zarrs = [f for f in files if f.suffix == ".zarr" or (f / ".zgroup").exists()
+             or (f / "zarr.json").exists()]
+    ncs = [f for f in files if f not in zarrs]
+    parts = [xr.open_zarr(z) for z in zarrs]
+    if ncs:
+        try:
+            parts.append(xr.open_mfdataset(ncs, combine="by_coords", chunks={"time": 31},
+                                           data_vars="minimal", coords="minimal",
+                                           compat="override"))
+        except (OSError, ValueError) as exc:
+            raise GeoftError(f"cannot open as netCDF ({exc})", where=str(ncs[0]),
+                             fix="check the files are complete netCDF with a time coordinate") from exc
+    ds = xr.merge(parts, compat="override") if len(parts) > 1 else parts[0]
+    if variables:
+        missing = [v for v in variables if v not in ds]
+        if missing:
+            raise GeoftError(f"variable(s) {missing} not found (have {sorted(map(str, ds.data_vars))})",
+                             where=str(files[0]), fix="fix the variables list")
+        ds = ds[variables]
+    return ds
+
+
+class LocalFilesSource:
+    summary: ClassVar[str] = "netCDF/zarr files already on disk"
+    Options: ClassVar[type[BaseModel]] = LocalFilesOptions
+
+    def fetch(self, options: LocalFilesOptions, out_dir: Path, *, dry_run: bool = False,
+              progress: bool = True) -> FetchResult:
+        files = expand(options.paths)
+        return FetchResult(files=files, requests=[{"paths": options.paths}],
+                           provenance={"source": "local", "files": [str(f.resolve()) for f in files]})
+
+    def open(self, options: LocalFilesOptions, out_dir: Path):
+        return open_files(expand(options.paths), options.variables)
+
+
+class CanonicalOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    surface_variables: list[str] = Field(default_factory=list, description="(time, lat, lon) vars")
+    level_variables: list[str] = Field(default_factory=list, description="(time, level, lat, lon) vars")
+    rename: dict[str, str] = Field(default_factory=dict,
+                                   description="rename dims/vars first, e.g. {latitude: lat}")
+
+
+class CanonicalDataset:
+    summary: ClassVar[str] = "data already in (time, [level,] lat, lon) layout"
+    Options: ClassVar[type[BaseModel]] = CanonicalOptions
+
+    def to_canonical(self, raw, options: CanonicalOptions):
+        ds = raw.rename(options.rename) if options.rename else raw
+        for v in options.surface_variables + options.level_variables:
+            if v not in ds:
+                raise GeoftError(f"variable {v!r} not in source (have {sorted(map(str, ds.data_vars))})",
+                                 where="data.options", fix="fix the variable lists")
+        ds = ds.copy()
+        ds.attrs["geoft_surface_vars"] = list(options.surface_variables)
+        ds.attrs["geoft_level_vars"] = list(options.level_variables)
+        return ds

@@ -1,0 +1,122 @@
+"""The pipeline stages as plain functions (the CLI is a thin face over these).
+
+Each takes a :class:`geoft.recipe.LoadedRecipe`, does its work through the registered plugins,
+writes lineage next to its output and returns a JSON-able summary.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from geoft.errors import GeoftError
+from geoft.lineage import make_lineage, write_lineage
+from geoft.plugins import get_plugin_manager
+from geoft.recipe import LoadedRecipe
+
+STAGES = ("fetch", "prepare", "finetune", "evaluate", "densify", "assimilate")
+
+
+def instance(obj: Any) -> Any:
+    """Registered classes are instantiated with no arguments; objects are used as they are."""
+    return obj() if isinstance(obj, type) else obj
+
+
+def source_of(loaded: LoadedRecipe):
+    return instance(get_plugin_manager().get("source", loaded.recipe.source.name))
+
+
+def run_fetch(loaded: LoadedRecipe, *, dry_run: bool = False, progress: bool = True) -> dict:
+    t0 = time.perf_counter()
+    out = loaded.recipe.raw_dir
+    result = source_of(loaded).fetch(loaded.parts["source"], out, dry_run=dry_run,
+                                     progress=progress)
+    if not dry_run:
+        record = make_lineage("fetch", loaded, facts={"provenance": result.provenance,
+                                                      "files": [str(f) for f in result.files]})
+        write_lineage(out, record, loaded)
+    return {"stage": "fetch", "source": loaded.recipe.source.name, "out": str(out),
+            "dry_run": dry_run, "requests": result.requests, "files": len(result.files),
+            "skipped": len(result.skipped), "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def run_prepare(loaded: LoadedRecipe, *, progress: bool = True) -> dict:
+    from geoft.prepare import prepare_store
+
+    t0 = time.perf_counter()
+    recipe = loaded.recipe
+    pm = get_plugin_manager()
+    raw = source_of(loaded).open(loaded.parts["source"], recipe.raw_dir)
+    dataset = instance(pm.get("dataset", recipe.data.dataset))
+    canonical = dataset.to_canonical(raw, loaded.parts["data"])
+    record = make_lineage("prepare", loaded, inputs=[recipe.raw_dir])
+    summary = prepare_store(canonical, recipe.data, recipe.store_path, lineage=record,
+                            progress=progress)
+    record["facts"] = summary
+    write_lineage(recipe.store_path.parent, record, loaded)
+    return {"stage": "prepare", **summary, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _model_adapter(loaded: LoadedRecipe):
+    return instance(get_plugin_manager().get("model", loaded.recipe.model.name))
+
+
+def run_finetune(loaded: LoadedRecipe, *, resume: bool = True, progress: bool = True) -> dict:
+    recipe = loaded.recipe
+    if "train" not in loaded.parts:
+        raise GeoftError("the recipe has no train section", where=str(loaded.path),
+                         fix="add a `train:` section (see `geoft recipe schema`)")
+    store = _require_store(loaded)
+    record = make_lineage("finetune", loaded, inputs=[store])
+    summary = _model_adapter(loaded).finetune(
+        store, loaded.parts["model"], loaded.parts["train"], recipe.finetune_dir,
+        progress=progress, resume=resume, lineage=record)
+    record["facts"] = {k: v for k, v in summary.items() if k != "history"}
+    write_lineage(recipe.finetune_dir, record, loaded)
+    return {"stage": "finetune", **summary}
+
+
+def _require_store(loaded: LoadedRecipe) -> Path:
+    path = loaded.recipe.store_path
+    if not path.exists():
+        raise GeoftError("no prepared store", where=str(path),
+                         fix=f"run `geoft prepare {loaded.path or 'RECIPE'}` first")
+    return path
+
+
+def run_evaluate(loaded: LoadedRecipe, *, checkpoint: str | None = None,
+                 progress: bool = True) -> dict:
+    from geoft.evaluate import evaluate
+
+    store = _require_store(loaded)
+    return evaluate(loaded, store, checkpoint=checkpoint, progress=progress,
+                    adapter=_model_adapter(loaded))
+
+
+def run_reconstruction(loaded: LoadedRecipe, stage: str, *, resume: bool = True,
+                       train: bool = True, progress: bool = True) -> dict:
+    """``densify`` or ``assimilate``: train the method's model (resumable), then reconstruct."""
+    from geoft.recipe import _DEFAULT_METHOD
+
+    recipe = loaded.recipe
+    cfg = loaded.parts.get(stage)
+    if cfg is None:
+        raise GeoftError(f"the recipe has no {stage} section", where=str(loaded.path),
+                         fix=f"add a `{stage}:` section (see recipes/ocean-{stage}-demo.yaml)")
+    method_name = getattr(cfg, "method", None) or _DEFAULT_METHOD[stage]
+    method = instance(get_plugin_manager().get("reconstructor", method_name))
+    store = _require_store(loaded)
+    out = recipe.workdir / stage
+    record = make_lineage(stage, loaded, inputs=[store])
+    summary: dict[str, Any] = {"stage": stage, "method": method_name}
+    if train:
+        summary["train"] = method.train(store, cfg, out / "model", progress=progress,
+                                        resume=resume)
+        write_lineage(out / "model", make_lineage(f"{stage}-train", loaded, inputs=[store],
+                                                  facts=summary["train"]), loaded)
+    record = make_lineage(stage, loaded, inputs=[out / "model"])
+    summary["result"] = method.run(store, cfg, out / "model", out / "result", progress=progress)
+    record["facts"] = summary["result"]
+    write_lineage(out / "result", record, loaded)
+    return summary

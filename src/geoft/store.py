@@ -1,0 +1,270 @@
+"""The prepared-data contract: the zarr store that ``geoft prepare`` writes and every model,
+metric, densifier and assimilator reads.
+
+See ``docs/contract.md`` for the prose version. In short, a prepared store is an xarray
+Dataset saved as zarr with:
+
+* dims ``time`` and ``lat``/``lon`` (1-D, lat strictly decreasing in degrees_north, lon strictly
+  increasing in [0, 360) degrees_east) or ``y``/``x`` with 2-D ``lat(y, x)``/``lon(y, x)`` for
+  projected grids; an optional ``level`` dim (pressure in hPa, or depth in metres positive down
+  for the ocean: ``level.attrs["positive"] == "down"``);
+* dynamic variables, float32, no NaN anywhere (invalid points are filled with the train mean,
+  i.e. 0 after normalisation): *surface* variables ``(time, lat, lon)`` and *level* variables
+  ``(time, level, lat, lon)``, each with CF ``standard_name``/``units`` attrs and normalisation
+  statistics ``norm_mean``/``norm_std`` (one value per level) computed on the train split only,
+  over valid points only;
+* ``valid`` ``(lat, lon)`` bool: where surface values are real data (ocean for GLORYS), and
+  ``valid_level`` ``(level, lat, lon)`` bool for level variables (the ocean shrinks with depth);
+* static fields ``lsm`` (land fraction, 1 = land) and optionally ``z`` (surface geopotential,
+  m2 s-2; for the ocean, minus g times the sea-floor depth);
+* attrs: ``geoft_store_version``, ``geoft_surface_vars``, ``geoft_level_vars``,
+  ``geoft_static_vars``, ``geoft_split`` ({split: [first, last]} inclusive ISO dates),
+  ``geoft_timestep_hours``, ``geoft_lineage`` (JSON: recipe hash, versions, input provenance).
+
+Times are UTC, stored as naive ``datetime64[ns]``; use :func:`to_utc_datetimes` when a model
+needs timezone-aware datetimes (Aurora reads naive datetimes as local time).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from geoft.errors import GeoftError
+
+STORE_VERSION = 1
+SPLITS = ("train", "val", "test")
+MASK_VARS = ("valid", "valid_level")
+
+
+def to_utc_datetimes(times: Iterable[Any]) -> tuple[_dt.datetime, ...]:
+    """Naive UTC ``datetime64`` values -> timezone-aware UTC ``datetime`` objects."""
+    return tuple(
+        pd.Timestamp(t).tz_localize("UTC").to_pydatetime() if pd.Timestamp(t).tzinfo is None
+        else pd.Timestamp(t).tz_convert("UTC").to_pydatetime()
+        for t in times
+    )
+
+
+@dataclass(frozen=True)
+class SplitRange:
+    first: pd.Timestamp
+    last: pd.Timestamp
+
+    def contains(self, times: pd.DatetimeIndex) -> np.ndarray:
+        return np.asarray((times >= self.first) & (times <= self.last))
+
+
+def parse_split(split: Mapping[str, Any]) -> dict[str, SplitRange]:
+    """``{"train": ["2014-01-01", "2018-12-31"], ...}`` -> ``{name: SplitRange}``."""
+    out = {}
+    for name, rng in split.items():
+        first, last = rng
+        out[name] = SplitRange(pd.Timestamp(first), pd.Timestamp(last))
+    return out
+
+
+class PreparedStore:
+    """A validated, lazily opened prepared store.
+
+    ``PreparedStore.open(path)`` checks the contract and raises :class:`GeoftError` naming the
+    first problem. Arrays are read lazily: ``sample(i)`` reads one time step.
+    """
+
+    def __init__(self, path: Path, ds: xr.Dataset):
+        self.path = Path(path)
+        self.ds = ds
+        a = ds.attrs
+        self.surface_vars: tuple[str, ...] = tuple(a.get("geoft_surface_vars", ()))
+        self.level_vars: tuple[str, ...] = tuple(a.get("geoft_level_vars", ()))
+        self.static_vars: tuple[str, ...] = tuple(a.get("geoft_static_vars", ()))
+        self.split = parse_split(a.get("geoft_split", {}))
+        self.timestep = _dt.timedelta(hours=float(a.get("geoft_timestep_hours", 24)))
+        self.times = pd.DatetimeIndex(ds["time"].values)
+
+    # -- opening and validation -------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, validate: bool = True) -> "PreparedStore":
+        path = Path(path)
+        if not path.exists():
+            raise GeoftError(
+                "prepared store not found", where=str(path),
+                fix="run `geoft prepare RECIPE` first, or point --store at an existing store",
+            )
+        try:
+            ds = xr.open_zarr(path, consolidated=False)
+        except Exception as exc:  # noqa: BLE001 - any failure to read is a bad store
+            raise GeoftError(f"cannot open as zarr ({exc.__class__.__name__}: {exc})",
+                             where=str(path), fix="re-run `geoft prepare`") from exc
+        store = cls(path, ds)
+        if validate:
+            problems = validate_contract(ds)
+            if problems:
+                raise GeoftError(f"not a valid prepared store: {problems[0]}", where=str(path),
+                                 fix="re-run `geoft prepare` with this geoft version")
+        return store
+
+    # -- grid ---------------------------------------------------------------------------------
+    @property
+    def has_levels(self) -> bool:
+        return "level" in self.ds.dims
+
+    @property
+    def levels(self) -> np.ndarray | None:
+        return self.ds["level"].values if self.has_levels else None
+
+    @property
+    def lat(self) -> np.ndarray:
+        return self.ds["lat"].values
+
+    @property
+    def lon(self) -> np.ndarray:
+        return self.ds["lon"].values
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        return tuple(int(s) for s in self.ds["valid"].shape)  # type: ignore[return-value]
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        return self.surface_vars + self.level_vars
+
+    # -- masks, statics, statistics ----------------------------------------------------------
+    def valid(self, var: str | None = None) -> np.ndarray:
+        """Boolean validity mask: ``(lat, lon)`` for surface vars (or ``var=None``),
+        ``(level, lat, lon)`` for level vars."""
+        if var is not None and var in self.level_vars:
+            return self.ds["valid_level"].values.astype(bool)
+        return self.ds["valid"].values.astype(bool)
+
+    def static(self, name: str) -> np.ndarray:
+        return self.ds[name].values
+
+    def stats(self, var: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, std)`` from the train split: shape ``()`` for surface, ``(level,)`` for
+        level variables."""
+        attrs = self.ds[var].attrs
+        mean = np.asarray(attrs["norm_mean"], dtype=np.float64)
+        std = np.asarray(attrs["norm_std"], dtype=np.float64)
+        if var in self.surface_vars:
+            return mean.reshape(()), std.reshape(())
+        return mean, std
+
+    # -- time -------------------------------------------------------------------------------
+    def indices(self, split: str) -> np.ndarray:
+        """Integer time indices of a split (``train``/``val``/``test``)."""
+        if split not in self.split:
+            raise GeoftError(f"split {split!r} not in store (has {sorted(self.split)})",
+                             where=str(self.path))
+        return np.flatnonzero(self.split[split].contains(self.times))
+
+    def sample(self, index: int | slice | np.ndarray, variables: Iterable[str] | None = None
+               ) -> dict[str, np.ndarray]:
+        """Read physical-unit arrays for the given time index/indices (one zarr read per
+        variable)."""
+        names = tuple(variables) if variables is not None else self.variables
+        sub = self.ds[list(names)].isel(time=index)
+        return {n: np.asarray(sub[n].values) for n in names}
+
+    @property
+    def lineage(self) -> dict:
+        raw = self.ds.attrs.get("geoft_lineage")
+        return json.loads(raw) if isinstance(raw, str) else (raw or {})
+
+
+def validate_contract(ds: xr.Dataset) -> list[str]:
+    """Problems that make ``ds`` break the prepared-store contract (empty when it holds)."""
+    problems: list[str] = []
+    a = ds.attrs
+    if a.get("geoft_store_version") != STORE_VERSION:
+        problems.append(f"geoft_store_version is {a.get('geoft_store_version')!r}, "
+                        f"expected {STORE_VERSION}")
+    for key in ("geoft_surface_vars", "geoft_level_vars", "geoft_split"):
+        if key not in a:
+            problems.append(f"attribute {key} missing")
+    if problems:
+        return problems
+    if "time" not in ds.dims:
+        problems.append("no time dimension")
+    projected = "y" in ds.dims and "x" in ds.dims
+    if projected:
+        if ds["lat"].ndim != 2 or ds["lon"].ndim != 2:
+            problems.append("projected grids need 2-D lat(y, x) and lon(y, x)")
+    else:
+        lat = ds["lat"].values
+        lon = ds["lon"].values
+        if lat.ndim != 1 or not np.all(np.diff(lat) < 0):
+            problems.append("lat must be 1-D and strictly decreasing")
+        if lon.ndim != 1 or not np.all(np.diff(lon) > 0):
+            problems.append("lon must be 1-D and strictly increasing")
+        if lon.size and (lon.min() < 0 or lon.max() >= 360):
+            problems.append("lon must lie in [0, 360)")
+    for name in ("valid", "lsm"):
+        if name not in ds:
+            problems.append(f"static field {name!r} missing")
+    if a["geoft_level_vars"] and "valid_level" not in ds:
+        problems.append("valid_level mask missing for level variables")
+    for var in list(a["geoft_surface_vars"]) + list(a["geoft_level_vars"]):
+        if var not in ds:
+            problems.append(f"variable {var!r} listed but missing")
+            continue
+        for key in ("norm_mean", "norm_std", "units"):
+            if key not in ds[var].attrs:
+                problems.append(f"variable {var!r} has no {key!r} attribute")
+        if "norm_std" in ds[var].attrs and np.any(np.asarray(ds[var].attrs["norm_std"]) <= 0):
+            problems.append(f"variable {var!r} has a non-positive normalisation std")
+    missing = [s for s in a.get("geoft_split", {}) if s not in SPLITS]
+    if missing:
+        problems.append(f"unknown split names {missing}; use {SPLITS}")
+    return problems
+
+
+def normalisation_stats(da: xr.DataArray, valid: xr.DataArray, train: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of ``da`` over the train time indices and valid points, per level.
+
+    Computed with dask reductions so memory stays bounded by one chunk.
+    """
+    sub = da.isel(time=train).where(valid)
+    spatial = [d for d in sub.dims if d not in ("level",)]
+    mean = sub.mean(spatial, skipna=True)
+    std = sub.std(spatial, skipna=True)
+    mean, std = (np.atleast_1d(np.asarray(v.compute() if hasattr(v, "compute") else v,
+                                          dtype=np.float64)) for v in (mean, std))
+    std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+    return mean, std
+
+
+def atomic_write_zarr(ds: xr.Dataset, path: str | os.PathLike, *, progress=None) -> Path:
+    """Write ``ds`` to ``path`` through a temporary sibling directory and rename, so a killed
+    write never leaves something that looks like a finished store."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for v in ds.variables.values():
+        v.encoding.pop("chunks", None)
+        v.encoding.pop("preferred_chunks", None)
+    delayed = ds.to_zarr(tmp, mode="w", compute=False, consolidated=False)
+    if progress is not None:
+        progress(delayed)
+    else:
+        delayed.compute()
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(path)
+    return path
