@@ -255,11 +255,15 @@ def atomic_write_zarr(ds: xr.Dataset, path: str | os.PathLike, *, progress=None)
     for v in ds.variables.values():
         v.encoding.pop("chunks", None)
         v.encoding.pop("preferred_chunks", None)
-    delayed = ds.to_zarr(tmp, mode="w", compute=False, consolidated=False)
-    if progress is not None:
-        progress(delayed)
-    else:
-        delayed.compute()
+    try:
+        delayed = ds.to_zarr(tmp, mode="w", compute=False, consolidated=False)
+        if progress is not None:
+            progress(delayed)
+        else:
+            delayed.compute()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         path.rename(old)

@@ -1,0 +1,191 @@
+"""The plugin system: discovery, lazy references, fault tolerance, clashes, and one test per
+hook (``test_hook_<name>``); a meta-test fails when a hook has no test or is missing from docs."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from geoft import hookspecs
+from geoft.errors import PluginError
+
+REPO = Path(__file__).resolve().parents[1]
+HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+         if name.startswith("geoft_")]
+
+
+def test_every_hook_has_a_test():
+    tests = {name for name in globals() if name.startswith("test_hook_")}
+    missing = [h for h in HOOKS if f"test_hook_{h.removeprefix('geoft_')}" not in tests]
+    assert not missing, f"hooks without a test: {missing}"
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_is_documented(hook):
+    docs = (REPO / "docs" / "plugins.md").read_text()
+    assert f"`{hook}`" in docs, f"{hook} missing from docs/plugins.md"
+    assert getattr(hookspecs, hook).__doc__.strip(), f"{hook} has no docstring"
+
+
+def _pm():
+    from geoft.plugins import get_plugin_manager
+
+    return get_plugin_manager()
+
+
+def test_builtin_and_ocean_plugins_register(fresh_plugins):
+    pm = _pm()
+    assert "builtin" in pm.plugins and "ocean" in pm.plugins
+    assert {"synthetic-ocean", "copernicus", "local"} <= set(pm.names("source"))
+    assert {"rmse", "bias", "acc"} <= set(pm.names("metric"))
+    assert pm.entry("source", "synthetic-ocean").plugin == "ocean"
+    # names are normalised: _ and - and case are the same
+    assert pm.entry("source", "Synthetic_Ocean").name == "synthetic-ocean"
+
+
+def test_hook_sources(thirdparty_plugin):
+    pm = _pm()
+    source = pm.get("source", "constant-field")()
+    result = source.fetch(source.Options(value=2.0), Path("."), dry_run=True)
+    assert result.requests == [{"value": 2.0}]
+
+
+def test_hook_datasets(thirdparty_plugin):
+    ds = _pm().get("dataset", "passthrough")()
+    assert ds.to_canonical("raw", None) == "raw"
+
+
+def test_hook_models(thirdparty_plugin):
+    model = _pm().get("model", "mean-model")
+    assert model.Options().value == 1.0 and model.TrainConfig is not None
+
+
+def test_hook_metrics(thirdparty_plugin, tiny_store):
+    import numpy as np
+    import xarray as xr
+
+    from geoft.store import PreparedStore
+
+    store = PreparedStore.open(tiny_store)
+    truth = store.ds["zos"].isel(time=slice(0, 5)).load()
+    mask = xr.DataArray(store.valid("zos"), dims=("lat", "lon"))
+    skill = _pm().get("metric", "skill-score")
+    perfect = float(skill(truth, truth, mask=mask, time_dim="time"))
+    assert perfect == pytest.approx(1.0)
+    noisy = truth + 0.05 * np.random.default_rng(0).standard_normal(truth.shape)
+    assert float(skill(noisy, truth, mask=mask, time_dim="time")) < 1.0
+
+
+def test_hook_baselines(thirdparty_plugin, tiny_store):
+    from geoft.store import PreparedStore
+
+    store = PreparedStore.open(tiny_store)
+    fc = _pm().get("baseline", "zero-anomaly")(store, [30, 31], 2)
+    assert dict(fc["thetao"].sizes) == {"init_time": 2, "lead": 2, "level": 2, "lat": 16, "lon": 32}
+
+
+def test_hook_reconstructors(thirdparty_plugin):
+    method = _pm().get("reconstructor", "mean-fill")
+    assert method.stage == "densify" and method.Config().value == 1.0
+
+
+def test_hook_commands(thirdparty_plugin, cli):
+    res = cli("hello", "--name", "geoscientist")
+    assert res.code == 0 and "hello geoscientist" in res.out
+    listing = cli("--help")
+    assert "hello" in listing.out
+
+
+def test_hook_recipe_sections(thirdparty_plugin, tmp_path):
+    from geoft.errors import RecipeError
+    from geoft.recipe import json_schema, load_recipe
+
+    recipe = (REPO / "recipes" / "ocean-demo.yaml").read_text()
+    path = tmp_path / "r.yaml"
+    path.write_text(recipe + "\nthirdparty:\n  flavour: spicy\n")
+    loaded = load_recipe(path)
+    assert loaded.extra_sections["thirdparty"].flavour == "spicy"
+    assert loaded.resolved["thirdparty"] == {"flavour": "spicy"}
+    path.write_text(recipe + "\nthirdparty:\n  flavor: spicy\n")
+    with pytest.raises(RecipeError, match=r"thirdparty\.flavor: unknown key.*flavour"):
+        load_recipe(path)
+    assert "section:thirdparty" in json_schema()["x-geoft-plugin-schemas"]
+
+
+def test_plugins_list_json_includes_third_party(thirdparty_plugin, cli):
+    res = cli("plugins", "list", "--json")
+    assert res.code == 0
+    plugins = {p["name"]: p for p in json.loads(res.out.strip().splitlines()[-1])}
+    tp = plugins["thirdparty"]
+    assert tp["version"] == "0.3.0" and tp["distribution"] == "geoft-thirdparty"
+    assert tp["registered"]["metric"] == ["skill-score"]
+    assert plugins["ocean"]["registered"]["source"] == ["copernicus", "synthetic-ocean"]
+
+
+def test_broken_plugin_is_reported_not_fatal(tmp_path, monkeypatch, fresh_plugins, cli):
+    site = tmp_path / "site"
+    (site / "geoft_broken").mkdir(parents=True)
+    (site / "geoft_broken" / "__init__.py").write_text("import does_not_exist_anywhere\n")
+    dist = site / "geoft_broken-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: geoft-broken\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[geoft]\nbroken = geoft_broken\n")
+    monkeypatch.syspath_prepend(str(site))
+    # the rest of the CLI works
+    assert cli("--help").code == 0
+    assert "synthetic-ocean" in cli("fetch", "--help").out
+    doctor = cli("plugins", "doctor", "--no-load")
+    assert doctor.code == 1
+    assert "broken" in doctor.out and "does_not_exist_anywhere" in doctor.out
+    # the command that needs a missing name mentions the broken plugin
+    with pytest.raises(PluginError, match="broken.*failed to load"):
+        _pm().get("source", "something-from-broken")
+
+
+def test_plugin_with_unknown_hook_is_unregistered(tmp_path, monkeypatch, fresh_plugins):
+    mod = tmp_path / "geoft_typo.py"
+    mod.write_text("import geoft\n@geoft.hookimpl\ndef geoft_metricz():\n    return {}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("GEOFT_PLUGINS", "geoft_typo")
+    pm = _pm()
+    assert "geoft_metricz" in pm.plugins["geoft_typo"].error
+    assert any("geoft_metricz" in p for p in pm.problems())
+
+
+def test_name_clash_names_both_plugins(tmp_path, monkeypatch, fresh_plugins):
+    mod = tmp_path / "geoft_clash.py"
+    mod.write_text("import geoft\n@geoft.hookimpl\ndef geoft_metrics():\n"
+                   "    return {'RMSE': geoft.Ref('math:sqrt')}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("GEOFT_PLUGINS", "geoft_clash")
+    pm = _pm()
+    with pytest.raises(PluginError, match="'builtin' and plugin 'geoft_clash'"):
+        pm.get("metric", "rmse")
+    assert any("geoft_clash" in p for p in pm.problems())
+
+
+def test_disable_plugins_env(monkeypatch, fresh_plugins):
+    monkeypatch.setenv("GEOFT_DISABLE_PLUGINS", "ocean")
+    pm = _pm()
+    assert "ocean" not in pm.plugins
+    with pytest.raises(PluginError, match="unknown source 'synthetic-ocean'"):
+        pm.get("source", "synthetic-ocean")
+
+
+def test_help_imports_no_heavy_module():
+    """`geoft --help` (and `plugins list`) import neither torch nor xarray nor plugin internals."""
+    code = ("import sys; from geoft.cli import main\n"
+            "for argv in (['--help'], ['plugins', 'list'], ['fetch', '--help']):\n"
+            "    try: main(argv)\n"
+            "    except SystemExit: pass\n"
+            "heavy = [m for m in ('torch', 'xarray', 'numpy', 'aurora', 'diffusers', "
+            "'copernicusmarine', 'geoft_ocean.synthetic', 'geoft_ocean.copernicus') "
+            "if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in out.stdout, out.stdout[-500:]

@@ -1,0 +1,131 @@
+"""geoft prepare: grid orientation, masks, train-only statistics, splits and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from geoft.errors import GeoftError
+from geoft.prepare import prepare_store
+from geoft.recipe import DataSection
+from geoft.store import PreparedStore
+
+
+def canonical(n_time=30, lat=np.arange(26.0, 31.01, 0.25), lon=np.arange(-20.0, -12.0, 0.25),
+              seed=0):
+    """GLORYS-like orientation: lat increasing, lon in [-180, 180); land NaN in a corner."""
+    rng = np.random.default_rng(seed)
+    times = pd.date_range("2020-01-01", periods=n_time, freq="D")
+    shape = (n_time, 2, lat.size, lon.size)
+    thetao = 20 + rng.standard_normal(shape).astype(np.float32)
+    thetao[:, 1] -= 5
+    zos = rng.standard_normal(shape[:1] + shape[2:]).astype(np.float32) * 0.1
+    land = (lon[None, :] > -13.5) & (lat[:, None] > 29.0)
+    deeper = (lon[None, :] > -14.0) & (lat[:, None] > 28.5)
+    thetao[:, 0][:, land] = np.nan
+    thetao[:, 1][:, land | deeper] = np.nan
+    zos[:, land] = np.nan
+    ds = xr.Dataset(
+        {"thetao": (("time", "level", "lat", "lon"), thetao, {"units": "degC"}),
+         "zos": (("time", "lat", "lon"), zos, {"units": "m"})},
+        coords={"time": times, "level": [0.5, 50.0], "lat": lat, "lon": lon})
+    ds.attrs.update(geoft_surface_vars=["zos"], geoft_level_vars=["thetao"])
+    return ds
+
+
+def section(**kw):
+    base = dict(dataset="canonical",
+                bbox=dict(lon_min=-19, lon_max=-13, lat_min=27, lat_max=30),
+                patch_size=4,
+                split=dict(train=["2020-01-01", "2020-01-18"], val=["2020-01-19", "2020-01-24"],
+                           test=["2020-01-25", "2020-01-30"]))
+    base.update(kw)
+    return DataSection.model_validate(base)
+
+
+def test_prepared_store_follows_contract(tmp_path):
+    ds = canonical()
+    summary = prepare_store(ds, section(), tmp_path / "s.zarr", progress=False)
+    store = PreparedStore.open(tmp_path / "s.zarr")
+    lat, lon = store.lat, store.lon
+    assert np.all(np.diff(lat) < 0) and np.all(np.diff(lon) > 0)
+    assert lon.min() >= 341 and lon.max() <= 347 and 27 <= lat.min() and lat.max() <= 30
+    assert lat.size % 4 == 0 and lon.size % 4 == 0
+    assert summary["grid"] == [lat.size, lon.size]
+    # no NaN anywhere; land masked per level (deeper level has more land)
+    assert not np.isnan(store.ds["thetao"].values).any()
+    vl = store.valid("thetao")
+    assert vl[1].sum() < vl[0].sum() and (vl[1] <= vl[0]).all()
+    np.testing.assert_array_equal(store.static("lsm"), 1.0 - store.valid().astype(np.float32))
+    # values at valid points are the input values at the same coordinates
+    src = ds.assign_coords(lon=ds.lon % 360).sel(lat=lat, lon=lon)
+    np.testing.assert_allclose(store.ds["thetao"].values[:, 0][:, vl[0]],
+                               src["thetao"].values[:, 0][:, vl[0]])
+
+
+def test_statistics_use_train_split_only(tmp_path):
+    ds = canonical()
+    prepare_store(ds, section(), tmp_path / "a.zarr", progress=False)
+    changed = ds.copy(deep=True)
+    changed["thetao"][20:] += 100.0  # only val/test days change
+    prepare_store(changed, section(), tmp_path / "b.zarr", progress=False)
+    a, b = PreparedStore.open(tmp_path / "a.zarr"), PreparedStore.open(tmp_path / "b.zarr")
+    np.testing.assert_allclose(a.stats("thetao")[0], b.stats("thetao")[0])
+    # and the stats equal an independent computation over valid train points per level
+    mean, std = a.stats("thetao")
+    train = a.ds["thetao"].isel(time=a.indices("train")).values
+    for k in range(2):
+        vals = train[:, k][:, a.valid("thetao")[k]]
+        assert mean[k] == pytest.approx(vals.mean(), rel=1e-5)
+        assert std[k] == pytest.approx(vals.std(), rel=1e-4)
+    assert a.indices("train").size == 18 and a.indices("test").size == 6
+
+
+def test_nan_inside_ocean_is_an_error_naming_variable_and_date(tmp_path):
+    ds = canonical()
+    ds["thetao"][7, 0, 5, 5] = np.nan  # an ocean point
+    with pytest.raises(GeoftError, match=r"'thetao' has 1 NaN.*2020-01-08"):
+        prepare_store(ds, section(), tmp_path / "s.zarr", progress=False)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_bbox_crossing_greenwich_is_refused(tmp_path):
+    with pytest.raises(GeoftError, match="crosses 0 degrees"):
+        prepare_store(canonical(lon=np.arange(-10.0, 10.0, 0.5)),
+                      section(bbox=dict(lon_min=-5, lon_max=5, lat_min=27, lat_max=30)),
+                      tmp_path / "s.zarr", progress=False)
+
+
+def test_bbox_without_ocean_is_refused(tmp_path):
+    ds = canonical()
+    for v in ("thetao", "zos"):
+        ds[v][:] = np.nan
+    with pytest.raises(GeoftError, match="no valid \\(ocean\\) points"):
+        prepare_store(ds, section(), tmp_path / "s.zarr", progress=False)
+
+
+def test_split_outside_data_is_refused(tmp_path):
+    bad = section(split=dict(train=["2019-01-01", "2019-06-01"], val=["2020-01-19", "2020-01-24"],
+                             test=["2020-01-25", "2020-01-30"]))
+    with pytest.raises(GeoftError, match=r"split train .* holds 0 time steps"):
+        prepare_store(canonical(), bad, tmp_path / "s.zarr", progress=False)
+
+
+def test_failed_rewrite_keeps_the_old_store(tmp_path, monkeypatch):
+    path = tmp_path / "s.zarr"
+    prepare_store(canonical(), section(), path, progress=False)
+    before = PreparedStore.open(path).ds["thetao"].values.copy()
+
+    import geoft.prepare as prep
+
+    def boom(delayed, description, progress):
+        raise RuntimeError("killed mid-write")
+
+    monkeypatch.setattr(prep, "_compute", lambda obj, d, p: boom(obj, d, p)
+                        if d == "writing store" else obj.compute())
+    with pytest.raises(RuntimeError):
+        prepare_store(canonical(seed=1), section(), path, progress=False)
+    np.testing.assert_array_equal(PreparedStore.open(path).ds["thetao"].values, before)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".s.zarr.partial")]
