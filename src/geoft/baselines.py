@@ -67,7 +67,7 @@ def climatology_at(store, var: str, init_indices: Sequence[int], lead_steps: int
     """The train climatology of ``var`` at each (init_time, lead) valid time."""
     clim = climatology_fields(store)[var]
     idx = valid_time_index(init_indices, lead_steps)
-    doy = xr.DataArray(store.times[idx.values.ravel()].dayofyear.values.reshape(idx.shape),
+    doy = xr.DataArray(store.times[idx.values.ravel()].day_of_year.values.reshape(idx.shape),
                        dims=("init_time", "lead"))
     return clim.sel(dayofyear=doy).drop_vars("dayofyear")
 

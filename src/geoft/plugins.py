@@ -161,7 +161,8 @@ class GeoftPluginManager:
             if plugin is None:
                 continue
             unknown = [a for a in dir(plugin) if a.startswith("geoft_")
-                       and callable(getattr(plugin, a)) and not hasattr(self.pm.hook, a)]
+                       and callable(getattr(plugin, a))
+                       and not (getattr(self.pm.hook, a, None) and getattr(self.pm.hook, a).has_spec())]
             if unknown:
                 self.pm.unregister(plugin)
                 info.error = (f"implements unknown hook(s) {', '.join(unknown)}; "
@@ -207,12 +208,13 @@ class GeoftPluginManager:
 
     def entry(self, kind: str, name: str) -> Entry:
         key = normalise(name)
+        entries = self.entries  # builds the registry (and finds clashes) on first use
         clash = [c for c in self.clashes if c.startswith(f"{kind} ") and
                  normalise(c.split("'")[1]) == key]
         if clash:
             raise PluginError(clash[0], fix="uninstall or disable one of them "
                               "(GEOFT_DISABLE_PLUGINS=name)")
-        found = self.entries[kind].get(key)
+        found = entries[kind].get(key)
         if found is None:
             broken = [p.name for p in self.plugins.values() if p.error]
             hint = (f"; plugin(s) {', '.join(broken)} failed to load (`geoft plugins doctor`)"

@@ -359,11 +359,10 @@ def json_schema() -> dict[str, Any]:
                        ("model", "TrainConfig"), ("reconstructor", "Config")):
         for name in pm.names(kind):
             try:
-                obj = pm.get(kind, name)
+                model = getattr(pm.get(kind, name), attr, None)
             except Exception as exc:  # noqa: BLE001 - report, don't fail the whole schema
-                plugin_schemas[f"{kind}:{name}"] = {"error": str(exc)}
+                plugin_schemas[f"{kind}:{name}:{attr}"] = {"error": str(exc)}
                 continue
-            model = getattr(obj, attr, None)
             if model is not None:
                 plugin_schemas[f"{kind}:{name}:{attr}"] = model.model_json_schema()
     for name in pm.names("recipe_section"):

@@ -83,4 +83,4 @@ class OceanDataset:
         out.attrs = dict(raw.attrs)
         out.attrs["geoft_surface_vars"] = list(options.surface_variables)
         out.attrs["geoft_level_vars"] = list(options.level_variables)
-        return xr.Dataset(out)
+        return out

@@ -1,0 +1,975 @@
+"""``geoft densify``: reconstruct full 2-D/3-D ocean fields from sparse observations with a
+conditional pixel-space diffusion model (diffusers ``UNet2DModel`` + DDPM/DDIM/RePaint
+schedulers).
+
+The model learns ``p(field | observations)``. Its input is the noisy field channels, the
+observed values (z-scores, 0 where unobserved), the observation mask, the land/valid mask (and
+optionally lat/lon features), stacked as channels; it predicts the noise (epsilon). Training
+pairs are made on the fly from the train split with random masks of the configured kinds
+(:mod:`geoft.diffusion.masks`). Reconstruction draws an ensemble of ``members`` with
+few-step DDIM (``timestep_spacing="trailing"``), DDIM with known-pixel clamping, or RePaint
+resampling.
+
+Every diffusers scheduler here is built with ``clip_sample=False``: the library default clamps
+the predicted clean sample to [-1, 1], which would flatten every z-scored field beyond one
+standard deviation.
+
+This module is import-light (pydantic and numpy only): torch, diffusers and xarray load inside
+the functions, so the recipe schema can import :class:`DensifyConfig` cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from geoft.errors import GeoftError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    import torch
+    import xarray as xr
+
+    from geoft.diffusion.unet import PaddedUNet, StoreFields
+
+SAMPLERS = ("ddim", "repaint", "ddim+clamp")
+BASELINES = ("nearest", "linear", "kriging", "dineof")
+
+
+# ------------------------------------------------------------------------------------------
+# configuration (the recipe's `densify:` section)
+# ------------------------------------------------------------------------------------------
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UNetOptions(_Strict):
+    """Size of the diffusers ``UNet2DModel``: one resolution level per entry of
+    ``block_out_channels`` (the field is padded to a multiple of ``2**(levels-1)``)."""
+
+    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64], min_length=1)
+    layers_per_block: int = Field(1, ge=1)
+    attention: bool = False
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class MaskOptions(_Strict):
+    """One way of observing for training pairs (and the OSSE): ``kind`` (pixels, tracks,
+    clouds, argo), ``occlusion`` = share of pixels hidden, a value or a ``[low, high]`` range
+    drawn uniformly per training pair; ``channels``: indices into ``variables`` this kind
+    observes (default all); ``eval_occlusion``: the occlusion of the OSSE test masks
+    (default the middle of the range)."""
+
+    kind: Literal["pixels", "tracks", "clouds", "argo"]
+    occlusion: float | tuple[float, float] = (0.5, 0.95)
+    channels: list[int] | None = None
+    eval_occlusion: float | None = None
+
+    @field_validator("occlusion")
+    @classmethod
+    def _check_occlusion(cls, v):
+        low, high = (v, v) if isinstance(v, (int, float)) else v
+        if not (0.0 <= low <= high < 1.0):
+            raise ValueError("occlusion must satisfy 0 <= low <= high < 1")
+        return v
+
+    @field_validator("eval_occlusion")
+    @classmethod
+    def _check_eval(cls, v):
+        if v is not None and not 0.0 <= v < 1.0:
+            raise ValueError("eval_occlusion must lie in [0, 1)")
+        return v
+
+    @property
+    def occlusion_range(self) -> tuple[float, float]:
+        o = self.occlusion
+        return (float(o), float(o)) if isinstance(o, (int, float)) else (float(o[0]), float(o[1]))
+
+    @property
+    def test_occlusion(self) -> float:
+        if self.eval_occlusion is not None:
+            return float(self.eval_occlusion)
+        low, high = self.occlusion_range
+        return 0.5 * (low + high)
+
+
+class TableObservations(_Strict):
+    """Observation-file mode: ``table`` (CSV/parquet with time, lat, lon, variable, [level,]
+    value, error in physical units); ``times`` to reconstruct (default: every distinct time in
+    the table); observations within ``time_window`` of a time are used for it."""
+
+    table: str
+    times: list[str] | None = None
+    time_window: str = "12h"
+
+
+class DensifyConfig(_Strict):
+    """The recipe's ``densify:`` section.
+
+    ``variables``: channels, ``"zos"`` (surface variable), ``"thetao:K"`` (level index ``K``,
+    0 = top, of a level variable) or ``"thetao"`` (all levels).
+    """
+
+    method: str = "diffusion-densify"
+    variables: list[str] = Field(default_factory=lambda: ["thetao:0"], min_length=1)
+    masks: list[MaskOptions] = Field(
+        default_factory=lambda: [MaskOptions(kind="clouds", occlusion=(0.3, 0.95)),
+                                 MaskOptions(kind="pixels", occlusion=(0.8, 0.99))],
+        min_length=1)
+    eval_mask: MaskOptions | None = None  # the OSSE mask; default: the first of `masks`
+    eval_noise: float = Field(0.0, ge=0.0)  # OSSE observation noise, in standard deviations
+    latlon: bool = True  # lat/lon feature channels as conditioning
+    model: UNetOptions = Field(default_factory=UNetOptions)
+    # training
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    ema_decay: float = Field(0.999, gt=0, le=1)
+    checkpoint_every: int = Field(250, ge=1)
+    log_every: int = Field(25, ge=1)
+    train_timesteps: int = Field(1000, ge=10)
+    beta_schedule: Literal["linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    cache: bool = True  # keep read samples in memory (only if the selection fits 2 GiB)
+    # reconstruction
+    sampler: Literal["ddim", "repaint", "ddim+clamp"] = "ddim"
+    ddim_steps: int = Field(50, ge=1)
+    ddim_eta: float = Field(0.0, ge=0.0)
+    repaint_jump_length: int = Field(5, ge=1)
+    repaint_jump_n_sample: int = Field(2, ge=1)
+    members: int = Field(8, ge=1)
+    sample_batch: int | None = Field(None, ge=1)  # members per network call (memory)
+    keep_members: bool | None = None  # None: keep in OSSE mode (CRPS needs them)
+    observations: TableObservations | None = None  # observation-file mode instead of OSSE
+    # evaluation
+    eval_split: Literal["train", "val", "test"] = "test"
+    n_samples: int = Field(8, ge=1)
+    baselines: list[Literal["nearest", "linear", "kriging", "dineof"]] = Field(
+        default_factory=lambda: list(BASELINES))
+    dineof_history: int = Field(64, ge=0)  # fully observed train frames stacked before the test
+    figures: bool = True
+    seed: int = 0
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.ddim_steps > self.train_timesteps:
+            raise ValueError(f"ddim_steps ({self.ddim_steps}) exceeds train_timesteps "
+                             f"({self.train_timesteps})")
+        return self
+
+    def test_mask(self) -> MaskOptions:
+        return self.eval_mask or self.masks[0]
+
+
+def load_config(cfg: DensifyConfig | dict | None) -> DensifyConfig:
+    if cfg is None:
+        return DensifyConfig()
+    if isinstance(cfg, DensifyConfig):
+        return cfg
+    from pydantic import ValidationError
+
+    try:
+        return DensifyConfig.model_validate(cfg)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise GeoftError(f"{loc}: {err['msg']}", where="densify",
+                         fix="see DensifyConfig for the allowed keys and values") from None
+
+
+# ------------------------------------------------------------------------------------------
+# schedulers (clip_sample=False everywhere)
+# ------------------------------------------------------------------------------------------
+def make_train_scheduler(cfg: DensifyConfig):
+    """``DDPMScheduler`` for training: epsilon prediction, no clipping of z-scored fields."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=cfg.train_timesteps,
+                         beta_schedule=cfg.beta_schedule, prediction_type="epsilon",
+                         clip_sample=False)
+
+
+def make_ddim_scheduler(cfg: DensifyConfig):
+    """``DDIMScheduler`` for few-step sampling: trailing spacing (starts at the last train
+    timestep, pure noise), no clipping."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(num_train_timesteps=cfg.train_timesteps,
+                         beta_schedule=cfg.beta_schedule, prediction_type="epsilon",
+                         clip_sample=False, timestep_spacing="trailing", set_alpha_to_one=True)
+
+
+def make_repaint_scheduler(cfg: DensifyConfig):
+    """``RePaintScheduler`` (mask = 1 on known pixels), no clipping."""
+    from diffusers import RePaintScheduler
+
+    return RePaintScheduler(num_train_timesteps=cfg.train_timesteps,
+                            beta_schedule=cfg.beta_schedule, eta=cfg.ddim_eta, clip_sample=False)
+
+
+# ------------------------------------------------------------------------------------------
+# store access
+# ------------------------------------------------------------------------------------------
+def open_fields(store_path, variables: Sequence[str], *, where: str, cache: bool = True):
+    """``(store, StoreFields)`` for the chosen channels of the prepared store."""
+    from geoft.diffusion.unet import StoreFields, parse_channels
+    from geoft.store import PreparedStore
+
+    store = PreparedStore.open(store_path)
+    n_levels = len(store.levels) if store.has_levels else 0
+    channels = parse_channels(variables, store.surface_vars, store.level_vars, n_levels,
+                              where=where)
+    return store, StoreFields(store, channels, cache=cache)
+
+
+def static_channels(fields: "StoreFields", latlon: bool) -> np.ndarray:
+    """``(S, H, W)``: the valid masks of the channels (1 ocean, 0 land) and, with ``latlon``,
+    lat/lon features: conditioning that does not change with time."""
+    parts = [fields.valid.astype(np.float32)]
+    if latlon:
+        parts.append(fields.latlon_features())
+    return np.concatenate(parts)
+
+
+def _mask_sampler(cfg: DensifyConfig, n_channels: int):
+    from geoft.diffusion.masks import MaskChoice, MaskSampler
+
+    choices = []
+    for m in cfg.masks:
+        if m.channels is not None and any(not 0 <= c < n_channels for c in m.channels):
+            raise GeoftError(f"mask channels {m.channels} outside 0..{n_channels - 1}",
+                             where="densify.masks", fix="index into densify.variables")
+        choices.append(MaskChoice(m.kind, m.occlusion_range,
+                                  None if m.channels is None else tuple(m.channels)))
+    return MaskSampler(choices)
+
+
+def _trainer_settings(cfg):
+    from geoft.diffusion.unet import TrainerSettings
+
+    return TrainerSettings(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                           weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
+                           grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay,
+                           checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+                           seed=cfg.seed, device=cfg.device)
+
+
+# ------------------------------------------------------------------------------------------
+# training
+# ------------------------------------------------------------------------------------------
+class ConditionalObjective:
+    """Epsilon-prediction DDPM loss of the conditional model on random observation masks.
+
+    For training sample ``x0`` (z-scores, ``(C, H, W)``) a mask ``m`` is drawn, the model sees
+    ``[x_t, m * x0, m, static]`` at a uniform random timestep and predicts the noise; the
+    squared error counts on valid (ocean) points only.
+    """
+
+    def __init__(self, fields: "StoreFields", train_indices: np.ndarray, cfg: DensifyConfig,
+                 device):
+        import torch
+
+        self.fields = fields
+        self.train_indices = np.asarray(train_indices)
+        self.scheduler = make_train_scheduler(cfg)
+        self.masks = _mask_sampler(cfg, fields.shape[0])
+        self.device = device
+        self.static = torch.as_tensor(static_channels(fields, cfg.latlon), device=device)
+        self.valid = torch.as_tensor(fields.valid, device=device)
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(device)
+
+    def condition(self, obs_values: "torch.Tensor", obs_mask: "torch.Tensor") -> "torch.Tensor":
+        """``(B, 2C + S, H, W)``: observed values (0 elsewhere), mask, static channels."""
+        import torch
+
+        static = self.static.expand(obs_values.shape[0], *self.static.shape)
+        return torch.cat([obs_values * obs_mask, obs_mask, static], dim=1)
+
+    def __call__(self, model, idx, rng, generator):
+        import torch
+
+        from geoft.diffusion.unet import masked_mse
+
+        x0 = torch.as_tensor(self.fields.read_many(self.train_indices[idx]), device=self.device)
+        masks = np.stack([self.masks(self.fields.shape, rng, self.fields.valid) for _ in idx])
+        mask = torch.as_tensor(masks, device=self.device, dtype=x0.dtype)
+        noise = torch.randn(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (x0.shape[0],),
+                          generator=generator, device=self.device)
+        x_t = self.scheduler.add_noise(x0, noise, t)
+        pred = model(torch.cat([x_t, self.condition(x0, mask)], dim=1), t)
+        return masked_mse(pred, noise, self.valid[None])
+
+
+def build_model(n_channels: int, n_static: int, field_shape, options: UNetOptions):
+    """The conditional UNet and its constructor kwargs: input = noisy field (C) + observed
+    values (C) + mask (C) + static channels (S); output = noise (C)."""
+    from geoft.diffusion.unet import PaddedUNet, unet_config
+    from diffusers import UNet2DModel
+
+    kwargs = unet_config(2 * n_channels + n_channels + n_static, n_channels, tuple(field_shape),
+                         options.block_out_channels, options.layers_per_block,
+                         options.attention, options.dropout)
+    return PaddedUNet(UNet2DModel(**kwargs), tuple(field_shape)), kwargs
+
+
+def train_densifier(store_path, cfg: DensifyConfig | dict | None, out_dir, *,
+                    progress: bool = True, resume: bool = True,
+                    stop_at: int | None = None) -> dict[str, Any]:
+    """Train the conditional diffusion model on the store's train split.
+
+    Writes ``out_dir/checkpoints/step-*.pt`` (atomic; model, EMA, optimizer, RNG, data
+    position), ``out_dir/metrics.jsonl`` and ``out_dir/config.json``; with ``resume`` it
+    continues from the newest checkpoint exactly. ``stop_at`` stops after that step (as an
+    interruption would). Returns the trainer summary (steps, losses, samples/s, checkpoint).
+    """
+    from geoft.diffusion.unet import DiffusionTrainer, atomic_write_text, pick_device
+
+    cfg = load_config(cfg)
+    store, fields = open_fields(store_path, cfg.variables, where="densify.variables",
+                                cache=cfg.cache)
+    train_idx = store.indices("train")
+    static = static_channels(fields, cfg.latlon)
+    model, kwargs = build_model(fields.shape[0], static.shape[0], fields.shape[1:], cfg.model)
+    device = pick_device(cfg.device)
+    objective = ConditionalObjective(fields, train_idx, cfg, device)
+    meta = {"stage": "densify", "config": cfg.model_dump(mode="json"),
+            "channels": fields.names, "store": str(Path(store_path).resolve()),
+            "n_static": int(static.shape[0])}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "config.json", json.dumps(meta, indent=2))
+    trainer = DiffusionTrainer(model, objective, len(train_idx), _trainer_settings(cfg), out_dir,
+                               model_kwargs=kwargs, meta=meta, progress=progress,
+                               description="densify: training")
+    summary = trainer.train(resume=resume, stop_at=stop_at)
+    summary["channels"] = fields.names
+    summary["n_train"] = int(len(train_idx))
+    return summary
+
+
+# ------------------------------------------------------------------------------------------
+# sampling
+# ------------------------------------------------------------------------------------------
+def sample_conditional(model: "PaddedUNet", condition: "torch.Tensor", known: "torch.Tensor",
+                       mask: "torch.Tensor", cfg: DensifyConfig, *, members: int,
+                       generator: "torch.Generator") -> "torch.Tensor":
+    """Draw ``members`` reconstructions ``(members, C, H, W)`` (z-scores).
+
+    ``condition`` ``(S', H, W)``: the conditioning channels of one case; ``known``/``mask``
+    ``(C, H, W)``: observed z-values and the 0/1 observation mask, used by the RePaint and
+    clamping samplers to impose the observations on the noisy state.
+    """
+    import torch
+
+    device = condition.device
+    c, h, w = known.shape
+    batch = cfg.sample_batch or members
+    out = []
+    for start in range(0, members, batch):
+        b = min(batch, members - start)
+        cond = condition.expand(b, *condition.shape)
+        known_b, mask_b = known.expand(b, c, h, w), mask.expand(b, c, h, w)
+        x = torch.randn((b, c, h, w), generator=generator, device=device)
+
+        def eps(x_t, t):
+            return model(torch.cat([x_t, cond], dim=1), t)
+
+        with torch.no_grad():
+            if cfg.sampler == "repaint":
+                sched = make_repaint_scheduler(cfg)
+                sched.set_timesteps(cfg.ddim_steps, cfg.repaint_jump_length,
+                                    cfg.repaint_jump_n_sample, device=device)
+                t_last = sched.timesteps[0] + 1
+                for t in sched.timesteps:
+                    if t < t_last:
+                        x = sched.step(eps(x, t), t, x, known_b, mask_b,
+                                       generator=generator).prev_sample
+                    else:  # RePaint's resampling jump: renoise one step forward in time
+                        x = sched.undo_step(x, t_last, generator=generator)
+                    t_last = t
+            else:
+                sched = make_ddim_scheduler(cfg)
+                sched.set_timesteps(cfg.ddim_steps, device=device)
+                timesteps = list(sched.timesteps)
+                for i, t in enumerate(timesteps):
+                    x = sched.step(eps(x, t), t, x, eta=cfg.ddim_eta,
+                                   generator=generator).prev_sample
+                    if cfg.sampler == "ddim+clamp":
+                        # replace known pixels by the observations noised to the next level
+                        a_prev = (sched.alphas_cumprod[timesteps[i + 1]]
+                                  if i + 1 < len(timesteps) else sched.final_alpha_cumprod)
+                        a_prev = a_prev.to(device)
+                        z = torch.randn(x.shape, generator=generator, device=device)
+                        noisy_known = a_prev.sqrt() * known_b + (1 - a_prev).sqrt() * z
+                        x = mask_b * noisy_known + (1 - mask_b) * x
+        out.append(x)
+    return torch.cat(out)
+
+
+def _load_model(checkpoint_dir, cfg: DensifyConfig, fields: "StoreFields"):
+    from geoft.diffusion.unet import load_trained
+
+    model, info = load_trained(checkpoint_dir, device=cfg.device)
+    trained = info["meta"].get("channels")
+    if trained != fields.names:
+        raise GeoftError(f"checkpoint was trained on channels {trained}, the config asks for "
+                         f"{fields.names}", where=info["path"],
+                         fix="use the same densify.variables as in training, or retrain")
+    if info["meta"].get("stage") != "densify":
+        raise GeoftError("checkpoint is not a densify model", where=info["path"],
+                         fix="point at the output directory of densify training")
+    n_static = static_channels(fields, cfg.latlon).shape[0]
+    if n_static != info["meta"].get("n_static"):
+        raise GeoftError("checkpoint was trained with a different latlon setting",
+                         where=info["path"], fix="use the training config's `latlon` value")
+    return model, info
+
+
+def _eval_indices(store, cfg: DensifyConfig) -> np.ndarray:
+    idx = store.indices(cfg.eval_split)
+    if idx.size == 0:
+        raise GeoftError(f"the {cfg.eval_split} split has no time steps", where=str(store.path),
+                         fix="choose another densify.eval_split")
+    pick = np.unique(np.round(np.linspace(0, idx.size - 1, min(cfg.n_samples, idx.size))))
+    return idx[pick.astype(int)]
+
+
+def _table_cases(store, fields: "StoreFields", obs: TableObservations | str | Any,
+                 ) -> list[dict[str, Any]]:
+    """Observation-file mode: one case per time with the observations on the pixel grid."""
+    import pandas as pd
+
+    from geoft.diffusion.obs import _read_table, observations_from_table
+
+    spec = obs if isinstance(obs, TableObservations) else TableObservations(table=str(obs)) \
+        if not isinstance(obs, pd.DataFrame) else None
+    table = obs if isinstance(obs, pd.DataFrame) else spec.table
+    window = spec.time_window if spec else "12h"
+    if spec and spec.times:
+        times = [pd.Timestamp(t) for t in spec.times]
+    else:
+        frame, source, _ = _read_table(table)
+        cols = {str(c).strip().lower(): c for c in frame.columns}
+        if "time" not in cols:
+            raise GeoftError("observation table has no time column", where=source,
+                             fix="add a time column or list densify.observations.times")
+        parsed = pd.to_datetime(frame[cols["time"]], errors="coerce", utc=True)
+        if parsed.isna().any():
+            raise GeoftError("observation table has unreadable times", where=source,
+                             fix="write times as ISO 8601, e.g. 2020-01-31T12:00")
+        times = sorted(set(parsed.dt.tz_localize(None)))
+    mapping, stats, perm = _channel_mapping(store, fields)
+    valid_theirs = fields.valid[perm]  # in obs.channel_layout order
+    cases = []
+    for when in times:
+        operator, y, sigma_y, report = observations_from_table(
+            table, store.lat, store.lon, mapping, time=when, valid_mask=valid_theirs,
+            stats=stats, time_window=window)
+        channel = perm[operator.channel_idx]
+        known = np.zeros(fields.shape, np.float64)
+        count = np.zeros(fields.shape, np.float64)
+        np.add.at(known, (channel, operator.iy, operator.ix), y)
+        np.add.at(count, (channel, operator.iy, operator.ix), 1.0)
+        mask = count > 0
+        known = np.where(mask, known / np.maximum(count, 1), 0.0).astype(np.float32)
+        match = np.flatnonzero(store.times == pd.Timestamp(when))
+        truth = fields.read(int(match[0])) if match.size else None
+        cases.append({"time": pd.Timestamp(when), "known": known, "mask": mask, "truth": truth,
+                      "report": report})
+    return cases
+
+
+def _channel_mapping(store, fields: "StoreFields"):
+    """``({var: levels or None}, {var: (mean, std)}, perm)`` for obs.observations_from_table;
+    ``perm[k]`` is our channel index of channel ``k`` in obs.channel_layout order."""
+    mapping: dict[str, list[float] | None] = {}
+    for ch in fields.channels:
+        if ch.level_index is None:
+            mapping[ch.var] = None
+        else:
+            mapping.setdefault(ch.var, []).append(float(store.levels[ch.level_index]))
+    stats = {}
+    order = []
+    for var, levels in mapping.items():
+        chans = [k for k, ch in enumerate(fields.channels) if ch.var == var]
+        stats[var] = (fields.mean[chans], fields.std[chans]) if levels is not None else \
+            (fields.mean[chans[0]], fields.std[chans[0]])
+        order.extend(chans)
+    return mapping, stats, np.asarray(order, np.int64)
+
+
+def densify(store_path, cfg: DensifyConfig | dict | None, checkpoint_dir, out_dir, *,
+            observations=None, progress: bool = True) -> dict[str, Any]:
+    """Reconstruct fields with the trained conditional model and write
+    ``out_dir/densify.nc`` (atomic).
+
+    OSSE mode (``observations=None`` and no ``cfg.observations``): ``cfg.n_samples`` times of
+    ``cfg.eval_split`` are observed through ``cfg.test_mask()`` (seeded per time) and
+    reconstructed; the truth is kept in the file. Observation-file mode: ``observations`` (a
+    path, DataFrame or :class:`TableObservations`) or ``cfg.observations``; the observations
+    are averaged per pixel. The netCDF holds, per variable, the ensemble mean (``thetao``),
+    spread (``thetao_spread``), observed values and mask, members (``cfg.keep_members``) and
+    truth, in physical units with the store's lat/lon/level coordinates; land is NaN.
+    Returns a summary (path, times, channels, seconds per member per step).
+    """
+    import time as _time
+
+    import pandas as pd
+    import torch
+
+    from geoft.diffusion.masks import observation_mask
+    from geoft.diffusion.unet import make_progress
+
+    cfg = load_config(cfg)
+    store, fields = open_fields(store_path, cfg.variables, where="densify.variables",
+                                cache=False)
+    model, info = _load_model(checkpoint_dir, cfg, fields)
+    device = next(model.parameters()).device
+    observations = observations if observations is not None else cfg.observations
+    if observations is not None:
+        cases = _table_cases(store, fields, observations)
+        mode = "observations"
+    else:
+        spec = cfg.test_mask()
+        if spec.channels is not None and any(not 0 <= c < fields.shape[0] for c in spec.channels):
+            raise GeoftError(f"mask channels {spec.channels} outside 0..{fields.shape[0] - 1}",
+                             where="densify.eval_mask", fix="index into densify.variables")
+        cases = []
+        for i in _eval_indices(store, cfg):
+            rng = np.random.default_rng([cfg.seed, 11, int(i)])
+            truth = fields.read(int(i))
+            mask = observation_mask(spec.kind, fields.shape, spec.test_occlusion, rng,
+                                    channels=spec.channels, valid=fields.valid)
+            noise = cfg.eval_noise * rng.standard_normal(fields.shape) if cfg.eval_noise else 0
+            known = np.where(mask, truth + noise, 0.0).astype(np.float32)
+            cases.append({"time": store.times[int(i)], "known": known, "mask": mask,
+                          "truth": truth, "report": {"kind": spec.kind,
+                                                     "occlusion": spec.test_occlusion}})
+        mode = "osse"
+    for case in cases:
+        if not case["mask"].any():
+            raise GeoftError(f"no observation at {case['time']}", where="densify",
+                             fix="lower the occlusion or check the observation table")
+    static = torch.as_tensor(static_channels(fields, cfg.latlon), device=device)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    members_out = []
+    t0 = _time.perf_counter()
+    with make_progress(progress) as bar:
+        task = bar.add_task(f"densify: {cfg.sampler} x {cfg.members}", total=len(cases),
+                            status="")
+        for case in cases:
+            known = torch.as_tensor(case["known"], device=device)
+            mask = torch.as_tensor(case["mask"], device=device, dtype=known.dtype)
+            cond = torch.cat([known * mask, mask, static])
+            ens = sample_conditional(model, cond, known, mask, cfg, members=cfg.members,
+                                     generator=generator)
+            members_out.append(ens.cpu().numpy())
+            bar.advance(task)
+    seconds = _time.perf_counter() - t0
+    members_z = np.stack(members_out)  # (T, M, C, H, W)
+    keep = cfg.keep_members if cfg.keep_members is not None else mode == "osse"
+    truth_z = (np.stack([c["truth"] for c in cases])
+               if all(c["truth"] is not None for c in cases) else None)
+    ds = ensemble_dataset(
+        store, fields, pd.DatetimeIndex([c["time"] for c in cases]), members_z,
+        truth_z=truth_z, observed=np.stack([c["mask"] for c in cases]),
+        known_z=np.stack([c["known"] for c in cases]), keep_members=keep,
+        attrs={"geoft_stage": "densify", "geoft_mode": mode, "geoft_sampler": cfg.sampler,
+               "geoft_ddim_steps": cfg.ddim_steps, "geoft_members": cfg.members,
+               "geoft_checkpoint": info["path"], "geoft_checkpoint_step": info["step"],
+               "geoft_config": json.dumps(cfg.model_dump(mode="json"))})
+    out_dir = Path(out_dir)
+    path = write_netcdf_atomic(ds, out_dir / "densify.nc")
+    n_evals = _network_evals(cfg)
+    return {"path": str(path), "mode": mode, "times": [str(t) for t in ds["time"].values],
+            "channels": fields.names, "members": cfg.members, "sampler": cfg.sampler,
+            "seconds": seconds, "network_evaluations_per_member": n_evals,
+            "seconds_per_member_per_step": seconds / (len(cases) * cfg.members * n_evals),
+            "reports": [c["report"] for c in cases]}
+
+
+def _network_evals(cfg: DensifyConfig) -> int:
+    """Network evaluations per member: DDIM steps, or RePaint's forward steps (its
+    resampling jumps re-run steps)."""
+    if cfg.sampler != "repaint":
+        return cfg.ddim_steps
+    sched = make_repaint_scheduler(cfg)
+    sched.set_timesteps(cfg.ddim_steps, cfg.repaint_jump_length, cfg.repaint_jump_n_sample)
+    ts = sched.timesteps.tolist()
+    t_last, n = ts[0] + 1, 0
+    for t in ts:
+        n += t < t_last
+        t_last = t
+    return n
+
+
+# ------------------------------------------------------------------------------------------
+# output files
+# ------------------------------------------------------------------------------------------
+def write_netcdf_atomic(ds: "xr.Dataset", path) -> Path:
+    """``ds.to_netcdf`` through a temporary sibling file renamed into place."""
+    from geoft.diffusion.unet import atomic_write_bytes_via
+
+    return atomic_write_bytes_via(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4"))
+
+
+def _grid_coords(store) -> tuple[tuple[str, str], dict[str, Any]]:
+    import xarray as xr
+
+    dims = tuple(store.ds["valid"].dims)
+    coords = {"lat": store.ds["lat"].variable.to_base_variable(),
+              "lon": store.ds["lon"].variable.to_base_variable()}
+    for d in dims:
+        if d in store.ds.coords and d not in coords:
+            coords[d] = store.ds[d].variable.to_base_variable()
+    return dims, {k: xr.Variable(v.dims, np.asarray(v.values), v.attrs) for k, v in coords.items()}
+
+
+def ensemble_dataset(store, fields: "StoreFields", times, members_z: np.ndarray, *,
+                     truth_z: np.ndarray | None, observed: np.ndarray,
+                     known_z: np.ndarray | None, keep_members: bool,
+                     attrs: dict[str, Any]) -> "xr.Dataset":
+    """Physical-unit dataset from z-scored ensembles ``(T, M, C, H, W)``.
+
+    Per store variable ``v``: ``v`` (ensemble mean), ``v_spread`` (ensemble std, ddof=1),
+    ``v_observed`` (int8 mask), ``v_obs`` (observed values, NaN elsewhere), optionally
+    ``v_members`` and ``v_truth``. Level variables carry the chosen levels on a ``level`` dim
+    (``level_<v>`` if variables use different levels). Land/invalid points are NaN.
+    """
+    import xarray as xr
+
+    grid_dims, coords = _grid_coords(store)
+    mean_z = members_z.mean(axis=1)
+    spread_z = (members_z.std(axis=1, ddof=1) if members_z.shape[1] > 1
+                else np.full_like(mean_z, np.nan))
+    phys = fields.denormalise
+    scale = np.where(fields.valid, fields.std[:, None, None], np.nan).astype(np.float32)
+    mean = phys(mean_z)
+    spread = (spread_z * scale).astype(np.float32)
+    ens = phys(members_z) if keep_members else None
+    truth = phys(truth_z) if truth_z is not None else None
+    obs = (np.where(observed, phys(known_z), np.nan).astype(np.float32)
+           if known_z is not None else None)
+    data: dict[str, xr.Variable] = {}
+    coords = dict(coords)
+    coords["time"] = xr.Variable("time", np.asarray(times, "datetime64[ns]"))
+    if ens is not None:
+        coords["member"] = xr.Variable("member", np.arange(members_z.shape[1]))
+    by_var: dict[str, list[int]] = {}
+    for k, ch in enumerate(fields.channels):
+        by_var.setdefault(ch.var, []).append(k)
+    level_sets = {v: tuple(fields.channels[k].level_index for k in ks)
+                  for v, ks in by_var.items() if fields.channels[ks[0]].level_index is not None}
+    shared_levels = len(set(level_sets.values())) <= 1
+    for var, ks in by_var.items():
+        src = store.ds[var].attrs
+        var_attrs = {key: src[key] for key in ("units", "standard_name", "long_name") if key in src}
+        if var in level_sets:
+            level_dim = "level" if shared_levels else f"level_{var}"
+            lev_idx = list(level_sets[var])
+            level_attrs = dict(store.ds["level"].attrs)
+            coords[level_dim] = xr.Variable(level_dim, np.asarray(store.levels)[lev_idx],
+                                            level_attrs)
+            vdims: tuple[str, ...] = ("time", level_dim) + grid_dims
+            pick = lambda a, axis: np.take(a, ks, axis=axis)  # noqa: E731
+        else:
+            vdims = ("time",) + grid_dims
+            pick = lambda a, axis: np.take(a, ks[0], axis=axis)  # noqa: E731
+        data[var] = xr.Variable(vdims, pick(mean, 1), {**var_attrs,
+                                                       "description": "ensemble mean"})
+        data[f"{var}_spread"] = xr.Variable(vdims, pick(spread, 1),
+                                            {**var_attrs, "description": "ensemble std (ddof=1)"})
+        data[f"{var}_observed"] = xr.Variable(vdims, pick(observed, 1).astype(np.int8),
+                                              {"description": "1 where observed", "units": "1"})
+        if obs is not None:
+            data[f"{var}_obs"] = xr.Variable(vdims, pick(obs, 1),
+                                             {**var_attrs, "description": "observed values"})
+        if ens is not None:
+            data[f"{var}_members"] = xr.Variable(
+                (vdims[0], "member") + vdims[1:], pick(ens, 2),
+                {**var_attrs, "description": "ensemble members"})
+        if truth is not None:
+            data[f"{var}_truth"] = xr.Variable(vdims, pick(truth, 1),
+                                               {**var_attrs, "description": "truth (store)"})
+    ds = xr.Dataset(data, coords=coords)
+    ds.attrs.update({k: (json.dumps(v) if isinstance(v, (dict, list)) else v)
+                     for k, v in attrs.items()})
+    ds.attrs["geoft_channels"] = json.dumps(fields.names)
+    ds.attrs["geoft_store"] = str(store.path)
+    return ds
+
+
+def stack_channels(ds: "xr.Dataset", fields: "StoreFields", suffix: str = "") -> np.ndarray:
+    """Inverse of :func:`ensemble_dataset` for one kind of variable: ``(T, [M,] C, H, W)``
+    float arrays (``suffix`` "", "_truth", "_members", "_observed", ...)."""
+    out = []
+    counters: dict[str, int] = {}
+    for ch in fields.channels:
+        da = ds[f"{ch.var}{suffix}"]
+        if ch.level_index is not None:
+            level_dim = [d for d in da.dims if d.startswith("level")][0]
+            pos = counters.get(ch.var, 0)
+            counters[ch.var] = pos + 1
+            da = da.isel({level_dim: pos})
+        out.append(np.asarray(da.values))
+    axis = 2 if suffix == "_members" else 1
+    return np.stack(out, axis=axis)
+
+
+# ------------------------------------------------------------------------------------------
+# evaluation
+# ------------------------------------------------------------------------------------------
+def _grid_dx_km(store) -> float | None:
+    lat = np.asarray(store.lat)
+    if lat.ndim != 1 or lat.size < 2:
+        return None
+    return float(abs(np.diff(lat)).mean() * 111.2)
+
+
+def _run_baseline(name: str, known: np.ndarray, mask: np.ndarray, valid: np.ndarray,
+                  history: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """One baseline on z-scored ``(T, C, H, W)`` observations -> ``(T, C, H, W)`` z-scores
+    (NaN on land; climatology 0 where a method has nothing to work from)."""
+    from geoft.diffusion import baselines as bl
+
+    t_count, n_ch = known.shape[:2]
+    out = np.zeros(known.shape, np.float64)
+    if name == "dineof":
+        for c in range(n_ch):
+            frames = np.where(mask[:, c], known[:, c], np.nan)
+            if history is not None and history.shape[0]:
+                frames = np.concatenate([history[:, c], frames])
+            if frames.shape[0] < 2 or not np.isfinite(frames[:, valid[c]]).any():
+                continue
+            filled = bl.dineof(frames, valid[c], rng=rng)
+            out[:, c] = filled[-t_count:]
+    else:
+        fill = {"nearest": bl.griddata_nearest, "linear": bl.griddata_linear,
+                "kriging": lambda f, m, v: bl.kriging(f, m, v, rng=rng)}[name]
+        for t in range(t_count):
+            for c in range(n_ch):
+                use = mask[t, c] & valid[c]
+                if use.sum() < (3 if name != "kriging" else 10):
+                    continue  # too few points for a triangulation / variogram: climatology
+                try:
+                    out[t, c] = fill(known[t, c], use, valid[c])
+                except Exception:  # noqa: BLE001 - a degenerate case (collinear points...)
+                    if name == "linear":
+                        out[t, c] = bl.griddata_nearest(known[t, c], use, valid[c])
+    return np.where(valid[None], np.nan_to_num(out), np.nan)
+
+
+def _channel_da(values: np.ndarray, times, grid_dims, coords, member: bool = False):
+    import xarray as xr
+
+    dims = ("time", "member") + grid_dims if member else ("time",) + grid_dims
+    return xr.DataArray(values, dims=dims,
+                        coords={"time": np.asarray(times, "datetime64[ns]"),
+                                **{k: v for k, v in coords.items()}})
+
+
+def reconstruction_scores(pred: np.ndarray, truth: np.ndarray, hidden: np.ndarray, times,
+                          store, members: np.ndarray | None = None,
+                          dx_km: float | None = None) -> dict[str, float]:
+    """Scores of one channel on hidden ocean pixels, physical units: ``pred``/``truth``
+    ``(T, H, W)``, ``hidden`` bool ``(T, H, W)``, ``members`` ``(T, M, H, W)``. Uses
+    :mod:`geoft.metrics` (latitude-weighted, WeatherBench 2 order: space then time)."""
+    from geoft import metrics
+
+    grid_dims, coords = _grid_coords(store)
+    coords = {k: v for k, v in coords.items() if set(v.dims) <= set(grid_dims)}
+    f = _channel_da(pred, times, grid_dims, coords)
+    y = _channel_da(truth, times, grid_dims, coords)
+    m = _channel_da(hidden, times, grid_dims, coords)
+    out = {"rmse": float(metrics.rmse(f, y, mask=m, reduce_dims=grid_dims)),
+           "bias": float(metrics.bias(f, y, mask=m, reduce_dims=grid_dims)),
+           "n_hidden": int(hidden.sum())}
+    if members is not None:
+        e = _channel_da(members, times, grid_dims, coords, member=True)
+        out["crps"] = float(metrics.crps_ensemble(e, y, mask=m, reduce_dims=grid_dims))
+        if members.shape[1] > 1:
+            out["spread_skill"] = float(metrics.spread_skill(e, y, mask=m,
+                                                             reduce_dims=grid_dims))
+    if dx_km and min(pred.shape[-2:]) >= 8:
+        ocean = _channel_da(np.isfinite(truth), times, grid_dims, coords)
+        try:
+            out["eff_res_km"] = float(metrics.effective_resolution(
+                f.fillna(0), y.fillna(0), dx_km, dims=grid_dims, mask=ocean))
+        except GeoftError:
+            pass
+    return out
+
+
+def evaluate_reconstruction(store_path, cfg: DensifyConfig | dict | None, reconstruction,
+                            out_dir, *, progress: bool = True) -> dict[str, Any]:
+    """Score a densify netCDF (with truth) and the baselines on the same observations.
+
+    Hidden ocean pixels only: RMSE and bias of every method, plus CRPS and spread-skill of the
+    diffusion ensemble (when members were kept), and the effective resolution. Baselines:
+    ``cfg.baselines`` (nearest, linear, kriging per frame; DINEOF over the stack of the
+    reconstructed frames preceded by ``cfg.dineof_history`` fully observed train frames).
+    Writes ``evaluation.csv``, ``evaluation.md``, ``evaluation.json`` and, with
+    ``cfg.figures``, ``figures/<channel>.png`` into ``out_dir`` (each atomically). Returns
+    ``{"table": DataFrame, "markdown": str, "paths": {...}}``.
+    """
+    import pandas as pd
+    import xarray as xr
+
+    from geoft.diffusion.unet import atomic_write_text, make_progress
+
+    cfg = load_config(cfg)
+    store, fields = open_fields(store_path, cfg.variables, where="densify.variables",
+                                cache=False)
+    path = Path(reconstruction)
+    if not path.exists():
+        raise GeoftError("reconstruction file not found", where=str(path),
+                         fix="run densify first")
+    with xr.open_dataset(path) as ds:
+        ds = ds.load()
+    if json.loads(ds.attrs.get("geoft_channels", "[]")) != fields.names:
+        raise GeoftError("reconstruction has other channels than densify.variables",
+                         where=str(path), fix="evaluate with the config used to densify")
+    if f"{fields.channels[0].var}_truth" not in ds:
+        raise GeoftError("reconstruction has no truth to evaluate against", where=str(path),
+                         fix="evaluate an OSSE run, or reconstruct times the store covers")
+    times = ds["time"].values
+    mean = stack_channels(ds, fields)
+    truth = stack_channels(ds, fields, "_truth")
+    observed = stack_channels(ds, fields, "_observed").astype(bool)
+    known_phys = stack_channels(ds, fields, "_obs")
+    members = (stack_channels(ds, fields, "_members")
+               if f"{fields.channels[0].var}_members" in ds else None)
+    valid = fields.valid
+    hidden = (~observed) & valid[None]
+    known_z = np.nan_to_num(fields.normalise(np.nan_to_num(known_phys)))
+    history = None
+    if "dineof" in cfg.baselines and cfg.dineof_history:
+        train_idx = store.indices("train")[-cfg.dineof_history:]
+        history = np.stack([fields.read(i) for i in train_idx]).astype(np.float64)
+        history = np.where(valid[None], history, np.nan)
+    rng = np.random.default_rng(cfg.seed)
+    dx_km = _grid_dx_km(store)
+    methods: dict[str, np.ndarray] = {"diffusion": mean}
+    with make_progress(progress) as bar:
+        task = bar.add_task("densify: baselines", total=len(cfg.baselines), status="")
+        for name in cfg.baselines:
+            z = _run_baseline(name, known_z, observed, valid, history, rng)
+            methods[name] = fields.denormalise(np.nan_to_num(z))
+            bar.advance(task)
+    rows = []
+    for k, name in enumerate(fields.names):
+        for method, pred in methods.items():
+            ens = members[:, :, k] if (method == "diffusion" and members is not None) else None
+            scores = reconstruction_scores(pred[:, k], truth[:, k], hidden[:, k], times, store,
+                                           members=ens, dx_km=dx_km)
+            rows.append({"channel": name, "method": method, **scores})
+    table = pd.DataFrame(rows)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = table.to_markdown(index=False, floatfmt=".4g") if _has_tabulate() else \
+        _markdown_table(table)
+    paths = {"csv": out_dir / "evaluation.csv", "markdown": out_dir / "evaluation.md",
+             "json": out_dir / "evaluation.json"}
+    atomic_write_text(paths["csv"], table.to_csv(index=False))
+    atomic_write_text(paths["markdown"], markdown + "\n")
+    atomic_write_text(paths["json"], table.to_json(orient="records", indent=1))
+    figures = []
+    if cfg.figures:
+        for k, name in enumerate(fields.names):
+            panels = {"truth": truth[0, k],
+                      "observations": np.where(observed[0, k], known_phys[0, k], np.nan),
+                      "diffusion mean": mean[0, k],
+                      "diffusion spread": (np.nanstd(members[0, :, k], axis=0, ddof=1)
+                                           if members is not None and members.shape[1] > 1
+                                           else None)}
+            for method in cfg.baselines:
+                panels[method] = methods[method][0, k]
+            figures.append(str(plot_panels(
+                panels, out_dir / "figures" / f"{name.replace(':', '_')}.png",
+                title=f"{name} at {str(times[0])[:16]}", units=_units(store, fields, k))))
+    return {"table": table, "markdown": markdown, "figures": figures,
+            "paths": {k: str(v) for k, v in paths.items()}}
+
+
+def _units(store, fields, k) -> str:
+    return str(store.ds[fields.channels[k].var].attrs.get("units", ""))
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _markdown_table(table: "pd.DataFrame") -> str:
+    """A GitHub markdown table (pandas needs tabulate for ``to_markdown``)."""
+    def fmt(v):
+        return f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
+
+    cols = list(table.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, row in table.iterrows():
+        lines.append("| " + " | ".join(fmt(row[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def plot_panels(panels: dict[str, np.ndarray | None], path, *, title: str, units: str) -> Path:
+    """A row of maps (shared colour scale except for the spread) saved as PNG atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from geoft.diffusion.unet import atomic_write_bytes_via
+
+    items = [(k, v) for k, v in panels.items() if v is not None]
+    ref = panels.get("truth")
+    finite = ref[np.isfinite(ref)] if ref is not None else np.array([0.0, 1.0])
+    vmin, vmax = (float(np.min(finite)), float(np.max(finite))) if finite.size else (0, 1)
+    fig, axes = plt.subplots(1, len(items), figsize=(3.2 * len(items), 2.8), squeeze=False)
+    for ax, (name, arr) in zip(axes[0], items):
+        spread = "spread" in name
+        im = ax.imshow(arr, origin="upper", cmap="magma" if spread else "RdYlBu_r",
+                       vmin=None if spread else vmin, vmax=None if spread else vmax)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, shrink=0.7, label=units)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes_via(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    plt.close(fig)
+    return path
+
+
+def run_densify(store_path, cfg: DensifyConfig | dict | None, checkpoint_dir, out_dir, *,
+                progress: bool = True) -> dict[str, Any]:
+    """The ``run`` half of the densify stage: reconstruct, then evaluate when the truth is
+    known (OSSE, or observation times inside the store). Returns a JSON-able summary."""
+    cfg = load_config(cfg)
+    summary = densify(store_path, cfg, checkpoint_dir, out_dir, progress=progress)
+    summary.pop("reports", None)
+    import xarray as xr
+
+    with xr.open_dataset(summary["path"]) as ds:
+        has_truth = any(name.endswith("_truth") for name in ds.data_vars)
+    if has_truth:
+        ev = evaluate_reconstruction(store_path, cfg, summary["path"], out_dir,
+                                     progress=progress)
+        summary["evaluation"] = json.loads(ev["table"].to_json(orient="records"))
+        summary["evaluation_paths"] = ev["paths"]
+        summary["figures"] = ev["figures"]
+    return summary

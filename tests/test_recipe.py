@@ -1,0 +1,99 @@
+"""Recipes: strict validation with file:line errors, plugin schemas, overrides, resolution."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from geoft.errors import RecipeError
+from geoft.recipe import json_schema, load_recipe, parse_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "recipes" / "ocean-demo.yaml"
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_validate(recipe):
+    loaded = load_recipe(recipe)
+    assert loaded.recipe.name and len(loaded.hash) == 16
+
+
+def _with(tmp_path, old, new):
+    text = DEMO.read_text()
+    assert old in text
+    path = tmp_path / "r.yaml"
+    path.write_text(text.replace(old, new, 1))
+    line = text[: text.index(old)].count("\n") + 1
+    return path, line
+
+
+def test_typo_in_train_names_file_line_key_and_allowed(tmp_path):
+    path, line = _with(tmp_path, "  lr: 2.0e-3", "  learning_rte: 2.0e-3")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    msg = str(err.value)
+    assert f"{path}:{line}" in msg and "train.learning_rte: unknown key" in msg
+    assert "allowed keys here:" in msg and " lr," in msg
+
+
+def test_typo_in_plugin_source_options(tmp_path):
+    path, line = _with(tmp_path, "    days: 540", "    dayz: 540")
+    with pytest.raises(RecipeError, match=rf":{line}: source\.options\.dayz: unknown key.*days"):
+        load_recipe(path)
+
+
+def test_typo_in_nested_model_options(tmp_path):
+    path, line = _with(tmp_path, "    lora: {engine: none}", "    lora: {engnie: none}")
+    with pytest.raises(RecipeError, match=rf":{line}: model\.options\.lora\.engnie: unknown key"):
+        load_recipe(path)
+
+
+def test_bad_value_and_missing_key(tmp_path):
+    path, line = _with(tmp_path, "  loss: mae", "  loss: huber")
+    with pytest.raises(RecipeError, match=rf":{line}: train\.loss: .*'huber'"):
+        load_recipe(path)
+    path, _ = _with(tmp_path, "name: ocean-demo\n", "")
+    with pytest.raises(RecipeError, match="name: required key missing"):
+        load_recipe(path)
+
+
+def test_overlapping_splits_and_unknown_source(tmp_path):
+    path, _ = _with(tmp_path, "    val: [2015-03-01, 2015-04-15]", "    val: [2015-02-01, 2015-04-15]")
+    with pytest.raises(RecipeError, match="overlap"):
+        load_recipe(path)
+    path, _ = _with(tmp_path, "  name: synthetic-ocean", "  name: synthetic-oceans")
+    with pytest.raises(Exception, match="unknown source 'synthetic-oceans'.*synthetic-ocean"):
+        load_recipe(path)
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nworkdir: [unclosed\n")
+    with pytest.raises(RecipeError, match=r"bad\.yaml:\d+: not valid YAML"):
+        load_recipe(path)
+
+
+def test_overrides_and_resolved_defaults():
+    loaded = load_recipe(DEMO, overrides=parse_overrides(["train.lr=1e-4", "workdir=/tmp/x"]))
+    assert loaded.parts["train"].lr == pytest.approx(1e-4)
+    assert str(loaded.recipe.workdir) == "/tmp/x"
+    resolved = loaded.resolved
+    # defaults filled in from every schema, plugin ones included
+    assert resolved["train"]["rollout_steps"] == 1
+    assert resolved["model"]["options"]["lora"]["engine"] == "none"
+    assert resolved["data"]["options"]["depths"] is None
+    assert resolved["source"]["options"]["resolution"] == pytest.approx(1 / 12)
+    assert load_recipe(DEMO).hash != loaded.hash
+    with pytest.raises(RecipeError, match="KEY=VALUE"):
+        parse_overrides(["train.lr"])
+
+
+def test_schema_includes_plugin_sections():
+    schema = json_schema()
+    assert schema["additionalProperties"] is False
+    plugin = schema["x-geoft-plugin-schemas"]
+    assert "source:synthetic-ocean:Options" in plugin and "source:copernicus:Options" in plugin
+    assert "model:aurora:TrainConfig" in plugin
+    json.dumps(schema)
