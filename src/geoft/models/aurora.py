@@ -1,0 +1,1043 @@
+"""The Aurora model adapter: maps a prepared store (:mod:`geoft.store`) onto Microsoft's Aurora.
+
+What the adapter does, in the order a fine-tuning run needs it:
+
+* **Options** (:class:`AuroraOptions`, the recipe's ``model.options``): which Aurora class
+  (or a ``custom`` size), extra constructor arguments checked against the class signature,
+  where the weights come from (random, the Hugging Face hub, a local file), LoRA (Aurora's own
+  or ``peft``), and the switches Aurora exposes for fine-tuning.
+* **Variables**: store surface variables -> ``surf_vars``; level variables -> ``atmos_vars``
+  with the store levels as ``atmos_levels`` (ocean depths in metres play the role of pressure
+  levels); statics (``lsm``, ``z``, ...) -> ``static_vars``.
+* **Normalisation**: Aurora normalises inside ``forward`` with the module-level dicts
+  ``aurora.normalisation.locations``/``scales``. Per-level keys are
+  ``f"{var}_{aurora.normalisation.level_to_str(level)}"``: levels are rounded to three
+  decimals and the decimal point becomes ``_`` (depth 0.494 m -> ``thetao_0_494``). The adapter
+  registers every variable from the store statistics (train split).
+* **Batches**: :class:`aurora.Batch` with two history steps ``(t-1, t)``, UTC-aware times (Aurora
+  reads naive datetimes as local time), lat decreasing and lon in [0, 360) as the store has them.
+
+Forecasting for evaluation lives here too: :func:`load_finetuned` rebuilds a fine-tuned model
+from a checkpoint directory without the store, :func:`forecast` rolls it out over a store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import inspect
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Iterable, Literal, Sequence, Union
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+import aurora
+import aurora.normalisation as aurora_norm
+from aurora import Batch, Metadata
+from aurora.normalisation import level_to_str
+
+from geoft.errors import GeoftError
+from geoft.store import PreparedStore, to_utc_datetimes
+
+log = logging.getLogger(__name__)
+
+#: Constructor arguments a ``custom`` architecture may set through ``model.options.size``.
+SIZE_KEYS = (
+    "embed_dim", "encoder_depths", "decoder_depths", "encoder_num_heads", "decoder_num_heads",
+    "num_heads", "patch_size", "latent_levels", "window_size", "mlp_ratio", "enc_depth",
+    "dec_depth", "dec_mlp_ratio", "drop_path", "drop_rate", "perceiver_ln_eps",
+)
+
+#: Constructor arguments geoft sets itself, and the option that controls each.
+MANAGED_KWARGS = {
+    "surf_vars": "the store's surface variables",
+    "atmos_vars": "the store's level variables",
+    "static_vars": "the store's static fields",
+    "timestep": "the store's time step (geoft_timestep_hours)",
+    "level_condition": "model.options.level_condition",
+    "stabilise_level_agg": "model.options.stabilise_level_agg",
+    "positive_surf_vars": "model.options.positive_surf_vars",
+    "positive_atmos_vars": "model.options.positive_atmos_vars",
+    "autocast": "model.options.autocast",
+    "bf16_mode": "model.options.autocast",
+    "use_lora": "model.options.lora.engine",
+    "surf_stats": "the store statistics (registered with aurora.normalisation)",
+}
+
+#: Aurora's lead-time Fourier expansion asserts lead times within [1 min, 3 weeks].
+MAX_TIMESTEP_HOURS = 24 * 7 * 3
+#: Aurora's level Fourier expansion asserts |level| within [0.01, 1e5] (or exactly 0).
+LEVEL_RANGE = (0.01, 1e5)
+
+_LORA_KEY = re.compile(r"(^|\.)lora_")
+_CKPT_WRAP = "_checkpoint_wrapped_module."
+
+
+def aurora_classes() -> dict[str, type]:
+    """Model classes exported by ``aurora`` (``Aurora`` and its subclasses), by name."""
+    out = {}
+    for name in aurora.__all__:
+        obj = getattr(aurora, name, None)
+        if isinstance(obj, type) and issubclass(obj, aurora.Aurora):
+            out[name] = obj
+    return out
+
+
+def constructor_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """Keyword arguments ``cls(...)`` accepts, following ``**kw_args`` up the class chain."""
+    params: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if klass is object or "__init__" not in vars(klass):
+            continue
+        sig = inspect.signature(klass.__init__)
+        for p in list(sig.parameters.values())[1:]:
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+                params.setdefault(p.name, p)
+        if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            break
+    return params
+
+
+# ---------------------------------------------------------------------------------------------
+# Options (the recipe's model.options section)
+# ---------------------------------------------------------------------------------------------
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RandomWeights(_Strict):
+    """Random initialisation (Aurora's own initialisers)."""
+
+    kind: Literal["random"] = "random"
+
+
+class HubWeights(_Strict):
+    """A checkpoint file from the Hugging Face hub, e.g. ``microsoft/aurora`` /
+    ``aurora-0.25-small-pretrained.ckpt``. ``revision`` defaults to the commit Aurora pins for
+    that file when it is the class's default checkpoint, else ``main``."""
+
+    kind: Literal["hub"]
+    repo: str = "microsoft/aurora"
+    name: str
+    revision: str | None = None
+
+
+class LocalWeights(_Strict):
+    """A checkpoint on disk: an Aurora ``.ckpt``/``.pt`` state dict, or a geoft checkpoint
+    directory (its ``model.pt`` is used)."""
+
+    kind: Literal["local"]
+    path: Path
+
+
+Weights = Annotated[Union[RandomWeights, HubWeights, LocalWeights], Field(discriminator="kind")]
+
+
+class LoraOptions(_Strict):
+    """Low-rank adaptation.
+
+    ``engine``: ``none``; ``aurora`` (Aurora's built-in LoRA in the Swin attention ``qkv`` and
+    ``proj``, rank 8 / alpha 8 fixed by Aurora, native state-dict keys); ``peft`` (Hugging Face
+    peft on ``target_modules``, any rank; exported ``model.pt`` has the LoRA merged in).
+    ``freeze_base``: train only the LoRA weights plus parameters the checkpoint did not have
+    (new variables' embeddings and heads).
+    """
+
+    engine: Literal["none", "aurora", "peft"] = "none"
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(8.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["qkv", "proj"])
+    freeze_base: bool = True
+
+
+class AuroraOptions(_Strict):
+    """``model.options`` for ``model.name: aurora``.
+
+    * ``architecture``: an Aurora class name (``Aurora``, ``AuroraPretrained``,
+      ``AuroraSmallPretrained``, ``Aurora12hPretrained``, ``AuroraHighRes``, ``AuroraWave``, ...)
+      or ``custom`` (the base ``Aurora`` class with ``size``).
+    * ``size``: with ``custom`` only, sizes such as ``embed_dim``, ``encoder_depths``, ``patch_size``.
+    * ``kwargs``: further constructor arguments, checked against the class signature.
+    * ``weights``: ``{kind: random}``, ``{kind: hub, repo, name}`` or ``{kind: local, path}``;
+      ``strict``: fail unless every key matches (otherwise a report of missing/unexpected keys).
+    * ``new_variable_lr``: learning rate for parameters the checkpoint lacked (new variables'
+      embeddings and heads); ``zero_init_new_embeddings``: start new variables' input embeddings
+      at zero so the pretrained model's behaviour is unchanged at step 0.
+    * ``level_condition``: level-dependent embeddings for the store's levels (drops the
+      pretrained atmospheric embeddings).
+    * ``autocast``: bf16 autocast of the backbone through Aurora's own switch (never a bf16 cast
+      of the weights); ``activation_checkpointing``: Aurora's
+      ``configure_activation_checkpointing``.
+    * ``aurora_stats_for_known_vars``: keep Aurora's built-in normalisation statistics for
+      variables Aurora already knows (e.g. ``2t``, ``msl``) instead of the store's.
+    """
+
+    architecture: str = "AuroraSmallPretrained"
+    size: dict[str, Any] = Field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: Weights = Field(default_factory=RandomWeights)
+    strict: bool = False
+    lora: LoraOptions = Field(default_factory=LoraOptions)
+    new_variable_lr: float | None = Field(None, gt=0)
+    zero_init_new_embeddings: bool = False
+    stabilise_level_agg: bool = False
+    positive_surf_vars: list[str] = Field(default_factory=list)
+    positive_atmos_vars: list[str] = Field(default_factory=list)
+    level_condition: bool = False
+    autocast: bool = False
+    activation_checkpointing: bool = False
+    aurora_stats_for_known_vars: bool = False
+    predict_difference: bool = Field(
+        False, description="predict the change from the last input step (in normalised space, "
+        "through Aurora's _post_decoder_hook, as AuroraAirPollution does) instead of the full "
+        "state; the state dict is unchanged, build with geoft.models.aurora.difference_class "
+        "to use it outside geoft")
+
+    @model_validator(mode="after")
+    def _check(self) -> "AuroraOptions":
+        classes = aurora_classes()
+        where = "model.options"
+        if self.architecture != "custom" and self.architecture not in classes:
+            raise GeoftError(
+                f"unknown Aurora architecture {self.architecture!r}", where=f"{where}.architecture",
+                fix=f"use one of {', '.join(['custom', *classes])}")
+        if self.size and self.architecture != "custom":
+            raise GeoftError("size is only used with architecture: custom", where=f"{where}.size",
+                             fix="set architecture: custom, or move these to kwargs")
+        bad = sorted(set(self.size) - set(SIZE_KEYS))
+        if bad:
+            raise GeoftError(f"unknown size key(s) {', '.join(bad)}", where=f"{where}.size",
+                             fix=f"allowed: {', '.join(SIZE_KEYS)}")
+        allowed = constructor_parameters(self.model_class)
+        for key in self.kwargs:
+            if key in MANAGED_KWARGS:
+                raise GeoftError(f"kwargs.{key} is set by geoft", where=f"{where}.kwargs",
+                                 fix=f"remove it; it comes from {MANAGED_KWARGS[key]}")
+            if key not in allowed:
+                names = ", ".join(sorted(k for k in allowed if k not in MANAGED_KWARGS))
+                raise GeoftError(
+                    f"{self.architecture} has no constructor argument {key!r}",
+                    where=f"{where}.kwargs", fix=f"allowed arguments: {names}")
+        if self.predict_difference and (self.model_class._post_decoder_hook
+                                        is not aurora.Aurora._post_decoder_hook):
+            raise GeoftError(f"{self.architecture} already transforms its decoder output",
+                             where=f"{where}.predict_difference", fix="set it to false")
+        if self.lora.engine == "aurora" and (self.lora.rank != 8 or self.lora.alpha != 8):
+            raise GeoftError("Aurora's built-in LoRA has rank 8 and alpha 8 fixed",
+                             where=f"{where}.lora", fix="use lora.engine: peft for another rank")
+        return self
+
+    @property
+    def model_class(self) -> type:
+        return aurora.Aurora if self.architecture == "custom" else aurora_classes()[self.architecture]
+
+
+_DIFFERENCE_CLASSES: dict[type, type] = {}
+
+
+def difference_class(cls: type) -> type:
+    """``cls`` predicting the change from the last input step: the decoder's (normalised)
+    output is added to the normalised input at the current time, through Aurora's own
+    ``_post_decoder_hook`` (the mechanism AuroraAirPollution uses). Same parameters and state
+    dict as ``cls``; persistence is the zero-output model, so training starts from it."""
+    if cls not in _DIFFERENCE_CLASSES:
+        def _post_decoder_hook(self, batch, pred):
+            pred = cls._post_decoder_hook(self, batch, pred)
+
+            def add(prev, out):
+                return {k: v + prev[k][:, -1:, ..., : v.shape[-2], : v.shape[-1]]
+                        for k, v in out.items()}
+
+            return dataclasses.replace(pred, surf_vars=add(batch.surf_vars, pred.surf_vars),
+                                       atmos_vars=add(batch.atmos_vars, pred.atmos_vars))
+
+        _DIFFERENCE_CLASSES[cls] = type(f"{cls.__name__}Difference", (cls,),
+                                        {"_post_decoder_hook": _post_decoder_hook,
+                                         "__module__": __name__})
+    return _DIFFERENCE_CLASSES[cls]
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversions between recipe/JSON values and constructor values
+# ---------------------------------------------------------------------------------------------
+def _to_constructor_value(name: str, value: Any) -> Any:
+    """YAML/JSON value -> what Aurora's constructor expects (lists -> tuples, dtype names)."""
+    if name == "autocast_dtype" and isinstance(value, str):
+        return getattr(torch, value.replace("torch.", ""))
+    if name == "timestep" and isinstance(value, (int, float)):
+        return dt.timedelta(hours=value)
+    if isinstance(value, list):
+        return tuple(_to_constructor_value("", v) for v in value)
+    return value
+
+
+def _to_json_value(value: Any) -> Any:
+    if isinstance(value, torch.dtype):
+        return str(value).replace("torch.", "")
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds() / 3600
+    if isinstance(value, (tuple, list)):
+        return [_to_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_json_value(v) for k, v in value.items()}
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value
+
+
+def constructor_kwargs_from_json(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of the ``kwargs`` stored in ``model_config.json`` (``timestep`` is in hours)."""
+    return {k: (v if k == "rollout_input_clipping" else _to_constructor_value(k, v))
+            for k, v in kwargs.items()}
+
+
+def register_normalisation(entries: dict[str, Sequence[float]]) -> None:
+    """Write ``{key: (location, scale)}`` into ``aurora.normalisation.locations``/``scales``.
+
+    These dicts are process-global: the last registration of a key wins.
+    """
+    for key, (loc, scale) in entries.items():
+        aurora_norm.locations[key] = float(loc)
+        aurora_norm.scales[key] = float(scale)
+
+
+def _strip_wrappers(name: str) -> str:
+    return name.replace(_CKPT_WRAP, "")
+
+
+def bare_module(model: torch.nn.Module) -> torch.nn.Module:
+    """Unwrap DDP (``.module``) and peft (``get_base_model()``) to the Aurora instance."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "get_base_model") and not isinstance(model, aurora.Aurora):
+            model = model.get_base_model()
+        elif isinstance(model, RolloutForecaster):
+            model = model.model
+        else:
+            return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight loading report
+# ---------------------------------------------------------------------------------------------
+def _group_keys(keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Group state-dict keys by their prefix with indices generalised: ``{prefix: {count,
+    examples}}`` -- e.g. ``backbone.encoder_layers.*.blocks.*.attn.lora_qkv.loras.*``."""
+    groups: dict[str, dict[str, Any]] = {}
+    for key in sorted(keys):
+        general = re.sub(r"\.\d+(?=\.|$)", ".*", key)
+        prefix, _, last = general.rpartition(".")
+        g = groups.setdefault(prefix or last, {"count": 0, "examples": []})
+        g["count"] += 1
+        if len(g["examples"]) < 6 and last not in g["examples"]:
+            g["examples"].append(last)
+    return groups
+
+
+def format_load_report(report: dict[str, Any]) -> str:
+    """Human-readable lines for a weight-loading report."""
+    lines = [f"weights from {report['source']}: {report['loaded']} tensors loaded"]
+    for kind in ("missing", "unexpected"):
+        groups = report[kind]
+        total = sum(g["count"] for g in groups.values())
+        lines.append(f"  {kind} keys: {total}" + ("" if total else " (none)"))
+        for prefix, g in groups.items():
+            ex = ", ".join(g["examples"]) + (", ..." if g["count"] > len(g["examples"]) else "")
+            lines.append(f"    {g['count']:5d}  {prefix}.{{{ex}}}")
+    for key, (ck, mo) in report["shape_mismatch"].items():
+        lines.append(f"  shape mismatch (not loaded): {key} checkpoint {ck} vs model {mo}")
+    if report["new_variables"]:
+        lines.append(f"  variables new to the checkpoint: {', '.join(report['new_variables'])}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The adapter
+# ---------------------------------------------------------------------------------------------
+class AuroraAdapter:
+    """Maps a :class:`PreparedStore` onto Aurora: model construction, normalisation, batches.
+
+    ``normalisation``: ``{key: (location, scale)}`` to register instead of the store statistics
+    (used when forecasting with a fine-tuned model, whose statistics travel in its checkpoint).
+    """
+
+    history = 2
+
+    def __init__(self, store: PreparedStore, options: AuroraOptions | dict | None = None, *,
+                 normalisation: dict[str, Sequence[float]] | None = None):
+        self.store = store
+        self.options = (options if isinstance(options, AuroraOptions)
+                        else AuroraOptions.model_validate(options or {}))
+        where = str(store.path)
+        self.surface_vars: tuple[str, ...] = tuple(store.surface_vars)
+        self.level_vars: tuple[str, ...] = tuple(store.level_vars)
+        self.static_vars: tuple[str, ...] = tuple(store.static_vars) or tuple(
+            v for v in ("lsm", "z") if v in store.ds)
+        if not self.level_vars or not store.has_levels:
+            raise GeoftError(
+                "Aurora needs at least one level variable (atmos_vars) but the store has none",
+                where=where, fix="prepare the store with at least one level variable (e.g. "
+                                 "thetao on one or more depths)")
+        if not self.surface_vars:
+            raise GeoftError("Aurora needs at least one surface variable but the store has none",
+                             where=where, fix="prepare the store with a surface variable (e.g. zos)")
+        for name in self.static_vars:
+            if name not in store.ds:
+                raise GeoftError(f"static field {name!r} listed but missing", where=where,
+                                 fix="re-run `geoft prepare`")
+        self.levels: tuple[float, ...] = tuple(float(v) for v in store.levels)
+        self._check_levels()
+        for opt, names, pool in (("positive_surf_vars", self.options.positive_surf_vars,
+                                  self.surface_vars),
+                                 ("positive_atmos_vars", self.options.positive_atmos_vars,
+                                  self.level_vars)):
+            unknown = sorted(set(names) - set(pool))
+            if unknown:
+                raise GeoftError(f"{opt} names {', '.join(unknown)} not in the store",
+                                 where=f"model.options.{opt}",
+                                 fix=f"use variables from {', '.join(pool)}")
+        self.timestep: dt.timedelta = store.timestep
+        hours = self.timestep.total_seconds() / 3600
+        if not 0 < hours <= MAX_TIMESTEP_HOURS:
+            raise GeoftError(f"time step of {hours:g} h is outside what Aurora's lead-time "
+                             f"embedding accepts (up to {MAX_TIMESTEP_HOURS} h)", where=where,
+                             fix="resample the data to a step of 3 weeks or less")
+        self.model_kwargs = self._model_kwargs()
+        self.patch_size = int(self.model_kwargs.get(
+            "patch_size", constructor_parameters(self.options.model_class)["patch_size"].default))
+        self.grid_shape: tuple[int, int] = tuple(store.grid_shape)  # type: ignore[assignment]
+        h, w = self.grid_shape
+        if w % self.patch_size:
+            raise GeoftError(
+                f"grid {h}x{w} (lat x lon): width {w} is not a multiple of the patch size "
+                f"{self.patch_size}", where=where,
+                fix=f"set data.patch_size: {self.patch_size} (prepare crops the grid to a multiple)"
+                    f" or change data.bbox so the width is a multiple of {self.patch_size}")
+        if h % self.patch_size > 1:
+            raise GeoftError(
+                f"grid {h}x{w} (lat x lon): height {h} is not a multiple of the patch size "
+                f"{self.patch_size} (Aurora drops at most one extra row)", where=where,
+                fix=f"set data.patch_size: {self.patch_size} (prepare crops the grid to a multiple)"
+                    f" or change data.bbox")
+        #: Aurora crops one extra latitude row: predictions cover ``output_shape``.
+        self.output_shape = (h - h % self.patch_size, w)
+        self.normalisation = (dict(normalisation) if normalisation is not None
+                              else self._normalisation_from_store())
+        register_normalisation(self.normalisation)
+        self.times = store.times
+        self._lat = torch.tensor(np.asarray(store.lat, dtype=np.float64))
+        self._lon = torch.tensor(np.asarray(store.lon, dtype=np.float64))
+        self._statics = {n: torch.tensor(np.asarray(store.static(n), dtype=np.float32))
+                         for n in self.static_vars}
+        hh = self.output_shape[0]
+        self._masks = {v: torch.tensor(store.valid(v))[..., :hh, :] for v in self.variables}
+        # Filled in by build_model().
+        self.load_report: dict[str, Any] | None = None
+        self.new_parameters: list[torch.nn.Parameter] = []
+        self.peft_model: torch.nn.Module | None = None
+
+    # -- variables and normalisation ---------------------------------------------------------
+    @property
+    def variables(self) -> tuple[str, ...]:
+        return self.surface_vars + self.level_vars
+
+    def _check_levels(self) -> None:
+        where = f"{self.store.path} (level)"
+        lo, hi = LEVEL_RANGE
+        bad = [v for v in self.levels if v != 0 and not lo <= abs(v) <= hi]
+        if bad:
+            raise GeoftError(f"levels {bad} are outside the range Aurora's level embedding "
+                             f"accepts ({lo} to {hi:g}, or 0)", where=where,
+                             fix="drop those levels in data.options or rescale the level units")
+        keys = [level_to_str(v) for v in self.levels]
+        if len(set(keys)) != len(keys):
+            raise GeoftError(f"levels {list(self.levels)} collide after Aurora's rounding to "
+                             f"three decimals ({keys})", where=where,
+                             fix="keep levels that differ by at least 0.001")
+
+    def level_key(self, var: str, level: float) -> str:
+        """The key Aurora uses for ``var`` at ``level`` (e.g. ``thetao_0_494``)."""
+        return f"{var}_{level_to_str(level)}"
+
+    def _normalisation_from_store(self) -> dict[str, tuple[float, float]]:
+        keep_known = self.options.aurora_stats_for_known_vars
+        out: dict[str, tuple[float, float]] = {}
+
+        def put(key: str, loc: float, scale: float) -> None:
+            if keep_known and key in aurora_norm.locations:
+                out[key] = (aurora_norm.locations[key], aurora_norm.scales[key])
+            else:
+                out[key] = (float(loc), float(scale))
+
+        for var in self.surface_vars:
+            mean, std = self.store.stats(var)
+            put(var, float(mean), float(std))
+        for var in self.level_vars:
+            mean, std = self.store.stats(var)
+            for level, m, s in zip(self.levels, np.atleast_1d(mean), np.atleast_1d(std)):
+                put(self.level_key(var, level), float(m), float(s))
+        for name in self.static_vars:
+            # Statics Aurora knows (lsm, z) keep Aurora's statistics: the pretrained static
+            # embeddings were learned with them. Others use their own spatial mean/std.
+            if name in aurora_norm.locations:
+                out[name] = (aurora_norm.locations[name], aurora_norm.scales[name])
+            else:
+                field = np.asarray(self.store.static(name), dtype=np.float64)
+                std = float(np.nanstd(field))
+                out[name] = (float(np.nanmean(field)), std if std > 0 else 1.0)
+        return out
+
+    def normalise(self, var: str, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``x`` (physical units; ``(..., H, W)`` surface, ``(..., C, H, W)`` level)
+        exactly as Aurora does internally."""
+        if var in self.level_vars:
+            return aurora_norm.normalise_atmos_var(x, var, self.levels)
+        return aurora_norm.normalise_surf_var(x, var)
+
+    def loss_masks(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Boolean valid-point masks on the output grid: ``(H, W)`` surface, ``(C, H, W)``
+        level variables."""
+        return {v: m.to(device) for v, m in self._masks.items()}
+
+    # -- model construction ----------------------------------------------------------------
+    def _model_kwargs(self) -> dict[str, Any]:
+        o = self.options
+        kw: dict[str, Any] = {k: _to_constructor_value(k, v) for k, v in o.size.items()}
+        kw.update({k: (v if k == "rollout_input_clipping" else _to_constructor_value(k, v))
+                   for k, v in o.kwargs.items()})
+        kw.update(
+            surf_vars=self.surface_vars, atmos_vars=self.level_vars, static_vars=self.static_vars,
+            timestep=self.timestep, stabilise_level_agg=o.stabilise_level_agg,
+            positive_surf_vars=tuple(o.positive_surf_vars),
+            positive_atmos_vars=tuple(o.positive_atmos_vars),
+            autocast=o.autocast, use_lora=o.lora.engine == "aurora",
+        )
+        if o.level_condition:
+            kw["level_condition"] = self.levels
+        if kw.get("max_history_size", self.history) < self.history:
+            raise GeoftError(f"max_history_size must be at least {self.history}",
+                             where="model.options.kwargs.max_history_size")
+        return kw
+
+    def construct(self) -> torch.nn.Module:
+        """Instantiate the Aurora class with random weights (nothing loaded, no LoRA wrapping)."""
+        cls = self.options.model_class
+        if self.options.predict_difference:
+            cls = difference_class(cls)
+        try:
+            return cls(**self.model_kwargs)
+        except (AssertionError, ValueError, TypeError, RuntimeError) as exc:
+            shown = {k: v for k, v in self.model_kwargs.items()
+                     if k in self.options.size or k in self.options.kwargs}
+            raise GeoftError(f"cannot build {self.options.architecture} with {shown}: "
+                             f"{exc.__class__.__name__}: {exc}", where="model.options",
+                             fix="check size/kwargs (embed_dim divisible by num_heads, equal "
+                                 "encoder/decoder depth sums, latent_levels >= 2)") from exc
+
+    def build_model(self, device: str | torch.device = "cpu", *,
+                    report_path: str | os.PathLike | None = None) -> torch.nn.Module:
+        """Build the model ready to train: construct, load weights, set up LoRA and freezing,
+        activation checkpointing, move to ``device``.
+
+        Returns the bare Aurora module (with peft layers injected in place for the peft engine;
+        the ``PeftModel`` wrapper is kept in ``self.peft_model``). ``self.load_report`` holds the
+        weight-loading report (also written to ``report_path``); ``self.new_parameters`` the
+        parameters the checkpoint did not provide.
+        """
+        o = self.options
+        model = self.construct()
+        self.load_report = self.load_weights(model)
+        new_names: set[str] = set()
+        if self.load_report is not None:
+            log.info(format_load_report(self.load_report))
+            if report_path is not None:
+                _write_json_atomic(Path(report_path), self.load_report)
+            new_names = {k for k in self.load_report["missing_keys"] if not _LORA_KEY.search(k)}
+            new_names |= set(self.load_report["shape_mismatch"])
+            if o.zero_init_new_embeddings:
+                self._zero_new_embeddings(model, self.load_report["new_variables"])
+        if o.predict_difference and isinstance(o.weights, RandomWeights):
+            # start exactly at persistence: zero output heads predict no change
+            with torch.no_grad():
+                for p in [*model.decoder.surf_heads.parameters(),
+                          *model.decoder.atmos_heads.parameters()]:
+                    p.zero_()
+        params = dict(model.named_parameters())
+        self.new_parameters = [params[n] for n in sorted(new_names) if n in params]
+        if o.lora.engine == "peft":
+            model = self._apply_peft(model)
+        if o.lora.engine != "none":
+            new_ids = {id(p) for p in self.new_parameters}
+            for name, p in model.named_parameters():
+                is_lora = bool(_LORA_KEY.search(name))
+                p.requires_grad_(is_lora or not o.lora.freeze_base or id(p) in new_ids)
+        if o.activation_checkpointing:
+            model.configure_activation_checkpointing()
+        model.geoft_config = self.model_config()  # type: ignore[assignment]
+        return model.to(device)
+
+    def _apply_peft(self, model: torch.nn.Module) -> torch.nn.Module:
+        from peft import LoraConfig, get_peft_model
+
+        lo = self.options.lora
+        present = {n.rpartition(".")[2] for n, _ in model.named_modules()}
+        missing = [t for t in lo.target_modules if t not in present]
+        if missing:
+            raise GeoftError(f"lora.target_modules {missing} match no module of "
+                             f"{self.options.architecture}", where="model.options.lora",
+                             fix="use module names such as qkv, proj (Swin attention)")
+        config = LoraConfig(r=lo.rank, lora_alpha=lo.alpha, lora_dropout=lo.dropout,
+                            target_modules=list(lo.target_modules), bias="none")
+        self.peft_model = get_peft_model(model, config)
+        return self.peft_model.get_base_model()
+
+    @staticmethod
+    def _zero_new_embeddings(model: torch.nn.Module, new_variables: Sequence[str]) -> None:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                m = re.match(r"encoder\.(surf|atmos)_token_embeds\.(layers\.[^.]+\.)?weights\.(.+)$",
+                             name)
+                if m and m.group(3) in new_variables:
+                    p.zero_()
+
+    # -- weights ----------------------------------------------------------------------------
+    def _hub_path(self, w: HubWeights) -> Path:
+        from huggingface_hub import hf_hub_download
+
+        cls = self.options.model_class
+        revision = w.revision or (cls.default_checkpoint_revision
+                                  if (w.repo, w.name) == (cls.default_checkpoint_repo,
+                                                          cls.default_checkpoint_name) else None)
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+        fix = (f"download it on a machine with internet (e.g. a login node): `huggingface-cli "
+               f"download {w.repo} {w.name}`, then use weights: {{kind: local, path: ...}} "
+               f"pointing at the downloaded file")
+        try:
+            return Path(hf_hub_download(repo_id=w.repo, filename=w.name, revision=revision,
+                                        local_files_only=offline))
+        except Exception as exc:  # noqa: BLE001 - offline, no network, gated, missing file
+            state = "offline (HF_HUB_OFFLINE=1) and not in the local cache" if offline else \
+                f"download failed ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})"
+            raise GeoftError(f"cannot get {w.repo}/{w.name}: {state}",
+                             where="model.options.weights", fix=fix) from exc
+
+    def load_weights(self, model: torch.nn.Module) -> dict[str, Any] | None:
+        """Load the configured weights into ``model``; returns the report (``None`` for random
+        weights). Non-strict loading reports missing/unexpected keys instead of failing."""
+        w = self.options.weights
+        if isinstance(w, RandomWeights):
+            return None
+        if isinstance(w, HubWeights):
+            path, source = self._hub_path(w), f"hub {w.repo}/{w.name}"
+        else:
+            path = Path(w.path).expanduser()
+            if path.is_dir() and (path / "model.pt").exists():
+                path = path / "model.pt"
+            if not path.is_file():
+                raise GeoftError("checkpoint file not found", where=str(path),
+                                 fix="set model.options.weights.path to an existing .ckpt/.pt "
+                                     "file or a geoft checkpoint directory")
+            source = str(path)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise GeoftError(f"cannot read checkpoint ({exc.__class__.__name__}: {exc})",
+                             where=str(path), fix="point weights.path at a torch state dict") from exc
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]  # Lightning-style wrapper
+        return load_state_dict_report(model, state, source=source, strict=self.options.strict,
+                                      variables=self.variables + self.static_vars)
+
+    # -- batches ----------------------------------------------------------------------------
+    def _check_window(self, t: int, first: int, last: int) -> None:
+        if first < 0 or last >= len(self.times):
+            raise GeoftError(f"time index {t} needs steps {first}..{last}, outside the store "
+                             f"(0..{len(self.times) - 1})", where=str(self.store.path),
+                             fix=f"use time indices from {self.history - 1}")
+        span = self.times[last] - self.times[first]
+        if span != (last - first) * self.timestep:
+            raise GeoftError(f"the window around {self.times[t]} is not contiguous (gap in time)",
+                             where=str(self.store.path), fix="choose times away from gaps")
+
+    def read_window(self, indices: Sequence[int], first_offset: int, last_offset: int
+                    ) -> dict[str, np.ndarray]:
+        """Physical-unit arrays ``(B, T, [C,] H, W)`` for the time steps ``t + first_offset ..
+        t + last_offset`` of every ``t`` in ``indices`` (one store read per variable)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        for t in idx:
+            self._check_window(int(t), int(t) + first_offset, int(t) + last_offset)
+        steps = idx[:, None] + np.arange(first_offset, last_offset + 1)[None, :]
+        needed = np.unique(steps)
+        where = np.searchsorted(needed, steps)
+        block = self.store.sample(needed, self.variables)
+        return {v: np.asarray(block[v], dtype=np.float32)[where] for v in self.variables}
+
+    def batch_from_arrays(self, inputs: dict[str, Any], time_indices: Sequence[int]) -> Batch:
+        """Aurora :class:`~aurora.Batch` from physical-unit arrays ``(B, T, [C,] H, W)`` whose
+        last history step is at store time index ``time_indices[b]``. Raises
+        :class:`GeoftError` naming the variable and time when an input holds NaN."""
+        idx = np.asarray(time_indices, dtype=np.int64).reshape(-1)
+        surf, atmos = {}, {}
+        for v in self.variables:
+            x = torch.as_tensor(inputs[v], dtype=torch.float32)
+            bad = torch.isnan(x)
+            if bool(bad.any()):
+                b = int(torch.nonzero(bad)[0, 0])
+                raise GeoftError(f"variable {v!r} has NaN in the input window ending "
+                                 f"{self.times[idx[b]]}", where=str(self.store.path),
+                                 fix="re-run `geoft prepare` (prepared stores fill invalid "
+                                     "points) or remove the bad time steps")
+            (atmos if v in self.level_vars else surf)[v] = x
+        return Batch(
+            surf_vars=surf, static_vars=dict(self._statics), atmos_vars=atmos,
+            metadata=Metadata(lat=self._lat, lon=self._lon,
+                              time=to_utc_datetimes(self.times[idx].values),
+                              atmos_levels=self.levels),
+        )
+
+    def make_batch(self, indices: Sequence[int] | np.ndarray, history: int = 2) -> Batch:
+        """Batch for the current steps ``indices`` (history ``t-history+1 .. t``)."""
+        if not 1 <= history <= self.history:
+            raise GeoftError(f"history must be 1..{self.history}, got {history}")
+        arrays = self.read_window(indices, -(history - 1), 0)
+        return self.batch_from_arrays(arrays, indices)
+
+    def target(self, indices: Sequence[int] | np.ndarray, lead: int = 1) -> dict[str, torch.Tensor]:
+        """Truth at ``t + lead`` for every ``t`` in ``indices``: physical units, on the output
+        grid, ``(B, H, W)`` surface, ``(B, C, H, W)`` level variables."""
+        arrays = self.read_window(indices, lead, lead)
+        hh = self.output_shape[0]
+        return {v: torch.as_tensor(a[:, 0, ..., :hh, :]) for v, a in arrays.items()}
+
+    # -- config for checkpoints ------------------------------------------------------------
+    def model_config(self) -> dict[str, Any]:
+        """Everything needed to rebuild the model without the store (``model_config.json``)."""
+        from geoft import __version__
+
+        kwargs = {k: _to_json_value(v) for k, v in self.model_kwargs.items() if k != "timestep"}
+        if self.options.lora.engine == "peft":
+            kwargs["use_lora"] = False  # exported model.pt has the peft LoRA merged in
+        return {
+            "format": "geoft-aurora/1",
+            "class": self.options.model_class.__name__,
+            "kwargs": kwargs,
+            "timestep_hours": self.timestep.total_seconds() / 3600,
+            "predict_difference": self.options.predict_difference,
+            "surface_vars": list(self.surface_vars),
+            "level_vars": list(self.level_vars),
+            "static_vars": list(self.static_vars),
+            "levels": list(self.levels),
+            "grid_shape": list(self.grid_shape),
+            "patch_size": self.patch_size,
+            "normalisation": {k: [float(a), float(b)] for k, (a, b) in self.normalisation.items()},
+            "options": self.options.model_dump(mode="json"),
+            "versions": {"geoft": __version__, "aurora": getattr(aurora, "__version__", "?"),
+                         "torch": torch.__version__},
+        }
+
+    def check_config(self, config: dict[str, Any], *, where: str) -> None:
+        """Raise :class:`GeoftError` when a checkpoint's variables/levels/grid differ from the
+        store's."""
+        problems = []
+        for key, mine in (("surface_vars", list(self.surface_vars)),
+                          ("level_vars", list(self.level_vars)),
+                          ("static_vars", list(self.static_vars))):
+            theirs = list(config.get(key, []))
+            if theirs != mine:
+                only_ck = sorted(set(theirs) - set(mine))
+                only_st = sorted(set(mine) - set(theirs))
+                detail = (f"checkpoint only: {only_ck or '-'}, store only: {only_st or '-'}"
+                          if only_ck or only_st else f"order differs: {theirs} vs {mine}")
+                problems.append(f"{key} differ ({detail})")
+        if [level_to_str(v) for v in config.get("levels", [])] != [level_to_str(v) for v in self.levels]:
+            problems.append(f"levels differ (checkpoint {config.get('levels')}, store "
+                            f"{list(self.levels)})")
+        if list(config.get("grid_shape", self.grid_shape)) != list(self.grid_shape):
+            problems.append(f"grid differs (checkpoint {config.get('grid_shape')}, store "
+                            f"{list(self.grid_shape)})")
+        if problems:
+            raise GeoftError("checkpoint does not match the store: " + "; ".join(problems),
+                             where=where,
+                             fix="use the store the model was trained on, or start a new run "
+                                 "(another finetune out_dir, or resume=False)")
+
+
+# ---------------------------------------------------------------------------------------------
+# State dicts: loading with a report, exporting for use outside geoft
+# ---------------------------------------------------------------------------------------------
+def load_state_dict_report(model: torch.nn.Module, state: dict[str, torch.Tensor], *,
+                           source: str, strict: bool, variables: Sequence[str] = ()
+                           ) -> dict[str, Any]:
+    """Load an Aurora checkpoint dict into ``model`` non-strictly (or strictly) and report.
+
+    Applies the class's own checkpoint adaptation (old key layouts) and widens the history
+    dimension like ``Aurora.load_checkpoint_local``, but works for models without ``2t``.
+    Tensors whose shape differs are skipped and reported.
+    """
+    state = dict(state)
+    try:
+        state = model._adapt_checkpoint(state)
+    except AssertionError as exc:
+        raise GeoftError(f"checkpoint layout not understood by {type(model).__name__}: {exc}",
+                         where=source, fix="use the Aurora class the checkpoint was made for") from exc
+    embed = next((v for k, v in state.items()
+                  if k.startswith("encoder.surf_token_embeds.weights.")), None)
+    if embed is not None:
+        ck_history = embed.shape[2]
+        if model.max_history_size > ck_history:
+            model.adapt_checkpoint_max_history_size(state)
+        elif model.max_history_size < ck_history:
+            raise GeoftError(f"checkpoint has history size {ck_history}, model "
+                             f"{model.max_history_size}", where=source,
+                             fix=f"set model.options.kwargs.max_history_size: {ck_history}")
+    own = model.state_dict()
+    mismatch = {k: [list(v.shape), list(own[k].shape)] for k, v in state.items()
+                if k in own and tuple(v.shape) != tuple(own[k].shape)}
+    loadable = {k: v for k, v in state.items() if k not in mismatch}
+    missing = sorted(set(own) - set(loadable))
+    unexpected = sorted(set(loadable) - set(own))
+    new_vars = []
+    for var in variables:
+        keys = [k for k in own if re.search(rf"token_embeds\.(layers\.[^.]+\.)?weights\.{re.escape(var)}$", k)]
+        if keys and all(k in missing for k in keys):
+            new_vars.append(var)
+    report = {
+        "source": source, "strict": strict,
+        "loaded": len(set(loadable) & set(own)),
+        "missing": _group_keys(missing), "unexpected": _group_keys(unexpected),
+        "shape_mismatch": mismatch, "new_variables": new_vars,
+        "missing_keys": missing, "unexpected_keys": unexpected,
+    }
+    if strict and (missing or unexpected or mismatch):
+        raise GeoftError("strict weight loading failed:\n" + format_load_report(report),
+                         where=source, fix="set model.options.strict: false to load what matches")
+    model.load_state_dict(loadable, strict=False)
+    return report
+
+
+def export_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A plain state dict that loads with ``load_state_dict(strict=True)`` into a fresh
+    instance of the Aurora class built from ``model_config.json`` (CPU tensors).
+
+    Activation-checkpoint wrappers are invisible (their state-dict hooks strip them); peft LoRA
+    layers are merged into their base weights (``W + B A * alpha / r``) and their keys dropped;
+    Aurora's own LoRA keys are native and kept.
+    """
+    model = bare_module(model)
+    state = model.state_dict()
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # pragma: no cover - peft is a dependency
+        LoraLayer = ()  # type: ignore[assignment]
+    merged: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, LoraLayer):
+                base = module.get_base_layer()
+                weight = base.weight.detach().clone()
+                for adapter_name in module.active_adapters:
+                    if adapter_name in module.lora_A:
+                        weight += module.get_delta_weight(adapter_name).to(weight.dtype)
+                merged[f"{_strip_wrappers(name)}.weight"] = weight
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if re.search(r"\.lora_(A|B|embedding_A|embedding_B|magnitude_vector)\.", key):
+            continue  # peft adapter tensors
+        out[key.replace(".base_layer.", ".")] = value
+    out.update(merged)
+    return {k: v.detach().to("cpu").clone() for k, v in out.items()}
+
+
+def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters with ``requires_grad`` in the training module's own key names (``adapter.pt``
+    when LoRA is used: LoRA weights plus new-variable embeddings/heads when trained)."""
+    model = bare_module(model)
+    names = {_strip_wrappers(n) for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items() if k in names}
+
+
+def build_from_config(config: dict[str, Any]) -> torch.nn.Module:
+    """Construct the Aurora class described by a ``model_config.json`` dict (random weights)
+    and register its normalisation statistics."""
+    cls = aurora_classes().get(config["class"])
+    if cls is None:
+        raise GeoftError(f"unknown Aurora class {config['class']!r} in model_config.json",
+                         fix="upgrade microsoft-aurora to the version the model was trained with")
+    kwargs = constructor_kwargs_from_json(config["kwargs"])
+    kwargs["timestep"] = dt.timedelta(hours=config["timestep_hours"])
+    register_normalisation(config["normalisation"])
+    if config.get("predict_difference"):
+        cls = difference_class(cls)
+    return cls(**kwargs)
+
+
+def load_finetuned(checkpoint_dir: str | os.PathLike, device: str | torch.device = "cpu"
+                   ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild a fine-tuned model from a checkpoint directory (no store needed).
+
+    ``checkpoint_dir`` may be a ``step-XXXXXX`` directory, a run's ``checkpoints`` directory or
+    the run directory itself (then ``best``, else ``latest``, is used). Registers the model's
+    normalisation statistics with ``aurora.normalisation``. Returns ``(model in eval mode,
+    model_config dict)``; the config is also attached as ``model.geoft_config``.
+    """
+    from geoft.training.checkpoint import resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint_dir)
+    config = json.loads((path / "model_config.json").read_text())
+    model = build_from_config(config)
+    state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    model.geoft_config = config  # type: ignore[assignment]
+    return model.to(device).eval(), config
+
+
+# ---------------------------------------------------------------------------------------------
+# Roll-outs
+# ---------------------------------------------------------------------------------------------
+class RolloutForecaster(torch.nn.Module):
+    """``forward(batch, steps)`` -> list of ``steps`` predictions, fed back autoregressively with
+    :func:`aurora.rollout`. One module call per training step, so DDP sees one forward per
+    backward even for multi-step roll-out fine-tuning.
+
+    ``grad_last_only``: run all but the last step without autograd (the Aurora paper's cheap
+    roll-out fine-tuning: gradients flow through the last step only).
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch, steps: int = 1, grad_last_only: bool = False) -> list[Batch]:
+        preds: list[Batch] = []
+        grad = torch.is_grad_enabled()
+        generator = aurora.rollout(self.model, batch, steps=steps)
+        for k in range(steps):
+            with torch.set_grad_enabled(grad and not (grad_last_only and k < steps - 1)):
+                preds.append(next(generator))
+        # Stop here: running the generator on would only build the next (unused) input.
+        generator.close()
+        return preds
+
+
+def forecast(model: torch.nn.Module, store: PreparedStore, init_indices: Sequence[int],
+             lead_steps: int, *, batch_size: int = 4, progress: bool = False):
+    """Roll ``model`` out from each store time index in ``init_indices`` for ``lead_steps``.
+
+    Returns an ``xr.Dataset`` with one variable per store variable, dims ``(init_time, lead,
+    [level,] lat, lon)`` (``y``/``x`` for projected grids) in physical units, float32. ``lead``
+    is a ``timedelta64`` coordinate (``k * timestep``, k = 1..lead_steps) with the integer step
+    ``lead_step`` and ``valid_time`` as extra coordinates. Invalid points (land, below the sea
+    floor, the row Aurora crops) are NaN. Runs under ``torch.inference_mode`` on the bare module.
+    """
+    import xarray as xr
+
+    model = bare_module(model)
+    config = getattr(model, "geoft_config", None)
+    if config is None:
+        raise GeoftError("forecast needs a model from load_finetuned() or "
+                         "AuroraAdapter.build_model() (its model_config travels with it)")
+    adapter = AuroraAdapter(store, config.get("options"), normalisation=config["normalisation"])
+    adapter.check_config(config, where=str(store.path))
+    init = np.asarray(init_indices, dtype=np.int64).reshape(-1)
+    if lead_steps < 1:
+        raise GeoftError(f"lead_steps must be >= 1, got {lead_steps}")
+    h_out = adapter.output_shape[0]
+    n_init = len(init)
+    out = {}
+    for v in adapter.variables:
+        shape = store.ds[v].shape[1:]
+        out[v] = np.full((n_init, lead_steps) + tuple(shape), np.nan, dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    chunks = [init[i:i + batch_size] for i in range(0, n_init, batch_size)]
+    with _progress_bar(progress, "forecast", len(chunks)) as advance, torch.inference_mode():
+        for c, chunk in enumerate(chunks):
+            start = c * batch_size
+            batch = adapter.make_batch(chunk)
+            for k, pred in enumerate(aurora.rollout(model, batch, steps=lead_steps)):
+                for v in adapter.surface_vars:
+                    out[v][start:start + len(chunk), k, :h_out] = pred.surf_vars[v][:, 0].cpu().numpy()
+                for v in adapter.level_vars:
+                    out[v][start:start + len(chunk), k, ..., :h_out, :] = \
+                        pred.atmos_vars[v][:, 0].cpu().numpy()
+            advance()
+    model.train(was_training)
+    valid_ds = store.ds["valid"]
+    spatial_dims = valid_ds.dims
+    lead = np.arange(1, lead_steps + 1)
+    lead_td = (lead * np.timedelta64(int(store.timestep.total_seconds()), "s")).astype("timedelta64[ns]")
+    init_times = store.times[init].values
+    coords: dict[str, Any] = {
+        "init_time": ("init_time", init_times),
+        "lead": ("lead", lead_td),
+        "lead_step": ("lead", lead),
+        "valid_time": (("init_time", "lead"), init_times[:, None] + lead_td[None, :]),
+    }
+    for name, c in valid_ds.coords.items():
+        coords[name] = (c.dims, c.values, c.attrs)
+    if store.has_levels:
+        lev = store.ds["level"]
+        coords["level"] = ("level", lev.values, lev.attrs)
+    data_vars = {}
+    for v in adapter.variables:
+        valid = store.valid(v)
+        arr = np.where(valid, out[v], np.nan).astype(np.float32)
+        dims = ("init_time", "lead") + (("level",) if v in adapter.level_vars else ()) + spatial_dims
+        attrs = {k: store.ds[v].attrs[k] for k in ("units", "standard_name", "long_name")
+                 if k in store.ds[v].attrs}
+        data_vars[v] = (dims, arr, attrs)
+    ds = xr.Dataset(data_vars, coords=coords)
+    ds["lead"].attrs["long_name"] = "forecast lead time (lead_step * store time step)"
+    ds.attrs.update(geoft_model=config["class"], geoft_forecast="aurora.rollout",
+                    geoft_timestep_hours=store.timestep.total_seconds() / 3600)
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+class _progress_bar:
+    """``with _progress_bar(enabled, label, total) as advance: ... advance()`` --
+    :func:`geoft.progress.make_progress` (rich, on stderr, off when not a terminal)."""
+
+    def __init__(self, enabled: bool, label: str, total: int):
+        self.enabled, self.label, self.total = enabled, label, total
+        self._progress = None
+
+    def __enter__(self):
+        from geoft.progress import make_progress, progress_enabled
+
+        if not progress_enabled(self.enabled):
+            return lambda n=1: None
+        self._progress = make_progress(True, transient=True)
+        self._progress.__enter__()
+        task = self._progress.add_task(self.label, total=self.total, status="")
+        return lambda n=1: self._progress.advance(task, n)
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+        return False
+
+
+def _write_json_atomic(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+__all__ = [
+    "AuroraAdapter", "AuroraOptions", "HubWeights", "LocalWeights", "LoraOptions", "RandomWeights",
+    "RolloutForecaster", "aurora_classes", "build_from_config", "export_state_dict", "forecast",
+    "format_load_report", "load_finetuned", "load_state_dict_report", "register_normalisation",
+    "trainable_state_dict",
+]

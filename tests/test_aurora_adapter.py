@@ -1,0 +1,305 @@
+"""The Aurora adapter on a tiny prepared store: options, normalisation, batches, weights, LoRA.
+
+Uses a real (tiny) Aurora: 75k parameters, ~0.1 s per forward on 16x32. No network.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import aurora
+import aurora.normalisation as aurora_norm
+from geoft.errors import GeoftError
+from geoft.models.aurora import (
+    AuroraAdapter,
+    AuroraOptions,
+    export_state_dict,
+    trainable_state_dict,
+)
+from geoft.store import PreparedStore
+from geoft.testing import make_tiny_store
+
+TINY = dict(encoder_depths=[1, 1], decoder_depths=[1, 1], encoder_num_heads=[1, 2],
+            decoder_num_heads=[2, 1], embed_dim=16, num_heads=1)
+
+
+def tiny(**extra) -> dict:
+    return {"architecture": "custom", "size": dict(TINY), **extra}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy machine every op of a
+    2-thread pool waits for a scheduler slice (100x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> PreparedStore:
+    return PreparedStore.open(make_tiny_store(tmp_path_factory.mktemp("s") / "store.zarr"))
+
+
+@pytest.fixture(scope="module")
+def store_without_so(tmp_path_factory) -> PreparedStore:
+    path = make_tiny_store(tmp_path_factory.mktemp("s2") / "store.zarr", level_vars=("thetao",))
+    return PreparedStore.open(path)
+
+
+# -- options ------------------------------------------------------------------------------------
+def test_options_reject_unknown_kwarg_and_list_allowed():
+    with pytest.raises(GeoftError) as err:
+        AuroraOptions(architecture="AuroraSmallPretrained", kwargs={"lora_rank": 4})
+    msg = str(err.value)
+    assert "'lora_rank'" in msg and "model.options.kwargs" in msg
+    assert "lora_mode" in msg and "max_history_size" in msg  # the allowed ones are listed
+    # arguments inherited through **kw_args from Aurora are accepted
+    assert AuroraOptions(architecture="AuroraSmallPretrained", kwargs={"lora_mode": "all"})
+
+
+def test_options_reject_managed_kwarg_unknown_class_and_size_key():
+    with pytest.raises(GeoftError, match="timestep"):
+        AuroraOptions(kwargs={"timestep": 6})
+    with pytest.raises(GeoftError, match="AuroraSmallPretrained"):  # lists the valid classes
+        AuroraOptions(architecture="AuroraTiny")
+    with pytest.raises(GeoftError, match="embed_dims"):
+        AuroraOptions(architecture="custom", size={"embed_dims": 8})
+    with pytest.raises(GeoftError, match="peft"):
+        AuroraOptions(lora={"engine": "aurora", "rank": 4})
+    with pytest.raises(Exception, match="extra"):
+        AuroraOptions(not_an_option=1)
+
+
+# -- normalisation and batches -------------------------------------------------------------------
+def test_normalisation_registered_per_level_with_aurora_key_format(store):
+    adapter = AuroraAdapter(store, tiny())
+    mean, std = store.stats("thetao")
+    for level, m, s in zip((0.494, 9.573), mean, std):
+        key = f"thetao_{aurora_norm.level_to_str(level)}"
+        assert key == {0.494: "thetao_0_494", 9.573: "thetao_9_573"}[level]
+        assert aurora_norm.locations[key] == pytest.approx(m)
+        assert aurora_norm.scales[key] == pytest.approx(s)
+    zmean, zstd = store.stats("zos")
+    assert aurora_norm.locations["zos"] == pytest.approx(float(zmean))
+    # Aurora's own normaliser (used inside forward) now gives the store's standardisation.
+    x = torch.as_tensor(store.sample(3, ["so"])["so"])
+    got = aurora_norm.normalise_atmos_var(x, "so", adapter.levels)
+    smean, sstd = store.stats("so")
+    want = (x - torch.as_tensor(smean)[:, None, None]) / torch.as_tensor(sstd)[:, None, None]
+    torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_shapes_orientation_and_utc_times(store):
+    adapter = AuroraAdapter(store, tiny())
+    idx = np.array([1, 5, 9])
+    batch = adapter.make_batch(idx)
+    assert batch.surf_vars["zos"].shape == (3, 2, 16, 32)
+    assert batch.atmos_vars["thetao"].shape == (3, 2, 2, 16, 32)
+    assert set(batch.static_vars) == {"lsm", "z"} and batch.static_vars["lsm"].shape == (16, 32)
+    assert batch.metadata.atmos_levels == (0.494, 9.573)
+    lat, lon = batch.metadata.lat, batch.metadata.lon
+    assert bool(torch.all(lat[1:] < lat[:-1])) and float(lon.min()) >= 0 and float(lon.max()) < 360
+    times = batch.metadata.time
+    assert all(t.tzinfo is not None and t.utcoffset() == dt.timedelta(0) for t in times)
+    assert [t.replace(tzinfo=None) for t in times] == list(store.times[idx].to_pydatetime())
+    # history index 0 is t-1, index 1 is t
+    raw = store.sample(np.array([4, 5]), ["so"])["so"]
+    np.testing.assert_array_equal(batch.atmos_vars["so"][1].numpy(), raw)
+    target = adapter.target(idx, lead=2)
+    np.testing.assert_array_equal(target["zos"].numpy(), store.sample(idx + 2, ["zos"])["zos"])
+    model = adapter.build_model()
+    with torch.no_grad():
+        pred = model(batch)
+    assert pred.atmos_vars["so"].shape == (3, 1, 2, 16, 32)
+    assert torch.isfinite(pred.surf_vars["zos"]).all()
+
+
+def test_width_not_multiple_of_patch_size(tmp_path):
+    store = PreparedStore.open(make_tiny_store(tmp_path / "s.zarr", n_lon=30, n_time=12))
+    with pytest.raises(GeoftError) as err:
+        AuroraAdapter(store, tiny())
+    msg = str(err.value)
+    assert "16x30" in msg and "patch size 4" in msg and "data.patch_size" in msg
+
+
+def test_store_without_level_variables_is_rejected(tmp_path):
+    store = PreparedStore.open(make_tiny_store(tmp_path / "s.zarr", level_vars=(), levels=None,
+                                               n_time=12))
+    with pytest.raises(GeoftError, match="at least one level variable"):
+        AuroraAdapter(store, tiny())
+
+
+def test_nan_input_names_variable_and_time(tmp_path):
+    import zarr
+
+    path = make_tiny_store(tmp_path / "s.zarr", n_time=12)
+    zarr.open_group(str(path), mode="r+")["so"][5, 1, 3, 3] = np.nan
+    adapter = AuroraAdapter(PreparedStore.open(path, validate=False), tiny())
+    adapter.make_batch([3])  # windows without the NaN are fine
+    with pytest.raises(GeoftError) as err:
+        adapter.make_batch([3, 6])
+    assert "'so'" in str(err.value) and "2020-01-07" in str(err.value)
+
+
+# -- weights -------------------------------------------------------------------------------------
+def test_hub_weights_offline_fails_fast_with_instructions(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    opts = tiny(weights={"kind": "hub", "repo": "microsoft/aurora",
+                         "name": "aurora-0.25-small-pretrained.ckpt"})
+    adapter = AuroraAdapter(store, opts)
+    start = time.monotonic()
+    with pytest.raises(GeoftError) as err:
+        adapter.build_model()
+    assert time.monotonic() - start < 10
+    msg = str(err.value)
+    assert "huggingface-cli download microsoft/aurora aurora-0.25-small-pretrained.ckpt" in msg
+    assert "kind: local" in msg
+
+
+def test_local_checkpoint_non_strict_reports_missing_keys(store, store_without_so, tmp_path):
+    donor = AuroraAdapter(store_without_so, tiny()).build_model()
+    ckpt = tmp_path / "donor.ckpt"
+    torch.save(donor.state_dict(), ckpt)
+
+    adapter = AuroraAdapter(store, tiny(weights={"kind": "local", "path": str(ckpt)},
+                                        zero_init_new_embeddings=True))
+    model = adapter.build_model(report_path=tmp_path / "report.json")
+    report = adapter.load_report
+    assert report["new_variables"] == ["so"]
+    assert report["missing"]["encoder.atmos_token_embeds.weights"]["examples"] == ["so"]
+    assert report["missing"]["decoder.atmos_heads.so"]["count"] == 2  # weight and bias
+    assert sum(g["count"] for g in report["unexpected"].values()) == 0
+    assert (tmp_path / "report.json").exists()
+    state = model.state_dict()
+    for key in ("encoder.atmos_token_embeds.weights.thetao", "decoder.surf_heads.zos.weight"):
+        torch.testing.assert_close(state[key], donor.state_dict()[key])
+    assert torch.count_nonzero(state["encoder.atmos_token_embeds.weights.so"]) == 0
+    assert {id(p) for p in adapter.new_parameters} == {
+        id(p) for n, p in model.named_parameters()
+        if n.endswith("weights.so") or n.startswith("decoder.atmos_heads.so.")}
+
+    strict = AuroraAdapter(store, tiny(weights={"kind": "local", "path": str(ckpt)}, strict=True))
+    with pytest.raises(GeoftError, match="decoder.atmos_heads.so"):
+        strict.build_model()
+
+
+# -- LoRA ------------------------------------------------------------------------------------------
+def _backprop(adapter, model):
+    pred = model(adapter.make_batch([2, 3]))
+    (pred.atmos_vars["so"].mean() + pred.surf_vars["zos"].mean()).backward()
+
+
+def test_aurora_lora_freeze_base_trains_only_lora_and_new_embeddings(store, store_without_so,
+                                                                     tmp_path):
+    ckpt = tmp_path / "donor.ckpt"
+    torch.save(AuroraAdapter(store_without_so, tiny()).build_model().state_dict(), ckpt)
+    adapter = AuroraAdapter(store, tiny(weights={"kind": "local", "path": str(ckpt)},
+                                        lora={"engine": "aurora"}))
+    model = adapter.build_model()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    lora = {n for n in trainable if ".lora_" in n}
+    assert lora and all("backbone" in n for n in lora)
+    assert trainable - lora == {n for n, _ in model.named_parameters()
+                                if n.endswith("weights.so") or n.startswith("decoder.atmos_heads.so.")}
+    _backprop(adapter, model)
+    grads = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert grads == trainable
+    # adapter.pt content, model.pt loads natively into the class with use_lora=True
+    assert set(trainable_state_dict(model)) == trainable
+    fresh = aurora.Aurora(**{**adapter.model_kwargs})
+    fresh.load_state_dict(export_state_dict(model), strict=True)
+
+
+def test_peft_lora_only_adapters_train_and_export_merges(store):
+    adapter = AuroraAdapter(store, tiny(lora={"engine": "peft", "rank": 4, "alpha": 8}))
+    model = adapter.build_model()
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    _backprop(adapter, model)
+    assert all((p.grad is not None) == p.requires_grad for p in model.parameters())
+    # Make the adapters non-trivial (B starts at zero), then export.
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(0, 0.05)
+    exported = export_state_dict(model)
+    assert not any("lora" in k or "base_layer" in k for k in exported)
+    kwargs = {**adapter.model_kwargs, "use_lora": False}
+    fresh = aurora.Aurora(**kwargs)
+    fresh.load_state_dict(exported, strict=True)
+    batch = adapter.make_batch([4])
+    model.eval(), fresh.eval()
+    with torch.no_grad():
+        want, got = model(batch), fresh(batch)
+    torch.testing.assert_close(got.atmos_vars["thetao"], want.atmos_vars["thetao"],
+                               rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(fresh.state_dict()["backbone.encoder_layers.0.blocks.0.attn.qkv.weight"],
+                              model.state_dict()["backbone.encoder_layers.0.blocks.0.attn.qkv.base_layer.weight"])
+
+
+def test_activation_checkpointing_keeps_plain_keys(store):
+    adapter = AuroraAdapter(store, tiny(activation_checkpointing=True))
+    model = adapter.build_model()
+    assert not any("_checkpoint_wrapped_module" in k for k in export_state_dict(model))
+    _backprop(adapter, model)
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_model_switches_reach_aurora(store):
+    adapter = AuroraAdapter(store, tiny(level_condition=True, stabilise_level_agg=True,
+                                        positive_atmos_vars=["so"], autocast=True))
+    kw = adapter.model_kwargs
+    assert kw["level_condition"] == (0.494, 9.573) and kw["positive_atmos_vars"] == ("so",)
+    assert kw["timestep"] == dt.timedelta(hours=24) and kw["use_lora"] is False
+    model = adapter.build_model()
+    assert model.autocast and model.autocast_backbone
+    assert next(model.parameters()).dtype == torch.float32  # autocast, not a bf16 cast
+    keys = model.state_dict().keys()
+    assert "encoder.atmos_token_embeds.layers.0_494.weights.thetao" in keys
+    assert any("level_agg" in k and "ln_k" in k for k in keys)  # stabilise_level_agg's norms
+    with torch.no_grad():
+        pred = model(adapter.make_batch([3]))
+    assert torch.isfinite(pred.atmos_vars["so"]).all()
+
+
+def test_predict_difference_adds_the_last_input_and_keeps_the_state_dict(store):
+    base_adapter = AuroraAdapter(store, AuroraOptions(**tiny()))
+    diff_adapter = AuroraAdapter(store, AuroraOptions(**tiny(predict_difference=True)))
+    base, diff = base_adapter.build_model(), diff_adapter.build_model()
+    diff.load_state_dict(base.state_dict(), strict=True)  # same parameters, same keys
+    assert type(diff).__name__ == "AuroraDifference" and isinstance(diff, aurora.Aurora)
+    batch = base_adapter.make_batch([5, 6])
+    with torch.inference_mode():
+        out_base, out_diff = base.eval()(batch), diff.eval()(batch)
+    # physical difference = last input minus its normalisation location, per level
+    for var in ("thetao", "so"):
+        loc = torch.tensor([aurora_norm.locations[f"{var}_{aurora_norm.level_to_str(lv)}"]
+                            for lv in store.levels]).view(1, 1, -1, 1, 1)
+        expected = batch.atmos_vars[var][:, -1:] - loc
+        torch.testing.assert_close(out_diff.atmos_vars[var] - out_base.atmos_vars[var], expected,
+                                   rtol=1e-4, atol=1e-4)
+    loc = aurora_norm.locations["zos"]
+    torch.testing.assert_close(out_diff.surf_vars["zos"] - out_base.surf_vars["zos"],
+                               batch.surf_vars["zos"][:, -1:] - loc, rtol=1e-4, atol=1e-4)
+    assert diff_adapter.model_config()["predict_difference"] is True
+
+
+def test_predict_difference_from_random_weights_starts_at_persistence(store):
+    adapter = AuroraAdapter(store, AuroraOptions(**tiny(predict_difference=True)))
+    model = adapter.build_model().eval()
+    batch = adapter.make_batch([5, 6])
+    with torch.inference_mode():
+        out = model(batch)
+    for var in ("thetao", "so"):
+        torch.testing.assert_close(out.atmos_vars[var], batch.atmos_vars[var][:, -1:],
+                                   rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.surf_vars["zos"], batch.surf_vars["zos"][:, -1:],
+                               rtol=1e-5, atol=1e-5)

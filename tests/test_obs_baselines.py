@@ -1,0 +1,273 @@
+"""Observation operators, observation files, and the non-diffusion reconstruction baselines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from geoft.diffusion import baselines, obs
+from geoft.diffusion.sda import GaussianRandomField
+from geoft.errors import GeoftError
+
+
+# -- operators -----------------------------------------------------------------------------
+
+def test_point_observations_pick_pixels_in_torch_and_numpy():
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float64).view(2, 3, 4, 5)
+    op = obs.PointObservations([0, 2, 1, 2], [0, 3, 1, 3], [4, 0, 2, 0])
+    out = op(x)
+    assert out.shape == (2, 4) and op.n_obs == 4
+    np.testing.assert_array_equal(out[1].numpy(), [x[1, 0, 0, 4], x[1, 2, 3, 0], x[1, 1, 1, 2],
+                                                   x[1, 2, 3, 0]])
+    np.testing.assert_array_equal(op.apply_np(x[1].numpy()), out[1].numpy())
+    np.testing.assert_array_equal(op.matrix((3, 4, 5)) @ x[1].numpy().reshape(-1), out[1])
+    assert op.observed_mask((3, 4, 5)).sum() == 3  # the repeated pixel counts once
+
+
+def test_coarse_grain_of_a_constant_field_is_that_constant_even_on_a_coast():
+    valid = np.ones((8, 12), dtype=bool)
+    valid[:4, :4] = False  # one whole block of land
+    valid[5, 5] = False  # a land pixel inside an ocean block
+    field = np.where(valid, 3.0, 0.0)[None]  # normalised land is 0: it must not bias the mean
+    for smooth in (None, 1.5):
+        op = obs.CoarseGrain(0, 4, smooth=smooth, valid_mask=valid)
+        assert op.n_obs == 2 * 3 - 1  # the all-land block is dropped
+        np.testing.assert_allclose(op.apply_np(field), 3.0)
+        # the dense matrix is the same linear map
+        np.testing.assert_allclose(op.matrix((1, 8, 12)) @ field.reshape(-1), 3.0)
+
+
+def test_coarse_grain_block_means_and_stack():
+    rng = np.random.default_rng(0)
+    field = rng.standard_normal((2, 8, 8))
+    op = obs.CoarseGrain(1, 4, grid_shape=(8, 8))
+    expected = field[1].reshape(2, 4, 2, 4).mean(axis=(1, 3)).reshape(-1)
+    np.testing.assert_allclose(op.apply_np(field), expected)
+    points = obs.PointObservations([0], [2], [3])
+    stack = obs.Stack([points, op])
+    assert stack.n_obs == 5
+    np.testing.assert_allclose(stack.apply_np(field), np.concatenate([[field[0, 2, 3]], expected]))
+    batch = torch.as_tensor(field)[None].repeat(3, 1, 1, 1)
+    assert stack(batch).shape == (3, 5)
+    assert stack.matrix((2, 8, 8)).shape == (5, 128)
+
+
+def test_coarse_grain_smoothing_is_differentiable_and_linear():
+    op = obs.CoarseGrain(0, 2, smooth=1.0, grid_shape=(6, 6))
+    x = torch.randn(2, 1, 6, 6, dtype=torch.float64, requires_grad=True)
+    out = op(x)
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    a = op.matrix((1, 6, 6))
+    np.testing.assert_allclose(a @ x[0].detach().numpy().reshape(-1), out[0].detach().numpy(),
+                               atol=1e-12)
+    np.testing.assert_allclose(a.sum(axis=1), 1.0)  # averaging weights
+
+
+def test_observation_patterns():
+    rng = np.random.default_rng(0)
+    valid = np.ones((40, 50), dtype=bool)
+    valid[:, :10] = False
+    random = obs.random_points((40, 50), 0.05, rng, valid_mask=valid, channels=(0, 2))
+    assert random.n_obs == 2 * round(0.05 * valid.sum())
+    assert valid[random.iy, random.ix].all()
+    assert set(random.channel_idx) == {0, 2}
+    tracks = obs.track_mask((40, 50), 4, rng, width=2.0, valid_mask=valid)
+    assert 0.05 < tracks.sum() / valid.sum() < 0.5 and not tracks[~valid].any()
+    # a track is a diagonal strip: it covers many rows and columns, few pixels per row
+    op = obs.tracks((40, 50), 1, np.random.default_rng(3), width=1.0)
+    assert np.unique(op.iy).size > 15 and np.unique(op.ix).size > 5
+    cloudy = obs.clouds((40, 50), 0.7, rng)
+    assert abs(cloudy.n_obs / 2000 - 0.3) < 0.02
+
+
+def test_simulate_observations_adds_the_stated_noise():
+    truth = np.zeros((1, 30, 30))
+    op = obs.random_points((30, 30), 1.0, np.random.default_rng(0))
+    y = obs.simulate_observations(truth, op, 0.2, np.random.default_rng(1))
+    assert y.shape == (900,) and abs(y.std() - 0.2) < 0.02 and abs(y.mean()) < 0.03
+
+
+# -- observation files ---------------------------------------------------------------------
+
+LAT = np.array([45.0, 44.0, 43.0, 42.0, 41.0, 40.0])  # decreasing, as in a prepared store
+LON = np.array([280.0, 281.0, 282.0, 283.0])  # [0, 360): 80W..77W
+
+
+def _table(**overrides):
+    frame = pd.DataFrame({
+        "time": ["2020-01-01T06:00", "2020-01-01T18:00", "2020-01-01T12:00", "2020-01-03T00:00"],
+        "lat": [44.9, 40.2, 42.0, 43.0],
+        "lon": [-79.8, -77.1, 282.2, -78.0],  # mixed conventions
+        "variable": ["sst", "sst", "zos", "sst"],
+        "value": [12.0, 14.0, 0.3, 13.0],
+        "error": [0.5, 0.5, 0.02, 0.5],
+    })
+    for key, value in overrides.items():
+        frame[key] = value
+    return frame
+
+
+def test_table_maps_rows_to_pixels_and_normalises():
+    op, y, sigma_y, report = obs.observations_from_table(
+        _table(), LAT, LON, ["sst", "zos"], time="2020-01-01T12:00",
+        stats={"sst": (10.0, 2.0), "zos": (0.1, 0.1)})
+    assert report["n_outside_time_window"] == 1 and report["n_used"] == 3
+    np.testing.assert_array_equal(op.channel_idx, [0, 0, 1])
+    np.testing.assert_array_equal(op.iy, [0, 5, 3])  # 44.9 -> 45, 40.2 -> 40, 42 -> 42
+    np.testing.assert_array_equal(op.ix, [0, 3, 2])  # -79.8 -> 280, -77.1 -> 283, 282.2
+    np.testing.assert_allclose(y, [1.0, 2.0, 2.0])
+    np.testing.assert_allclose(sigma_y, [0.25, 0.25, 0.2])
+
+
+def test_table_from_csv_and_parquet_with_levels(tmp_path):
+    frame = pd.DataFrame({"lat": [41.1, 43.0], "lon": [281.0, 282.0],
+                          "variable": ["thetao", "thetao"], "level": [0.5, 98.0],
+                          "value": [15.0, 9.0], "error": [0.1, 0.2]})
+    variables = {"zos": None, "thetao": [0.494, 10.0, 100.0]}
+    stats = {"thetao": (np.array([14.0, 12.0, 8.0]), np.array([1.0, 2.0, 0.5])),
+             "zos": (0.0, 0.1)}
+    csv, parquet = tmp_path / "obs.csv", tmp_path / "obs.parquet"
+    frame.to_csv(csv, index=False)
+    frame.to_parquet(parquet, engine="pyarrow")
+    for path in (csv, parquet):
+        op, y, sigma_y, report = obs.observations_from_table(path, LAT, LON, variables,
+                                                             stats=stats)
+        np.testing.assert_array_equal(op.channel_idx, [1, 3])
+        np.testing.assert_allclose(y, [1.0, 2.0])
+        np.testing.assert_allclose(sigma_y, [0.1, 0.4])
+        assert report["per_channel"] == {"thetao@0.494": 1, "thetao@100": 1}
+
+
+def test_table_land_points_are_dropped_and_counted():
+    valid = np.ones((6, 4), dtype=bool)
+    valid[0, 0] = False  # the first row's pixel
+    _, y, _, report = obs.observations_from_table(_table(), LAT, LON, ["sst", "zos"],
+                                                  valid_mask=valid)
+    assert report["n_dropped_invalid"] == 1 and y.size == 3
+    with pytest.raises(GeoftError, match="all 4 observation.*land"):
+        obs.observations_from_table(_table(), LAT, LON, ["sst", "zos"],
+                                    valid_mask=np.zeros((6, 4), dtype=bool))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"lat": [44.9, 40.2, 30.0, 20.0]}, r"2 observation\(s\) lie outside the grid \(lat 40 to 45"),
+    ({"lon": [-79.8, -70.0, 282.2, -78.0]}, r"1 observation\(s\) lie outside.*row 1"),
+    ({"value": [12.0, np.nan, 0.3, 13.0]}, r"NaN value, first at row 1"),
+    ({"error": [0.5, 0.5, np.nan, 0.5]}, r"NaN error, first at row 2"),
+    ({"error": [0.5, 0.0, 0.02, -1.0]}, r"2 row\(s\) have a non-positive error.*row 1"),
+    ({"variable": ["sst", "chl", "zos", "sst"]},
+     r"unknown variable.*'chl'.*known variables: sst, zos"),
+])
+def test_table_bad_input_names_the_problem(overrides, message):
+    with pytest.raises(GeoftError, match=message) as info:
+        obs.observations_from_table(_table(**overrides), LAT, LON, ["sst", "zos"])
+    assert "observation table" in str(info.value)
+
+
+def test_table_file_errors_name_file_line_and_columns(tmp_path):
+    path = tmp_path / "argo.csv"
+    _table(value=[1.0, 2.0, np.nan, 4.0]).to_csv(path, index=False)
+    with pytest.raises(GeoftError, match=r"argo\.csv.*first at line 4"):
+        obs.observations_from_table(path, LAT, LON, ["sst", "zos"])
+    _table().drop(columns=["error", "lat"]).to_csv(path, index=False)
+    with pytest.raises(GeoftError, match=r"argo\.csv.*lacks column\(s\) lat, error"):
+        obs.observations_from_table(path, LAT, LON, ["sst", "zos"])
+    _table().iloc[:0].to_csv(path, index=False)
+    with pytest.raises(GeoftError, match="no rows"):
+        obs.observations_from_table(path, LAT, LON, ["sst", "zos"])
+    with pytest.raises(GeoftError, match="does not exist"):
+        obs.observations_from_table(tmp_path / "missing.csv", LAT, LON, ["sst"])
+    with pytest.raises(GeoftError, match=r"no observation within .* covers 2020-01-01"):
+        obs.observations_from_table(_table(), LAT, LON, ["sst", "zos"], time="2021-06-01")
+    with pytest.raises(GeoftError, match=r"level matching none of 0.494, 10, 100"):
+        obs.observations_from_table(
+            pd.DataFrame({"lat": [41.0], "lon": [281.0], "variable": ["thetao"],
+                          "level": [500.0], "value": [4.0], "error": [0.1]}),
+            LAT, LON, {"thetao": [0.494, 10.0, 100.0]})
+
+
+# -- baselines on a Gaussian random field --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def grf_problem():
+    n, sigma_y = 64, 0.05
+    grf = GaussianRandomField(n, kappa=3.0)
+    truth = grf.sample(1, torch.Generator().manual_seed(0))[0, 0].numpy()
+    rng = np.random.default_rng(1)
+    op = obs.random_points((n, n), 0.05, rng)
+    y = obs.simulate_observations(truth[None], op, sigma_y, rng)
+    observed = op.observed_mask((1, n, n))[0]
+    field = np.full((n, n), np.nan)
+    field[op.iy, op.ix] = y  # noisy values at observed pixels only
+    hidden = ~observed
+    rmse = lambda estimate: float(np.sqrt(np.mean((estimate - truth)[hidden] ** 2)))
+    return grf, op, y, sigma_y, field, observed, truth, rmse
+
+
+def test_baselines_rank_as_expected_on_the_grf(grf_problem):
+    grf, op, y, sigma_y, field, observed, truth, rmse = grf_problem
+    nearest = rmse(baselines.griddata_nearest(field, observed))
+    linear = rmse(baselines.griddata_linear(field, observed))
+    kriged = rmse(baselines.kriging(field, observed))
+    oi = baselines.optimal_interpolation(y, op.flat_index((1, 64, 64)), grf.covariance(),
+                                         sigma_y)
+    oi_rmse = rmse(oi.reshape(64, 64))
+    print(f"\nhidden-pixel RMSE: nearest {nearest:.3f}, linear {linear:.3f}, kriging "
+          f"{kriged:.3f}, OI {oi_rmse:.3f} ({baselines.kriging.last_model})")
+    assert nearest > linear > oi_rmse
+    assert kriged < linear and kriged < 1.12 * oi_rmse
+    # OI is the exact posterior mean
+    np.testing.assert_allclose(oi.reshape(64, 64), grf.posterior(op, y, sigma_y)[0][0],
+                               atol=1e-8)
+
+
+def test_baselines_leave_land_nan_and_fill_the_ocean(grf_problem):
+    _, _, _, _, field, observed, _, _ = grf_problem
+    valid = np.ones(field.shape, dtype=bool)
+    valid[40:, :20] = False
+    for method in (baselines.griddata_nearest, baselines.griddata_linear):
+        out = method(field, observed, valid)
+        assert np.isnan(out[~valid]).all() and np.isfinite(out[valid]).all()
+    out, variance = baselines.kriging(field, observed, valid, model="exponential",
+                                      method="simple", max_obs=100, return_variance=True)
+    assert np.isnan(out[~valid]).all() and np.isfinite(out[valid]).all()
+    assert (variance[valid] >= 0).all()
+    with pytest.raises(ValueError, match="no valid observed"):
+        baselines.griddata_nearest(field, np.zeros_like(observed))
+
+
+def test_oi_variance_is_smallest_at_observations(grf_problem):
+    grf, op, y, sigma_y, *_ = grf_problem
+    idx = op.flat_index((1, 64, 64))
+    mean, var = baselines.optimal_interpolation(y, idx, grf.covariance(), sigma_y,
+                                                return_variance=True)
+    assert var[idx].max() < sigma_y**2 and np.delete(var, idx).mean() > 0.1
+
+
+def test_dineof_recovers_a_low_rank_stack_with_gaps():
+    grf = GaussianRandomField(32, kappa=1.5)
+    modes = grf.sample(3, torch.Generator().manual_seed(0))[:, 0].numpy()
+    rng = np.random.default_rng(0)
+    coefficients = rng.standard_normal((40, 3)) * np.array([3.0, 2.0, 1.0])
+    stack = np.einsum("tk,khw->thw", coefficients, modes) + 2.0
+    stack += 0.05 * rng.standard_normal(stack.shape)
+    valid = np.ones((32, 32), dtype=bool)
+    valid[:6, :10] = False
+    gaps = rng.random(stack.shape) < 0.3
+    gappy = np.where(gaps | ~valid[None], np.nan, stack)
+    filled, n_modes = baselines.dineof(gappy, valid, max_modes=10, rng=rng, return_modes=True)
+    hidden = gaps & valid[None]
+    gap_rmse = np.sqrt(np.mean((filled - stack)[hidden] ** 2))
+    print(f"\nDINEOF: {n_modes} modes, gap RMSE {gap_rmse:.3f} (signal std "
+          f"{stack[:, valid].std():.2f}, noise 0.05)")
+    assert 3 <= n_modes <= 6
+    assert gap_rmse < 0.15
+    assert np.isnan(filled[:, ~valid]).all()
+    np.testing.assert_allclose(filled[~np.isnan(gappy)], gappy[~np.isnan(gappy)], atol=1e-12)
+    # a climatology (per-pixel time mean) is far worse: DINEOF used the modes
+    climatology = np.nanmean(gappy[:, valid], axis=0)
+    clim_error = (climatology - stack[:, valid])[gaps[:, valid]]
+    assert np.sqrt(np.mean(clim_error**2)) > 10 * gap_rmse

@@ -1,0 +1,296 @@
+"""The fine-tuning engine on a tiny store with a tiny real Aurora: loss masking, exact resume,
+learning, roll-out fine-tuning, early stopping, checkpoints and forecasting. No network."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import aurora
+from geoft.errors import GeoftError
+from geoft.models.aurora import AuroraAdapter, forecast, load_finetuned
+from geoft.store import PreparedStore, atomic_write_zarr
+from geoft.testing import make_tiny_store
+from geoft.training import TrainConfig, finetune
+from geoft.training.data import ResumableBatchSampler, window_starts
+from geoft.training.loop import Trainer, forecast_loss
+
+TINY = dict(encoder_depths=[1, 1], decoder_depths=[1, 1], encoder_num_heads=[1, 2],
+            decoder_num_heads=[2, 1], embed_dim=16, num_heads=1)
+MODEL = {"architecture": "custom", "size": TINY}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads; on a busy machine a 2-thread pool
+    waits for a scheduler slice at every op."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory):
+    return make_tiny_store(tmp_path_factory.mktemp("s") / "store.zarr")
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_seconds(lines):
+    return [{k: v for k, v in line.items() if k != "seconds"} for line in lines]
+
+
+# -- data ----------------------------------------------------------------------------------------
+def test_windows_exclude_gaps_and_split_boundaries(store_path, tmp_path):
+    store = PreparedStore.open(store_path)
+    train = store.indices("train")
+    starts = window_starts(store, "train", 2, 2)
+    # t-1 .. t+2 inside train: from the second train step to the third-last
+    np.testing.assert_array_equal(starts, train[1:-2])
+    ds = xr.open_zarr(store_path, consolidated=False)
+    gappy = ds.isel(time=[i for i in range(ds.sizes["time"]) if i != 10])  # drop one day
+    path = atomic_write_zarr(gappy.chunk({"time": 8}), tmp_path / "gap.zarr")
+    starts = window_starts(PreparedStore.open(path), "train", 2, 1)
+    # After the drop, index 10 is the day after the gap: windows (9, 10) and (10, 11) span it.
+    assert 9 not in starts and 10 not in starts and 8 in starts and 11 in starts
+
+
+def test_sampler_position_and_sharding():
+    a = ResumableBatchSampler(10, 3, seed=1)
+    first = list(a)
+    assert len(first) == 3 and len({i for b in first for i in b}) == 9
+    b = ResumableBatchSampler(10, 3, seed=1)
+    b.advance(), b.advance()
+    c = ResumableBatchSampler(10, 3, seed=1)
+    c.load_state_dict(b.state_dict())
+    assert list(c) == first[2:]
+    c.next_epoch()
+    assert list(c) != first  # a new permutation each epoch
+    shards = [list(ResumableBatchSampler(8, 2, seed=1, rank=r, world_size=2)) for r in (0, 1)]
+    flat = [i for s in shards for b in s for i in b]
+    assert len(shards[0]) == len(shards[1]) == 2 and sorted(flat) == list(range(8))
+
+
+def test_train_config_rejects_bad_values():
+    with pytest.raises(Exception, match="either steps or epochs"):
+        TrainConfig(steps=3, epochs=1)
+    with pytest.raises(Exception, match="extra"):
+        TrainConfig(learning_rate=1e-3)
+    assert TrainConfig(epochs=2).total_steps(7) == 14
+
+
+# -- loss ----------------------------------------------------------------------------------------
+def test_loss_ignores_invalid_points(store_path):
+    adapter = AuroraAdapter(PreparedStore.open(store_path), MODEL)
+    model = adapter.build_model()
+    idx = np.array([3, 4])
+    with torch.no_grad():
+        preds = [model(adapter.make_batch(idx))]
+    targets = {v: x[:, None] for v, x in adapter.target(idx, 1).items()}
+    masks = adapter.loss_masks()
+    base, _ = forecast_loss(adapter, preds, targets, masks)
+    changed = {}
+    for v, x in targets.items():  # garbage under land (and below the sea floor per level)
+        changed[v] = torch.where(masks[v], x, torch.full_like(x, 1e6))
+    assert float(forecast_loss(adapter, preds, changed, masks)[0]) == pytest.approx(float(base))
+    assert (~masks["thetao"][1]).sum() > (~masks["thetao"][0]).sum()  # per-level masks differ
+    valid_change = {v: x.clone() for v, x in targets.items()}
+    valid_change["zos"][..., 0, 0] += 1.0
+    assert float(forecast_loss(adapter, preds, valid_change, masks)[0]) != pytest.approx(float(base))
+    mse, per_var = forecast_loss(adapter, preds, targets, masks, kind="mse",
+                                 weights={"zos": 2.0, "thetao": 1.0, "so": 0.0})
+    assert float(mse) == pytest.approx((2 * float(per_var["zos"]) + float(per_var["thetao"])) / 3)
+
+
+# -- training ------------------------------------------------------------------------------------
+def test_exact_resume_after_kill(store_path, tmp_path, monkeypatch):
+    model = {**MODEL, "size": {**TINY, "drop_rate": 0.1}}  # dropout: the RNG state matters too
+    cfg = dict(steps=6, batch_size=2, lr=2e-3, warmup_steps=2, checkpoint_every=3, val_every=3,
+               seed=3)
+    straight = finetune(store_path, model, cfg, tmp_path / "a", progress=False)
+    assert straight["steps"] == 6
+
+    original = Trainer.train_step
+
+    def killed_at_step_4(self, sample):
+        if self.counters.step == 3:
+            raise KeyboardInterrupt  # as if the job were killed mid-step
+        return original(self, sample)
+
+    monkeypatch.setattr(Trainer, "train_step", killed_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(store_path, model, cfg, tmp_path / "b", progress=False)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    resumed = finetune(store_path, model, cfg, tmp_path / "b", progress=False)
+    assert resumed["resumed_from"].endswith("step-000003") and resumed["steps"] == 6
+
+    a = torch.load(tmp_path / "a/checkpoints/step-000006/model.pt", weights_only=True)
+    b = torch.load(tmp_path / "b/checkpoints/step-000006/model.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines_a, lines_b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert [line["step"] for line in lines_a if line["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert without_seconds(lines_a) == without_seconds(lines_b)
+    assert (tmp_path / "b/checkpoints/latest").read_text().strip() == "step-000006"
+
+
+def test_training_reduces_loss_and_checkpoint_forecasts(store_path, tmp_path):
+    cfg = dict(steps=40, batch_size=2, lr=3e-3, warmup_steps=3, val_every=10,
+               checkpoint_every=20, seed=0)
+    summary = finetune(store_path, MODEL, cfg, tmp_path / "run", progress=False)
+    lines = read_metrics(tmp_path / "run")
+    train = [line["loss"] for line in lines if line["kind"] == "train"]
+    val = [line["val_loss"] for line in lines if line["kind"] == "val"]
+    assert np.mean(train[-5:]) < 0.6 * np.mean(train[:5])
+    assert val[-1] < val[0]
+    assert summary["best_val_loss"] == pytest.approx(min(val))
+    assert all({"step", "loss", "lr", "grad_norm", "seconds"} <= set(line)
+               for line in lines if line["kind"] == "train")
+    assert lines[-1]["kind"] == "val"
+    assert lines[0]["lr"] == pytest.approx(1e-3)  # warm-up: 1/3 of lr at step 1
+    ckpt = tmp_path / "run/checkpoints/step-000040"
+    assert {p.name for p in ckpt.iterdir()} >= {"model.pt", "trainer.pt", "model_config.json"}
+    assert not list((tmp_path / "run/checkpoints").glob(".*partial*"))
+
+    # model.pt loads into the plain aurora class outside geoft, as documented
+    config = json.loads((ckpt / "model_config.json").read_text())
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config["kwargs"].items()}
+    import datetime
+
+    kwargs["timestep"] = datetime.timedelta(hours=config["timestep_hours"])
+    plain = getattr(aurora, config["class"])(**kwargs)
+    plain.load_state_dict(torch.load(ckpt / "model.pt", weights_only=True), strict=True)
+
+    store = PreparedStore.open(store_path)
+    # a geoft checkpoint directory is also valid starting weights for another run
+    again = AuroraAdapter(store, {**MODEL, "weights": {"kind": "local", "path": str(ckpt)},
+                                  "strict": True})
+    again.build_model()
+    assert again.load_report["loaded"] == len(plain.state_dict())
+
+    model, cfg_loaded = load_finetuned(tmp_path / "run", device="cpu")
+    assert cfg_loaded["level_vars"] == ["thetao", "so"]
+    init = store.indices("test")[1:3]
+    fc = forecast(model, store, init, lead_steps=3, batch_size=1)
+    assert fc["thetao"].dims == ("init_time", "lead", "level", "lat", "lon")
+    assert fc["zos"].shape == (2, 3, 16, 32)
+    assert fc["lead"].values[0] == np.timedelta64(1, "D") and list(fc["lead_step"].values) == [1, 2, 3]
+    np.testing.assert_array_equal(fc["init_time"].values, store.times[init].values)
+    assert fc["zos"].attrs["units"] == "m"
+    valid_level = store.valid("thetao")
+    th = fc["thetao"].values
+    assert np.isnan(th[..., ~valid_level]).all() and np.isfinite(th[..., valid_level]).all()
+    # physical units: close to the truth's magnitude, lead 1 near persistence quality
+    truth = store.sample(init + 1, ["thetao"])["thetao"]
+    err = np.nanmean(np.abs(th[:, 0] - truth))
+    assert err < 3 * float(np.std(truth[..., valid_level]))
+    # the same numbers as the fine-tuned adapter's own roll-out
+    batch = AuroraAdapter(store, MODEL).make_batch(init[:1])
+    with torch.no_grad():
+        pred = model(batch)
+    np.testing.assert_allclose(th[0, 0][valid_level], pred.atmos_vars["thetao"][0, 0].numpy()[valid_level],
+                               rtol=1e-5)
+
+
+def test_rollout_finetuning_runs(store_path, tmp_path):
+    cfg = dict(steps=3, batch_size=2, rollout_steps=3, rollout_grad="last", val_every=3, seed=0)
+    summary = finetune(store_path, MODEL, cfg, tmp_path / "r", progress=False)
+    lines = read_metrics(tmp_path / "r")
+    assert summary["steps"] == 3 and lines[-1]["kind"] == "val"
+    # three roll-out steps summed: each variable's loss is well above one step's typical value
+    assert all(np.isfinite(line["loss"]) and line["grad_norm"] > 0
+               for line in lines if line["kind"] == "train")
+    store = PreparedStore.open(store_path)
+    assert len(window_starts(store, "val", 2, 3)) == len(store.indices("val")) - 4
+
+
+def test_early_stopping_triggers(store_path, tmp_path):
+    cfg = dict(steps=50, val_every=1, early_stopping_patience=2,
+               early_stopping_min_delta=1e9, checkpoint_every=100, seed=0)
+    summary = finetune(store_path, MODEL, cfg, tmp_path / "e", progress=False)
+    assert summary["stop_reason"] == "early_stopping"
+    assert summary["steps"] == 3 and summary["best_step"] == 1
+    assert summary["best_checkpoint"].endswith("step-000001")
+    assert summary["latest_checkpoint"].endswith("step-000003")
+
+
+def test_max_time_stops_with_a_checkpoint(store_path, tmp_path):
+    summary = finetune(store_path, MODEL, dict(steps=50, max_time=0, val_every=100,
+                                               checkpoint_every=100), tmp_path / "t", progress=False)
+    assert summary["stop_reason"] == "max_time" and summary["steps"] == 1
+    assert summary["latest_checkpoint"].endswith("step-000001")
+
+
+def test_lora_run_writes_adapter_and_resumes(store_path, tmp_path):
+    model = {**MODEL, "lora": {"engine": "peft", "rank": 2}}
+    cfg = dict(steps=2, batch_size=2, checkpoint_every=1, val_every=10, seed=0)
+    finetune(store_path, model, cfg, tmp_path / "l", progress=False)
+    ckpt = tmp_path / "l/checkpoints/step-000002"
+    adapter_state = torch.load(ckpt / "adapter.pt", weights_only=True)
+    assert adapter_state and all("lora_" in k for k in adapter_state)
+    exported = torch.load(ckpt / "model.pt", weights_only=True)
+    assert not any("lora" in k for k in exported)
+    summary = finetune(store_path, model, {**cfg, "steps": 3}, tmp_path / "l", progress=False)
+    assert summary["steps"] == 3 and summary["resumed_from"].endswith("step-000002")
+
+
+def test_checkpoint_for_other_variables_is_rejected(store_path, tmp_path):
+    finetune(store_path, MODEL, dict(steps=1, val_every=10), tmp_path / "m", progress=False)
+    other = make_tiny_store(tmp_path / "other.zarr", level_vars=("thetao",), n_time=20)
+    with pytest.raises(GeoftError) as err:
+        finetune(other, MODEL, dict(steps=2, val_every=10), tmp_path / "m", progress=False)
+    assert "checkpoint only: ['so']" in str(err.value) and "resume" in str(err.value)
+    model, _ = load_finetuned(tmp_path / "m")
+    with pytest.raises(GeoftError, match="level_vars differ"):
+        forecast(model, PreparedStore.open(other), [5], 1)
+
+
+def test_fresh_run_refuses_to_overwrite_checkpoints(store_path, tmp_path):
+    finetune(store_path, MODEL, dict(steps=1, val_every=10), tmp_path / "o", progress=False)
+    with pytest.raises(GeoftError, match="already has checkpoints"):
+        finetune(store_path, MODEL, dict(steps=1), tmp_path / "o", progress=False, resume=False)
+
+
+DDP_SCRIPT = """
+import json, os, sys, torch
+torch.set_num_threads(1)
+from geoft.training.loop import Trainer
+trainer = Trainer(sys.argv[1], json.loads(sys.argv[2]), dict(steps=4, batch_size=2, val_every=2,
+                  checkpoint_every=2, rollout_steps=2, num_workers=0), sys.argv[3], progress=False)
+summary = trainer.fit()
+total = sum(float(p.detach().double().sum()) for p in trainer.model.parameters())
+with open(os.path.join(sys.argv[3], f"rank{trainer.dist.rank}.json"), "w") as f:
+    json.dump({"params": total, "summary": summary, "n_batches": len(trainer.sampler)}, f)
+trainer.close()
+"""
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(store_path, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(script), str(store_path), json.dumps(MODEL), str(out)],
+        env=env, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["params"] == ranks[1]["params"]  # DDP kept the replicas identical
+    assert ranks[0]["summary"]["world_size"] == 2 and ranks[0]["summary"]["steps"] == 4
+    n_windows = len(window_starts(PreparedStore.open(store_path), "train", 2, 2))
+    assert ranks[0]["n_batches"] == -(-n_windows // 2) // 2  # each rank sees half the data
+    assert (out / "checkpoints/step-000004/model.pt").exists()
+    assert len([line for line in read_metrics(out) if line["kind"] == "train"]) == 4
