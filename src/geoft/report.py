@@ -117,7 +117,8 @@ def write_report(out: Path, store, forecasts, truth, table, *, skill, checkpoint
                   "| variable | skill |", "|---|---|"]
         lines += [f"| {v} | {s:+.3f} |" for v, s in skill.items()] + [""]
     lines += ["## Scores at the first and last lead (mean over levels)", "",
-              pivot.reset_index().to_markdown(index=False, floatfmt=".4g"), "",
+              pivot.reset_index().to_markdown(index=False, floatfmt=".4g", missingval="n/a"), "",
+              "(ACC of climatology is undefined: its anomaly is zero everywhere.)", "",
               "## Figures", ""]
     lines += [f"![{f.stem}]({f.name})" for f in figures]
     lines += ["", "Full table: `metrics.csv` (source, variable, level, lead, metric, value)."]

@@ -27,7 +27,9 @@ class SyntheticOceanOptions(BaseModel):
     lon_max: float = Field(-13.0, description="eastern edge (degrees east)")
     lat_min: float = Field(27.0, description="southern edge (degrees north)")
     lat_max: float = Field(30.0, description="northern edge (degrees north)")
-    depths: int = Field(8, ge=1, le=38, description="number of GLORYS depth levels from the top")
+    depths: int | list[float] = Field(
+        8, description="number of GLORYS depth levels from the top, or depths in metres "
+                       "(snapped to the nearest GLORYS levels)")
     start: _dt.date = Field(_dt.date(2014, 1, 1), description="first day")
     days: int = Field(365, ge=2, description="number of daily fields")
     variables: list[str] = Field(default_factory=lambda: ["thetao", "so", "zos", "uo", "vo"],
@@ -44,7 +46,8 @@ class SyntheticOceanSource:
         from geoft_ocean.synthetic import SyntheticOcean
 
         return SyntheticOcean(lon_min=o.lon_min, lon_max=o.lon_max, lat_min=o.lat_min,
-                              lat_max=o.lat_max, depths=o.depths, start=str(o.start),
+                              lat_max=o.lat_max,
+                              depths=o.depths if isinstance(o.depths, int) else tuple(o.depths), start=str(o.start),
                               days=o.days, variables=tuple(o.variables),
                               resolution=o.resolution, seed=o.seed)
 
