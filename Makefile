@@ -14,7 +14,7 @@ RECIPE ?= recipes/ocean-demo.yaml
 
 $(VENV)/.deps-installed:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade "pip>=24" "setuptools>=68" wheel
+	$(BIN)/pip install -q --upgrade "pip>=24" "setuptools>=77" wheel
 	# torch from the CPU/CUDA wheel pinned in DEVELOPERS.md (served from local disk here)
 	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(BIN)/pip install -q -e '.[test]' -e plugins/geoft-ocean

@@ -76,7 +76,7 @@ class DiffusionDensify(_Reconstructor):
     summary = "conditional pixel-space diffusion (diffusers) from sparse observations"
     stage = "densify"
     _module, _config, _train, _run = ("geoft.diffusion.densify", "DensifyConfig",
-                                      "train_densifier", "densify")
+                                      "train_densifier", "run_densify")
 
 
 class ScoreBasedAssimilation(_Reconstructor):

@@ -194,12 +194,14 @@ def _reconstruction_command(stage: str, doc: str):
                 resume: bool = typer.Option(True, "--resume/--restart",
                                             help="Continue training from the latest checkpoint."),
                 train: bool = typer.Option(True, "--train/--no-train",
-                                           help="Train (or finish training) before reconstructing.")):
+                                           help="Train (or finish training) before reconstructing."),
+                out: str = typer.Option("result", "--out",
+                                        help=f"Result directory name under WORKDIR/{stage}/.")):
         from geoft.stages import run_reconstruction
 
         loaded = _load(recipe, set_, workdir)
         _finish(run_reconstruction(loaded, stage, resume=resume, train=train,
-                                   progress=progress and not json_), json_, stage)
+                                   progress=progress and not json_, out_name=out), json_, stage)
 
     command.__doc__ = doc
     app.command(name=stage)(command)

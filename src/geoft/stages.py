@@ -95,7 +95,8 @@ def run_evaluate(loaded: LoadedRecipe, *, checkpoint: str | None = None,
 
 
 def run_reconstruction(loaded: LoadedRecipe, stage: str, *, resume: bool = True,
-                       train: bool = True, progress: bool = True) -> dict:
+                       train: bool = True, progress: bool = True, out_name: str = "result"
+                       ) -> dict:
     """``densify`` or ``assimilate``: train the method's model (resumable), then reconstruct."""
     from geoft.recipe import _DEFAULT_METHOD
 
@@ -116,7 +117,10 @@ def run_reconstruction(loaded: LoadedRecipe, stage: str, *, resume: bool = True,
         write_lineage(out / "model", make_lineage(f"{stage}-train", loaded, inputs=[store],
                                                   facts=summary["train"]), loaded)
     record = make_lineage(stage, loaded, inputs=[out / "model"])
-    summary["result"] = method.run(store, cfg, out / "model", out / "result", progress=progress)
+    if not (out / "model").exists():
+        raise GeoftError(f"no trained {stage} model", where=str(out / "model"),
+                         fix=f"run `geoft {stage} RECIPE` without --no-train first")
+    summary["result"] = method.run(store, cfg, out / "model", out / out_name, progress=progress)
     record["facts"] = summary["result"]
-    write_lineage(out / "result", record, loaded)
+    write_lineage(out / out_name, record, loaded)
     return summary

@@ -21,7 +21,6 @@ the functions, so the recipe schema can import :class:`DensifyConfig` cheaply.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
@@ -136,6 +135,9 @@ class DensifyConfig(_Strict):
     checkpoint_every: int = Field(250, ge=1)
     log_every: int = Field(25, ge=1)
     train_timesteps: int = Field(1000, ge=10)
+    # what the network predicts: "v" (velocity, exposed to the schedulers as epsilon; robust
+    # without clip_sample) or plain "epsilon"; see unet.eps_from_v
+    parameterization: Literal["v", "epsilon"] = "v"
     beta_schedule: Literal["linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
     cache: bool = True  # keep read samples in memory (only if the selection fits 2 GiB)
     # reconstruction
@@ -266,11 +268,13 @@ def _trainer_settings(cfg):
 # training
 # ------------------------------------------------------------------------------------------
 class ConditionalObjective:
-    """Epsilon-prediction DDPM loss of the conditional model on random observation masks.
+    """DDPM denoising loss of the conditional model on random observation masks.
 
     For training sample ``x0`` (z-scores, ``(C, H, W)``) a mask ``m`` is drawn, the model sees
-    ``[x_t, m * x0, m, static]`` at a uniform random timestep and predicts the noise; the
-    squared error counts on valid (ocean) points only.
+    ``[x_t, m * x0, m, static]`` at a uniform random timestep of the ``DDPMScheduler`` and
+    predicts the noise (``parameterization="epsilon"``) or the velocity (``"v"``, turned into
+    the noise for sampling by :func:`~geoft.diffusion.unet.eps_from_v`); the squared error
+    counts on valid (ocean) points only.
     """
 
     def __init__(self, fields: "StoreFields", train_indices: np.ndarray, cfg: DensifyConfig,
@@ -285,6 +289,7 @@ class ConditionalObjective:
         self.static = torch.as_tensor(static_channels(fields, cfg.latlon), device=device)
         self.valid = torch.as_tensor(fields.valid, device=device)
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(device)
+        self.parameterization = cfg.parameterization
 
     def condition(self, obs_values: "torch.Tensor", obs_mask: "torch.Tensor") -> "torch.Tensor":
         """``(B, 2C + S, H, W)``: observed values (0 elsewhere), mask, static channels."""
@@ -296,7 +301,7 @@ class ConditionalObjective:
     def __call__(self, model, idx, rng, generator):
         import torch
 
-        from geoft.diffusion.unet import masked_mse
+        from geoft.diffusion.unet import masked_mse, v_target
 
         x0 = torch.as_tensor(self.fields.read_many(self.train_indices[idx]), device=self.device)
         masks = np.stack([self.masks(self.fields.shape, rng, self.fields.valid) for _ in idx])
@@ -306,7 +311,12 @@ class ConditionalObjective:
                           generator=generator, device=self.device)
         x_t = self.scheduler.add_noise(x0, noise, t)
         pred = model(torch.cat([x_t, self.condition(x0, mask)], dim=1), t)
-        return masked_mse(pred, noise, self.valid[None])
+        if self.parameterization == "v":
+            abar = self.alphas_cumprod[t]
+            target = v_target(x0, noise, abar.sqrt(), (1 - abar).sqrt())
+        else:
+            target = noise
+        return masked_mse(pred, target, self.valid[None])
 
 
 def build_model(n_channels: int, n_static: int, field_shape, options: UNetOptions):
@@ -338,6 +348,9 @@ def train_densifier(store_path, cfg: DensifyConfig | dict | None, out_dir, *,
                                 cache=cfg.cache)
     train_idx = store.indices("train")
     static = static_channels(fields, cfg.latlon)
+    import torch
+
+    torch.manual_seed(cfg.seed)  # initial weights follow the seed: runs are reproducible
     model, kwargs = build_model(fields.shape[0], static.shape[0], fields.shape[1:], cfg.model)
     device = pick_device(cfg.device)
     objective = ConditionalObjective(fields, train_idx, cfg, device)
@@ -361,14 +374,21 @@ def train_densifier(store_path, cfg: DensifyConfig | dict | None, out_dir, *,
 # ------------------------------------------------------------------------------------------
 def sample_conditional(model: "PaddedUNet", condition: "torch.Tensor", known: "torch.Tensor",
                        mask: "torch.Tensor", cfg: DensifyConfig, *, members: int,
-                       generator: "torch.Generator") -> "torch.Tensor":
+                       generator: "torch.Generator", parameterization: str | None = None
+                       ) -> "torch.Tensor":
     """Draw ``members`` reconstructions ``(members, C, H, W)`` (z-scores).
 
     ``condition`` ``(S', H, W)``: the conditioning channels of one case; ``known``/``mask``
     ``(C, H, W)``: observed z-values and the 0/1 observation mask, used by the RePaint and
-    clamping samplers to impose the observations on the noisy state.
+    clamping samplers to impose the observations on the noisy state. ``parameterization``:
+    what the network was trained to predict (default ``cfg.parameterization``).
     """
     import torch
+
+    from geoft.diffusion.unet import eps_from_v
+
+    parameterization = parameterization or cfg.parameterization
+    alphas_cumprod = make_train_scheduler(cfg).alphas_cumprod.to(condition.device)
 
     device = condition.device
     c, h, w = known.shape
@@ -381,7 +401,11 @@ def sample_conditional(model: "PaddedUNet", condition: "torch.Tensor", known: "t
         x = torch.randn((b, c, h, w), generator=generator, device=device)
 
         def eps(x_t, t):
-            return model(torch.cat([x_t, cond], dim=1), t)
+            out = model(torch.cat([x_t, cond], dim=1), t)
+            if parameterization == "v":
+                abar = alphas_cumprod[t]
+                out = eps_from_v(x_t, out, abar.sqrt(), (1 - abar).sqrt())
+            return out
 
         with torch.no_grad():
             if cfg.sampler == "repaint":
@@ -534,6 +558,7 @@ def densify(store_path, cfg: DensifyConfig | dict | None, checkpoint_dir, out_di
                                 cache=False)
     model, info = _load_model(checkpoint_dir, cfg, fields)
     device = next(model.parameters()).device
+    parameterization = info["meta"]["config"].get("parameterization", "epsilon")
     observations = observations if observations is not None else cfg.observations
     if observations is not None:
         cases = _table_cases(store, fields, observations)
@@ -571,7 +596,7 @@ def densify(store_path, cfg: DensifyConfig | dict | None, checkpoint_dir, out_di
             mask = torch.as_tensor(case["mask"], device=device, dtype=known.dtype)
             cond = torch.cat([known * mask, mask, static])
             ens = sample_conditional(model, cond, known, mask, cfg, members=cfg.members,
-                                     generator=generator)
+                                     generator=generator, parameterization=parameterization)
             members_out.append(ens.cpu().numpy())
             bar.advance(task)
     seconds = _time.perf_counter() - t0
@@ -754,7 +779,10 @@ def _run_baseline(name: str, known: np.ndarray, mask: np.ndarray, valid: np.ndar
             out[:, c] = filled[-t_count:]
     else:
         fill = {"nearest": bl.griddata_nearest, "linear": bl.griddata_linear,
-                "kriging": lambda f, m, v: bl.kriging(f, m, v, rng=rng)}[name]
+                # exponential variogram: a fitted Matern drifts to a near-Gaussian
+                # smoothness (nu ~ 26 here) and its kriging weights explode on cloud gaps
+                "kriging": lambda f, m, v: bl.kriging(f, m, v, model="exponential",
+                                                      rng=rng)}[name]
         for t in range(t_count):
             for c in range(n_ch):
                 use = mask[t, c] & valid[c]
@@ -846,6 +874,7 @@ def evaluate_reconstruction(store_path, cfg: DensifyConfig | dict | None, recons
     truth = stack_channels(ds, fields, "_truth")
     observed = stack_channels(ds, fields, "_observed").astype(bool)
     known_phys = stack_channels(ds, fields, "_obs")
+    spread = stack_channels(ds, fields, "_spread")
     members = (stack_channels(ds, fields, "_members")
                if f"{fields.channels[0].var}_members" in ds else None)
     valid = fields.valid
@@ -888,9 +917,8 @@ def evaluate_reconstruction(store_path, cfg: DensifyConfig | dict | None, recons
             panels = {"truth": truth[0, k],
                       "observations": np.where(observed[0, k], known_phys[0, k], np.nan),
                       "diffusion mean": mean[0, k],
-                      "diffusion spread": (np.nanstd(members[0, :, k], axis=0, ddof=1)
-                                           if members is not None and members.shape[1] > 1
-                                           else None)}
+                      "diffusion spread": spread[0, k] if np.isfinite(spread[0, k]).any()
+                      else None}
             for method in cfg.baselines:
                 panels[method] = methods[method][0, k]
             figures.append(str(plot_panels(

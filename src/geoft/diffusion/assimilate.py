@@ -1,0 +1,606 @@
+"""``geoft assimilate``: score-based data assimilation (SDA) with an unconditional
+multi-variable diffusion prior.
+
+:func:`train_prior` trains a diffusers ``UNet2DModel`` as the noise predictor of full
+multi-variable snapshots (e.g. zos, surface thetao and so, surface currents) in the continuous
+VP time of :class:`~geoft.diffusion.schedule.VPSchedule`: ``x_t = mu(t) x + sigma(t) eps`` with
+``t ~ U(0, 1)`` and the UNet timestep ``VPSchedule.unet_timestep(t) = 1000 t``; the loss counts
+ocean points only. Observations enter only at sampling time (:func:`assimilate`): the EMA
+network becomes ``eps_fn`` for :func:`geoft.diffusion.sda.sda_sample`, which guides an ensemble
+towards ``y = A(x) + noise`` for any linear operator ``A`` (points, satellite tracks, coarse
+grids; :mod:`geoft.diffusion.obs`), so variables that are never observed (currents under
+altimetry, say) are reconstructed through the prior's cross-variable structure.
+
+This module is import-light at top level (pydantic, numpy): torch, diffusers and xarray load
+inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from geoft.diffusion.densify import TableObservations, UNetOptions
+from geoft.errors import GeoftError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from geoft.diffusion.unet import StoreFields
+
+
+#: an ensemble beyond this many standard deviations has diverged (z-scored ocean fields
+#: stay within about +-10)
+DIVERGED_Z = 50.0
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SDAOptions(_Strict):
+    """The SDA sampler: ``steps`` predictor steps, ``corrections`` Langevin corrector steps per
+    predictor step of size ``tau``, and the likelihood's variance inflation ``gamma``."""
+
+    steps: int = Field(256, ge=1)
+    corrections: int = Field(1, ge=0)
+    tau: float = Field(0.5, gt=0)
+    gamma: float = Field(1e-2, ge=0)
+
+
+class ObservedVariable(_Strict):
+    """An OSSE observation of one channel (a name from ``variables``).
+
+    ``operator``: ``points`` (a ``fraction`` of the ocean pixels, random), ``tracks``
+    (satellite swaths covering about ``fraction`` of the box, ``width`` pixels wide) or
+    ``coarse`` (``factor`` x ``factor`` block means, optionally Gaussian-``smooth``ed first,
+    like an L4 product). ``noise``: observation-error std in units of the variable's
+    normalisation std (0.05 = 5 % of its variability).
+    """
+
+    variable: str
+    operator: Literal["points", "tracks", "coarse"] = "points"
+    fraction: float = Field(0.05, ge=0.0, le=1.0)
+    width: float | None = Field(None, gt=0)
+    factor: int = Field(4, ge=1)
+    smooth: float | None = Field(None, gt=0)
+    noise: float = Field(0.05, gt=0)
+
+
+class AssimilateConfig(_Strict):
+    """The recipe's ``assimilate:`` section.
+
+    ``variables``: the prior's channels (``"zos"``, ``"thetao:0"``, ...; a bare level variable
+    means all its levels). ``observe``: OSSE observations of some of them; or ``observations``
+    for an observation file (``time, lat, lon, variable, [level,] value, error``).
+    """
+
+    method: str = "sda"
+    variables: list[str] = Field(default_factory=lambda: ["zos", "thetao:0", "so:0"],
+                                 min_length=1)
+    latlon: bool = True
+    # what the network predicts: "v" (velocity; its x0 estimate stays bounded where mu(t) ~
+    # 1e-3) or plain "epsilon"; eps_fn always returns epsilon (see unet.eps_from_v)
+    parameterization: Literal["v", "epsilon"] = "v"
+    model: UNetOptions = Field(default_factory=UNetOptions)
+    # training of the prior
+    steps: int = Field(4000, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    ema_decay: float = Field(0.999, gt=0, le=1)
+    checkpoint_every: int = Field(250, ge=1)
+    log_every: int = Field(25, ge=1)
+    cache: bool = True
+    # sampling
+    sampler: SDAOptions = Field(default_factory=SDAOptions)
+    members: int = Field(8, ge=1)
+    sample_batch: int | None = Field(None, ge=1)
+    # observations
+    observe: list[ObservedVariable] = Field(
+        default_factory=lambda: [ObservedVariable(variable="zos", operator="tracks",
+                                                  fraction=0.1)])
+    observations: TableObservations | None = None
+    # evaluation
+    eval_split: Literal["train", "val", "test"] = "test"
+    n_samples: int = Field(4, ge=1)
+    keep_members: bool = False
+    figures: bool = True
+    seed: int = 0
+    device: str = "auto"
+
+
+def load_config(cfg: AssimilateConfig | dict | None) -> AssimilateConfig:
+    if cfg is None:
+        return AssimilateConfig()
+    if isinstance(cfg, AssimilateConfig):
+        return cfg
+    from pydantic import ValidationError
+
+    try:
+        return AssimilateConfig.model_validate(cfg)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise GeoftError(f"{loc}: {err['msg']}", where="assimilate",
+                         fix="see AssimilateConfig for the allowed keys and values") from None
+
+
+# ------------------------------------------------------------------------------------------
+# the prior
+# ------------------------------------------------------------------------------------------
+class PriorObjective:
+    """Continuous-time VP denoising loss: ``t ~ U(0, 1)``, ``x_t = mu x + sigma eps``, the
+    UNet sees ``[x_t, static]`` at timestep ``1000 t`` and predicts ``eps`` (or the velocity
+    ``v``, ``parameterization="v"``); land never counts."""
+
+    def __init__(self, fields: "StoreFields", train_indices: np.ndarray, latlon: bool, device,
+                 parameterization: str = "v"):
+        import torch
+
+        from geoft.diffusion.densify import static_channels
+        from geoft.diffusion.schedule import VPSchedule
+
+        self.fields = fields
+        self.train_indices = np.asarray(train_indices)
+        self.schedule = VPSchedule()
+        self.device = device
+        self.static = torch.as_tensor(static_channels(fields, latlon), device=device)
+        self.valid = torch.as_tensor(fields.valid, device=device)
+        self.parameterization = parameterization
+
+    def __call__(self, model, idx, rng, generator):
+        import torch
+
+        from geoft.diffusion.unet import masked_mse, v_target
+
+        x0 = torch.as_tensor(self.fields.read_many(self.train_indices[idx]), device=self.device)
+        t = torch.rand(x0.shape[0], generator=generator, device=self.device)
+        eps = torch.randn(x0.shape, generator=generator, device=self.device)
+        x_t, _ = self.schedule.perturb(x0, t, eps)
+        static = self.static.expand(x_t.shape[0], *self.static.shape)
+        out = model(torch.cat([x_t, static], dim=1), self.schedule.unet_timestep(t))
+        target = (v_target(x0, eps, self.schedule.mu(t), self.schedule.sigma(t))
+                  if self.parameterization == "v" else eps)
+        return masked_mse(out, target, self.valid[None])
+
+
+def build_prior(n_channels: int, n_static: int, field_shape, options: UNetOptions):
+    """The unconditional UNet (input: noisy field + static channels; output: noise)."""
+    from diffusers import UNet2DModel
+
+    from geoft.diffusion.unet import PaddedUNet, unet_config
+
+    kwargs = unet_config(n_channels + n_static, n_channels, tuple(field_shape),
+                         options.block_out_channels, options.layers_per_block,
+                         options.attention, options.dropout)
+    return PaddedUNet(UNet2DModel(**kwargs), tuple(field_shape)), kwargs
+
+
+def _trainer_settings(cfg: AssimilateConfig):
+    from geoft.diffusion.unet import TrainerSettings
+
+    return TrainerSettings(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                           weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
+                           grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay,
+                           checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+                           seed=cfg.seed, device=cfg.device)
+
+
+def train_climatology(fields: "StoreFields", indices: np.ndarray) -> np.ndarray:
+    """Per-pixel mean ``(C, H, W)`` z-score over ``indices`` (the prior's mean, a baseline)."""
+    total = np.zeros(fields.shape, np.float64)
+    for i in indices:
+        total += fields.read(int(i))
+    return (total / max(len(indices), 1)).astype(np.float32)
+
+
+def train_prior(store_path, cfg: AssimilateConfig | dict | None, out_dir, *,
+                progress: bool = True, resume: bool = True,
+                stop_at: int | None = None) -> dict[str, Any]:
+    """Train the unconditional prior on the train split (resumable, see
+    :class:`~geoft.diffusion.unet.DiffusionTrainer`). Also writes ``climatology.npy`` (the
+    per-pixel train mean in z-scores, the reference the analysis must beat) and
+    ``config.json`` to ``out_dir``. Returns the trainer summary."""
+    from geoft.diffusion.densify import open_fields, static_channels
+    from geoft.diffusion.unet import (DiffusionTrainer, atomic_write_bytes_via,
+                                      atomic_write_text, pick_device)
+
+    cfg = load_config(cfg)
+    store, fields = open_fields(store_path, cfg.variables, where="assimilate.variables",
+                                cache=cfg.cache)
+    train_idx = store.indices("train")
+    static = static_channels(fields, cfg.latlon)
+    import torch
+
+    torch.manual_seed(cfg.seed)  # initial weights follow the seed: runs are reproducible
+    model, kwargs = build_prior(fields.shape[0], static.shape[0], fields.shape[1:], cfg.model)
+    device = pick_device(cfg.device)
+    meta = {"stage": "assimilate", "config": cfg.model_dump(mode="json"),
+            "channels": fields.names, "store": str(Path(store_path).resolve()),
+            "n_static": int(static.shape[0]), "schedule": {"kind": "vp-cosine", "eta": 1e-3}}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "config.json", json.dumps(meta, indent=2))
+    clim_path = out_dir / "climatology.npy"
+    if not clim_path.exists() or not resume:
+        clim = train_climatology(fields, train_idx)
+        atomic_write_bytes_via(clim_path, lambda p: np.save(open(p, "wb"), clim))
+    objective = PriorObjective(fields, train_idx, cfg.latlon, device, cfg.parameterization)
+    trainer = DiffusionTrainer(model, objective,
+                               len(train_idx), _trainer_settings(cfg), out_dir,
+                               model_kwargs=kwargs, meta=meta, progress=progress,
+                               description="assimilate: training prior")
+    summary = trainer.train(resume=resume, stop_at=stop_at)
+    summary["channels"] = fields.names
+    summary["n_train"] = int(len(train_idx))
+    return summary
+
+
+def prior_eps_fn(model, fields: "StoreFields", latlon: bool, parameterization: str = "v"):
+    """``eps_fn(x_t (B, C, H, W), t (B,) in [0, 1])`` of a trained prior (differentiable, for
+    the SDA likelihood gradient); always returns the noise prediction."""
+    import torch
+
+    from geoft.diffusion.densify import static_channels
+    from geoft.diffusion.schedule import VPSchedule
+    from geoft.diffusion.unet import eps_from_v
+
+    device = next(model.parameters()).device
+    static = torch.as_tensor(static_channels(fields, latlon), device=device)
+    schedule = VPSchedule()
+
+    def eps_fn(x_t: "torch.Tensor", t: "torch.Tensor") -> "torch.Tensor":
+        t = t.to(x_t.dtype)
+        st = static.to(x_t.dtype).expand(x_t.shape[0], *static.shape)
+        out = model(torch.cat([x_t, st], dim=1), schedule.unet_timestep(t))
+        if parameterization == "v":
+            out = eps_from_v(x_t, out, schedule.mu(t), schedule.sigma(t))
+        return out
+
+    return eps_fn
+
+
+# ------------------------------------------------------------------------------------------
+# observations
+# ------------------------------------------------------------------------------------------
+def _osse_operator(fields: "StoreFields", cfg: AssimilateConfig, truth: np.ndarray,
+                   rng: np.random.Generator):
+    """``(operator, y, sigma_y, observed_pixels (C, H, W) bool, description)`` for one case."""
+    from geoft.diffusion.masks import satellite_tracks
+    from geoft.diffusion.obs import (CoarseGrain, PointObservations, Stack, random_points,
+                                     simulate_observations)
+
+    ops, sigmas, descriptions = [], [], []
+    observed = np.zeros(fields.shape, bool)
+    grid = fields.shape[1:]
+    for spec in cfg.observe:
+        c = _channel_index(fields, spec.variable)
+        valid = fields.valid[c]
+        if spec.operator == "coarse":
+            try:
+                op = CoarseGrain(c, spec.factor, spec.smooth, valid_mask=valid)
+            except ValueError as exc:
+                raise GeoftError(f"cannot coarse-grain {spec.variable}: {exc}",
+                                 where="assimilate.observe", fix="use a smaller factor") from None
+        elif spec.operator == "points":
+            if spec.fraction <= 0:
+                op = PointObservations([], [], [])
+            else:
+                op = random_points(grid, spec.fraction, rng, channels=(c,), valid_mask=valid)
+        else:
+            mask = (satellite_tracks(grid, 1.0 - spec.fraction, rng, swath_width=spec.width)
+                    if spec.fraction > 0 else np.zeros(grid, bool)) & valid
+            iy, ix = np.nonzero(mask)
+            op = PointObservations(np.full(iy.size, c), iy, ix)
+        if op.n_obs == 0:
+            raise GeoftError(f"the {spec.operator} observations of {spec.variable} are empty "
+                             "(no ocean pixel observed)", where="assimilate.observe",
+                             fix="raise `fraction` or observe another variable")
+        if isinstance(op, PointObservations):
+            observed |= op.observed_mask(fields.shape)
+        ops.append(op)
+        sigmas.append(np.full(op.n_obs, spec.noise))
+        descriptions.append(f"{spec.variable}: {op.describe()}")
+    if not ops:
+        raise GeoftError("no observations configured", where="assimilate.observe",
+                         fix="list at least one observed variable, or give an observation file")
+    operator = ops[0] if len(ops) == 1 else Stack(ops)
+    sigma_y = np.concatenate(sigmas)
+    y = simulate_observations(truth, operator, sigma_y, rng)
+    return operator, y, sigma_y, observed, "; ".join(descriptions)
+
+
+def _channel_index(fields: "StoreFields", name: str) -> int:
+    if name not in fields.names:
+        raise GeoftError(f"observed variable {name!r} is not a prior channel "
+                         f"({', '.join(fields.names)})", where="assimilate.observe",
+                         fix="observe one of assimilate.variables (e.g. 'thetao:0')")
+    return fields.names.index(name)
+
+
+def _table_cases(store, fields: "StoreFields", obs: TableObservations):
+    import pandas as pd
+
+    from geoft.diffusion.densify import _channel_mapping
+    from geoft.diffusion.obs import PointObservations, _read_table, observations_from_table
+
+    if obs.times:
+        times = [pd.Timestamp(t) for t in obs.times]
+    else:
+        frame, source, _ = _read_table(obs.table)
+        cols = {str(c).strip().lower(): c for c in frame.columns}
+        if "time" not in cols:
+            raise GeoftError("observation table has no time column", where=source,
+                             fix="add a time column or list assimilate.observations.times")
+        parsed = pd.to_datetime(frame[cols["time"]], errors="coerce", utc=True)
+        if parsed.isna().any():
+            raise GeoftError("observation table has unreadable times", where=source,
+                             fix="write times as ISO 8601, e.g. 2020-01-31T12:00")
+        times = sorted(set(parsed.dt.tz_localize(None)))
+    mapping, stats, perm = _channel_mapping(store, fields)
+    cases = []
+    for when in times:
+        op, y, sigma_y, report = observations_from_table(
+            obs.table, store.lat, store.lon, mapping, time=when, valid_mask=fields.valid[perm],
+            stats=stats, time_window=obs.time_window)
+        op = PointObservations(perm[op.channel_idx], op.iy, op.ix)
+        match = np.flatnonzero(store.times == pd.Timestamp(when))
+        truth = fields.read(int(match[0])) if match.size else None
+        cases.append({"time": pd.Timestamp(when), "operator": op, "y": np.asarray(y),
+                      "sigma_y": np.asarray(sigma_y), "observed": op.observed_mask(fields.shape),
+                      "truth": truth, "description": f"table {obs.table}: {op.describe()}",
+                      "report": report})
+    return cases
+
+
+# ------------------------------------------------------------------------------------------
+# assimilation
+# ------------------------------------------------------------------------------------------
+def assimilate(store_path, cfg: AssimilateConfig | dict | None, checkpoint_dir, out_dir, *,
+               observations=None, progress: bool = True) -> dict[str, Any]:
+    """Assimilate observations with the trained prior and write ``out_dir/assimilate.nc``
+    (ensemble mean ``v``, spread ``v_spread``, observed pixels, truth when known) plus the
+    evaluation (``evaluation.csv/.md/.json``, figures), all atomically, only after every case
+    has been checked and sampled.
+
+    OSSE mode: ``cfg.n_samples`` times of ``cfg.eval_split`` observed through ``cfg.observe``
+    (seeded per time). File mode: ``observations`` (path or :class:`TableObservations`) or
+    ``cfg.observations``. Bad input (unknown variables, positions outside the grid, NaN values,
+    no observation at all) raises a one-line :class:`GeoftError` before anything is written.
+    """
+    import time as _time
+
+    import pandas as pd
+    import torch
+
+    from geoft.diffusion.densify import (_eval_indices, ensemble_dataset, open_fields,
+                                         write_netcdf_atomic)
+    from geoft.diffusion.sda import sda_sample
+    from geoft.diffusion.unet import load_trained, make_progress
+
+    cfg = load_config(cfg)
+    store, fields = open_fields(store_path, cfg.variables, where="assimilate.variables",
+                                cache=False)
+    model, info = load_trained(checkpoint_dir, device=cfg.device)
+    if info["meta"].get("stage") != "assimilate":
+        raise GeoftError("checkpoint is not an assimilation prior", where=info["path"],
+                         fix="point at the output directory of the prior's training")
+    if info["meta"].get("channels") != fields.names:
+        raise GeoftError(f"prior was trained on {info['meta'].get('channels')}, the config "
+                         f"asks for {fields.names}", where=info["path"],
+                         fix="use the training config's assimilate.variables, or retrain")
+    # -- build and check every case before sampling anything --------------------------------
+    obs_spec = observations if observations is not None else cfg.observations
+    if obs_spec is not None:
+        if isinstance(obs_spec, dict):
+            obs_spec = TableObservations(**obs_spec)
+        elif not isinstance(obs_spec, TableObservations):
+            obs_spec = TableObservations(table=str(obs_spec))
+        cases = _table_cases(store, fields, obs_spec)
+        mode = "observations"
+    else:
+        cases = []
+        for i in _eval_indices(store, cfg):
+            rng = np.random.default_rng([cfg.seed, 13, int(i)])
+            truth = fields.read(int(i))
+            op, y, sigma_y, observed, desc = _osse_operator(fields, cfg, truth, rng)
+            cases.append({"time": store.times[int(i)], "operator": op, "y": y,
+                          "sigma_y": sigma_y, "observed": observed, "truth": truth,
+                          "description": desc, "report": {}})
+        mode = "osse"
+    for case in cases:
+        if case["operator"].n_obs == 0:
+            raise GeoftError(f"no observation at {case['time']}", where="assimilate",
+                             fix="check the observation setup")
+        if not (np.isfinite(case["y"]).all() and np.isfinite(case["sigma_y"]).all()):
+            raise GeoftError(f"observations at {case['time']} contain NaN", where="assimilate",
+                             fix="remove NaN values from the observations")
+        if np.any(np.asarray(case["sigma_y"]) <= 0):
+            raise GeoftError("observation errors must be positive", where="assimilate",
+                             fix="give every observation a positive error std")
+    # -- sample ------------------------------------------------------------------------------
+    device = next(model.parameters()).device
+    eps_fn = prior_eps_fn(model, fields, cfg.latlon,
+                          info["meta"]["config"].get("parameterization", "epsilon"))
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    s = cfg.sampler
+    ensembles = []
+    t0 = _time.perf_counter()
+    with make_progress(progress) as bar:
+        task = bar.add_task(f"assimilate: SDA x {cfg.members}", total=len(cases), status="")
+        for case in cases:
+            ens = sda_sample(eps_fn, (cfg.members,) + fields.shape, case["operator"], case["y"],
+                             case["sigma_y"], steps=s.steps, corrections=s.corrections,
+                             tau=s.tau, gamma=s.gamma, generator=generator, progress=False,
+                             x_mask=fields.valid, batch_size=cfg.sample_batch, device=device)
+            ensembles.append(ens.cpu().numpy().astype(np.float32))
+            bar.advance(task)
+    seconds = _time.perf_counter() - t0
+    members_z = np.stack(ensembles)  # (T, M, C, H, W)
+    max_abs_z = float(np.max(np.abs(members_z))) if np.isfinite(members_z).all() else np.inf
+    if max_abs_z > DIVERGED_Z:
+        raise GeoftError(f"the SDA sampler diverged (|z| up to {max_abs_z:.3g} standard "
+                         "deviations): its explicit steps are too coarse for these "
+                         "observation errors", where="assimilate.sampler",
+                         fix="raise assimilate.sampler.steps (e.g. 256) or gamma (e.g. 0.1)")
+    truth_z = (np.stack([c["truth"] for c in cases])
+               if all(c["truth"] is not None for c in cases) else None)
+    observed = np.stack([c["observed"] for c in cases])
+    known = np.zeros(members_z.shape[:1] + fields.shape, np.float32)
+    for k, case in enumerate(cases):  # observed point values on the grid (for the file)
+        op = case["operator"]
+        for sub, y_sub in _point_parts(op, case["y"]):
+            known[k, sub.channel_idx, sub.iy, sub.ix] = y_sub
+    ds = ensemble_dataset(
+        store, fields, pd.DatetimeIndex([c["time"] for c in cases]), members_z, truth_z=truth_z,
+        observed=observed, known_z=known, keep_members=cfg.keep_members,
+        attrs={"geoft_stage": "assimilate", "geoft_mode": mode,
+               "geoft_sampler": json.dumps(cfg.sampler.model_dump()),
+               "geoft_members": cfg.members, "geoft_checkpoint": info["path"],
+               "geoft_checkpoint_step": info["step"],
+               "geoft_observations": json.dumps([c["description"] for c in cases]),
+               "geoft_config": json.dumps(cfg.model_dump(mode="json"))})
+    evaluation = None
+    if truth_z is not None:
+        clim = _climatology(checkpoint_dir, fields, store)
+        evaluation = evaluate_assimilation(store, fields, cases, members_z, truth_z, clim)
+    out_dir = Path(out_dir)
+    path = write_netcdf_atomic(ds, out_dir / "assimilate.nc")
+    summary: dict[str, Any] = {
+        "path": str(path), "mode": mode, "times": [str(t) for t in ds["time"].values],
+        "channels": fields.names, "members": cfg.members, "seconds": seconds,
+        "max_abs_z": max_abs_z,
+        "seconds_per_member_per_step": seconds / (len(cases) * cfg.members * s.steps
+                                                  * (1 + s.corrections)),
+        "observations": [c["description"] for c in cases],
+        "reports": [c["report"] for c in cases]}
+    if evaluation is not None:
+        summary.update(_write_evaluation(evaluation, out_dir, store, fields, cases, members_z,
+                                         truth_z, cfg.figures))
+    return summary
+
+
+def _point_parts(operator, y: np.ndarray):
+    """``(PointObservations, y_part)`` pieces of an operator (coarse parts have no pixels)."""
+    from geoft.diffusion.obs import PointObservations, Stack
+
+    if isinstance(operator, PointObservations):
+        yield operator, y
+    elif isinstance(operator, Stack):
+        start = 0
+        for op in operator.operators:
+            yield from _point_parts(op, y[start:start + op.n_obs])
+            start += op.n_obs
+
+
+def _climatology(checkpoint_dir, fields: "StoreFields", store) -> np.ndarray:
+    for folder in (Path(checkpoint_dir), Path(checkpoint_dir).parent):
+        path = folder / "climatology.npy"
+        if path.exists():
+            clim = np.load(path)
+            if clim.shape == fields.shape:
+                return clim
+    return train_climatology(fields, store.indices("train"))
+
+
+def evaluate_assimilation(store, fields: "StoreFields", cases, members_z: np.ndarray,
+                          truth_z: np.ndarray, climatology_z: np.ndarray):
+    """Per channel, on hidden ocean pixels (not directly observed; every ocean pixel of an
+    unobserved or coarse-observed channel): RMSE/bias of the ensemble mean and of the prior
+    mean (train climatology), CRPS, spread-skill; plus the observation-space consistency
+    ``std((A(mean) - y) / sigma_y)`` and RMSE of ``A(mean) - y`` per case. Physical units."""
+    import pandas as pd
+
+    from geoft.diffusion.densify import reconstruction_scores
+
+    times = np.asarray([c["time"] for c in cases], "datetime64[ns]")
+    observed = np.stack([c["observed"] for c in cases])
+    hidden = (~observed) & fields.valid[None]
+    mean_phys = fields.denormalise(members_z.mean(axis=1))
+    truth_phys = fields.denormalise(truth_z)
+    clim_phys = fields.denormalise(np.broadcast_to(climatology_z, truth_z.shape))
+    members_phys = fields.denormalise(members_z)
+    rows = []
+    for k, name in enumerate(fields.names):
+        is_observed = bool(observed[:, k].any()) or any(
+            _coarse_channel(c["operator"], k) for c in cases)
+        sda = reconstruction_scores(mean_phys[:, k], truth_phys[:, k], hidden[:, k], times,
+                                    store, members=members_phys[:, :, k])
+        prior = reconstruction_scores(clim_phys[:, k], truth_phys[:, k], hidden[:, k], times,
+                                      store)
+        rows.append({"channel": name, "observed": is_observed, "method": "sda", **sda})
+        rows.append({"channel": name, "observed": is_observed, "method": "prior_mean", **prior})
+    table = pd.DataFrame(rows)
+    consistency = []
+    mean_z = members_z.mean(axis=1)
+    for k, case in enumerate(cases):
+        residual = case["operator"].apply_np(mean_z[k]) - case["y"]
+        normalised = residual / case["sigma_y"]
+        consistency.append({"time": str(case["time"]), "n_obs": int(residual.size),
+                            "consistency_std": float(np.std(normalised)),
+                            "residual_rmse_z": float(np.sqrt(np.mean(residual ** 2)))})
+    return table, pd.DataFrame(consistency)
+
+
+def _coarse_channel(operator, k: int) -> bool:
+    from geoft.diffusion.obs import CoarseGrain, Stack
+
+    if isinstance(operator, CoarseGrain):
+        return operator.channel == k
+    if isinstance(operator, Stack):
+        return any(_coarse_channel(op, k) for op in operator.operators)
+    return False
+
+
+def _write_evaluation(evaluation, out_dir: Path, store, fields, cases, members_z, truth_z,
+                      figures: bool) -> dict[str, Any]:
+    from geoft.diffusion.densify import _markdown_table, _units, plot_panels
+    from geoft.diffusion.unet import atomic_write_text
+
+    table, consistency = evaluation
+    markdown = (_markdown_table(table) + "\n\nObservation consistency "
+                "(std of normalised residuals, ~1 when the analysis fits the observations "
+                "to within their error):\n\n" + _markdown_table(consistency))
+    paths = {"csv": out_dir / "evaluation.csv", "markdown": out_dir / "evaluation.md",
+             "json": out_dir / "evaluation.json"}
+    atomic_write_text(paths["csv"], table.to_csv(index=False))
+    atomic_write_text(paths["markdown"], markdown + "\n")
+    atomic_write_text(paths["json"], json.dumps(
+        {"scores": json.loads(table.to_json(orient="records")),
+         "observation_consistency": json.loads(consistency.to_json(orient="records"))},
+        indent=1))
+    figure_paths = []
+    if figures:
+        mean_phys = fields.denormalise(members_z[0].mean(axis=0))
+        spread = (members_z[0].std(axis=0, ddof=1) * fields.std[:, None, None]
+                  if members_z.shape[1] > 1 else None)
+        truth_phys = fields.denormalise(truth_z[0])
+        observed = cases[0]["observed"]
+        for k, name in enumerate(fields.names):
+            panels = {"truth": truth_phys[k],
+                      "observed pixels": np.where(observed[k], truth_phys[k], np.nan)
+                      if observed[k].any() else None,
+                      "SDA mean": mean_phys[k],
+                      "SDA spread": np.where(fields.valid[k], spread[k], np.nan)
+                      if spread is not None else None}
+            figure_paths.append(str(plot_panels(
+                panels, out_dir / "figures" / f"{name.replace(':', '_')}.png",
+                title=f"{name} at {str(cases[0]['time'])[:16]}", units=_units(store, fields, k))))
+    return {"evaluation": json.loads(table.to_json(orient="records")),
+            "observation_consistency": json.loads(consistency.to_json(orient="records")),
+            "evaluation_paths": {k: str(v) for k, v in paths.items()}, "figures": figure_paths}
+
+
+def run_assimilate(store_path, cfg: AssimilateConfig | dict | None, checkpoint_dir, out_dir, *,
+                   progress: bool = True) -> dict[str, Any]:
+    """The ``run`` half of the assimilate stage (a JSON-able summary of :func:`assimilate`)."""
+    summary = assimilate(store_path, cfg, checkpoint_dir, out_dir, progress=progress)
+    summary.pop("reports", None)
+    return summary

@@ -1,0 +1,365 @@
+"""Densify: diffusers schedulers without clipping, masked loss, the resumable trainer, masks,
+conditional sampling (DDIM, DDIM+clamp, RePaint), output files and evaluation.
+
+Everything runs on CPU on a 16x32 tiny store with a two-level UNet of a few thousand weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+
+from geoft.diffusion import densify as D
+from geoft.diffusion.masks import (MASK_KINDS, MaskChoice, MaskSampler, argo_profiles,
+                                   cloud_blobs, observation_mask, random_pixels,
+                                   satellite_tracks)
+from geoft.diffusion.unet import (DiffusionTrainer, list_checkpoints,
+                                  make_unet, masked_mse)
+from geoft.errors import GeoftError
+from geoft.store import PreparedStore
+from geoft.testing import make_tiny_store
+
+VARIABLES = ["zos", "thetao:0", "thetao:1"]
+TINY = {"block_out_channels": [16, 32]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny convolutions are fastest single-threaded, and a shared CI core makes torch's
+    thread pool spin (10-30x slower); restored afterwards for other test modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_cfg(**kw) -> D.DensifyConfig:
+    base = dict(variables=VARIABLES, model=TINY, steps=60, batch_size=8, lr=2e-3,
+                warmup_steps=2, log_every=10, checkpoint_every=20, ddim_steps=4, members=3,
+                n_samples=2, baselines=["nearest", "linear"], figures=False)
+    base.update(kw)
+    return D.DensifyConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return make_tiny_store(tmp_path_factory.mktemp("densify") / "store.zarr")
+
+
+@pytest.fixture(scope="module")
+def trained(store, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("densify-model")
+    summary = D.train_densifier(store, tiny_cfg(), out, progress=False)
+    return out, summary
+
+
+# -- clip_sample ---------------------------------------------------------------------------
+def test_diffusers_default_would_clamp_but_ours_does_not():
+    """A z-scored field 5 sigma out: diffusers' default clip_sample=True clamps the predicted
+    clean sample to 1; every scheduler we build keeps it."""
+    from diffusers import DDIMScheduler, DDPMScheduler, RePaintScheduler
+
+    cfg = tiny_cfg()
+    sample = torch.full((1, 1, 4, 4), 5.0)
+    eps = torch.zeros_like(sample)
+    default = DDIMScheduler()
+    default.set_timesteps(4)
+    t = default.timesteps[-1]
+    clipped = default.step(eps, t, sample).pred_original_sample
+    assert float(clipped.max()) == pytest.approx(1.0)
+    ours = D.make_ddim_scheduler(cfg)
+    ours.set_timesteps(4)
+    t = ours.timesteps[-1]
+    kept = ours.step(eps, t, sample).pred_original_sample
+    assert float(kept.min()) > 4.9  # 5 / sqrt(alpha_bar_t), not clamped
+    # the defaults of all three classes clip; ours never do
+    for cls in (DDPMScheduler, DDIMScheduler, RePaintScheduler):
+        assert cls().config.clip_sample is True
+    for sched in (D.make_train_scheduler(cfg), D.make_ddim_scheduler(cfg),
+                  D.make_repaint_scheduler(cfg)):
+        assert sched.config.clip_sample is False
+    assert D.make_ddim_scheduler(cfg).config.timestep_spacing == "trailing"
+    rp = D.make_repaint_scheduler(cfg)
+    rp.set_timesteps(4, 2, 1)
+    out = rp.step(eps, rp.timesteps[-1], sample, sample, torch.zeros_like(sample))
+    assert float(out.pred_original_sample.min()) > 4.9
+
+
+# -- the network, loss and masks --------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(16, 32), (37, 73), (36, 72)])
+def test_unet_pads_and_crops_any_grid(shape):
+    model = make_unet(5, 2, shape, (8, 16, 16))
+    out = model(torch.randn(2, 5, *shape), torch.tensor([10, 900]))
+    assert out.shape == (2, 2, *shape)
+    assert model.padded_shape[0] % 4 == 0 and model.padded_shape[1] % 4 == 0
+
+
+def test_masked_loss_ignores_land(store):
+    """The conditional objective's loss is unchanged by anything the network says on land."""
+    cfg = tiny_cfg()
+    st, fields = D.open_fields(store, VARIABLES, where="test")
+    objective = D.ConditionalObjective(fields, st.indices("train"), cfg, torch.device("cpu"))
+    model, _ = D.build_model(3, D.static_channels(fields, True).shape[0], fields.shape[1:],
+                             D.UNetOptions(**TINY))
+    land = torch.as_tensor(~fields.valid, dtype=torch.float32)
+    assert land.sum() > 0
+
+    class LoudOnLand(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, t):
+            return self.inner(x, t) + 1e4 * land
+
+    def loss_of(m):
+        rng = np.random.default_rng(0)
+        gen = torch.Generator().manual_seed(0)
+        return float(objective(m, np.arange(4), rng, gen).detach())
+
+    assert loss_of(LoudOnLand(model)) == loss_of(model)
+    pred = torch.zeros(1, 3, 16, 32)
+    assert float(masked_mse(pred + 1e4 * land, pred, torch.as_tensor(fields.valid))) == 0.0
+
+
+def test_masks_are_seeded_and_sized():
+    shape = (3, 16, 32)
+    for kind in MASK_KINDS:
+        a = observation_mask(kind, shape, 0.8, np.random.default_rng(1))
+        b = observation_mask(kind, shape, 0.8, np.random.default_rng(1))
+        assert a.dtype == bool and a.shape == shape and np.array_equal(a, b)
+        assert a.any()
+    rng = np.random.default_rng(0)
+    assert abs(random_pixels((64, 64), 0.9, rng).mean() - 0.1) < 0.03
+    assert abs(cloud_blobs((64, 64), 0.7, rng).mean() - 0.3) < 0.01
+    tracks = satellite_tracks((64, 64), 0.8, rng)
+    assert 0.2 <= tracks.mean() < 0.35
+    argo = argo_profiles((64, 64), 0.99, rng, cell=8)
+    assert argo.sum() == round(0.01 * 64 * 64)
+    # argo profiles are full columns: every channel observed at the same pixels
+    deep = observation_mask("argo", shape, 0.98, np.random.default_rng(3))
+    assert np.array_equal(deep[0], deep[2])
+    only_surface = observation_mask("clouds", shape, 0.5, rng, channels=[0])
+    assert only_surface[0].any() and not only_surface[1:].any()
+    valid = np.ones(shape, bool)
+    valid[:, :4] = False
+    assert not observation_mask("pixels", shape, 0.0, rng, valid=valid)[:, :4].any()
+    sampler = MaskSampler([MaskChoice("pixels", (0.5, 0.9)), MaskChoice("argo", (0.99, 0.99))])
+    assert sampler(shape, np.random.default_rng(0)).shape == shape
+
+
+# -- training ------------------------------------------------------------------------------
+def test_training_reduces_loss(trained):
+    out, summary = trained
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [10, 20, 30, 40, 50, 60]
+    assert all(r["samples_per_s"] > 0 for r in records)
+    assert records[-1]["loss"] < 0.7 * records[0]["loss"], [r["loss"] for r in records]
+    assert summary["step"] == 60
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-00000040.pt",
+                                                                     "step-00000060.pt"]
+
+
+def _trainer(tmp: Path, fields, idx, steps: int) -> DiffusionTrainer:
+    cfg = tiny_cfg(steps=steps, checkpoint_every=3, log_every=1)
+    torch.manual_seed(123)  # same initial weights for every trainer
+    model, kwargs = D.build_model(3, D.static_channels(fields, True).shape[0],
+                                  fields.shape[1:], cfg.model)
+    objective = D.ConditionalObjective(fields, idx, cfg, torch.device("cpu"))
+    return DiffusionTrainer(model, objective, len(idx), D._trainer_settings(cfg), tmp,
+                            model_kwargs=kwargs, progress=False)
+
+
+def test_exact_resume_after_interruption(store, tmp_path):
+    """7 steps straight == 3 steps, a fresh process-like restart, then 4 more: same weights,
+    EMA, optimizer state and loss log."""
+    st, fields = D.open_fields(store, VARIABLES, where="test")
+    idx = st.indices("train")
+    straight = _trainer(tmp_path / "a", fields, idx, 7)
+    straight.train(resume=False)
+    first = _trainer(tmp_path / "b", fields, idx, 7)
+    first.train(stop_at=3)
+    # an interrupted write leaves only a temporary file, which resume must ignore
+    (tmp_path / "b" / "checkpoints" / ".step-00000006.pt.x.partial").write_bytes(b"junk")
+    resumed = _trainer(tmp_path / "b", fields, idx, 7)
+    summary = resumed.train()
+    assert summary["resumed_from"].endswith("step-00000003.pt")
+    assert summary["steps_run"] == 4
+    for (name, a), b in zip(straight.model.state_dict().items(),
+                            resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    for a, b in zip(straight.ema.shadow_params, resumed.ema.shadow_params):
+        assert torch.equal(a, b)
+    assert straight.position == resumed.position == 7 * 8
+    assert straight.optimizer.state_dict()["state"][0]["exp_avg"].equal(
+        resumed.optimizer.state_dict()["state"][0]["exp_avg"])
+    log_a = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
+
+
+# -- reconstruction ----------------------------------------------------------------------------
+def test_densify_osse_outputs(store, trained, tmp_path):
+    model_dir, _ = trained
+    cfg = tiny_cfg(keep_members=True)
+    summary = D.densify(store, cfg, model_dir, tmp_path / "out", progress=False)
+    path = Path(summary["path"])
+    assert path.name == "densify.nc"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["densify.nc"]  # no temp files
+    st = PreparedStore.open(store)
+    with xr.open_dataset(path) as ds:
+        assert ds["zos"].dims == ("time", "lat", "lon")
+        assert ds["thetao"].dims == ("time", "level", "lat", "lon")
+        assert ds["thetao_members"].dims == ("time", "member", "level", "lat", "lon")
+        assert ds.sizes["time"] == 2 and ds.sizes["member"] == 3
+        np.testing.assert_array_equal(ds["lat"].values, st.lat)
+        np.testing.assert_array_equal(ds["lon"].values, st.lon)
+        np.testing.assert_array_equal(ds["level"].values, st.levels[:2])
+        assert ds["thetao"].attrs["units"] == "degC"
+        valid = st.valid("thetao")
+        mean = ds["thetao"].values
+        assert np.isfinite(mean[:, valid]).all() and np.isnan(mean[:, ~valid]).all()
+        assert np.isfinite(ds["thetao_spread"].values[:, valid]).all()
+        assert (ds["thetao_spread"].values[:, valid] > 0).all()
+        truth = st.sample(st.indices("test"))["thetao"]
+        times = pd.DatetimeIndex(ds["time"].values)
+        picked = truth[np.searchsorted(st.times[st.indices("test")], times)]
+        np.testing.assert_allclose(ds["thetao_truth"].values[:, valid], picked[:, valid],
+                                   rtol=1e-5)
+        observed = ds["thetao_observed"].values.astype(bool)
+        assert observed.any() and not observed[:, ~valid].any()
+        # physical units: the reconstruction lives around 20 degC, not around 0
+        assert 10 < float(np.nanmean(mean)) < 30
+    assert summary["seconds_per_member_per_step"] > 0
+
+
+def test_densify_samplers_clamp_and_repaint(store, trained, tmp_path):
+    model_dir, _ = trained
+    clamp = D.densify(store, tiny_cfg(sampler="ddim+clamp", n_samples=1), model_dir,
+                      tmp_path / "clamp", progress=False)
+    with xr.open_dataset(clamp["path"]) as ds:
+        observed = ds["zos_observed"].values.astype(bool)
+        # known-pixel clamping ends on the observations exactly
+        np.testing.assert_allclose(ds["zos"].values[observed], ds["zos_truth"].values[observed],
+                                   atol=1e-5)
+    repaint = D.densify(store, tiny_cfg(sampler="repaint", n_samples=1, ddim_steps=6,
+                                        repaint_jump_length=2, repaint_jump_n_sample=2),
+                        model_dir, tmp_path / "repaint", progress=False)
+    assert repaint["network_evaluations_per_member"] > 6  # the resampling jumps re-run steps
+    with xr.open_dataset(repaint["path"]) as ds:
+        valid = PreparedStore.open(store).valid()
+        assert np.isfinite(ds["zos"].values[:, valid]).all()
+
+
+def test_evaluation_table_and_figures(store, trained, tmp_path):
+    model_dir, _ = trained
+    cfg = tiny_cfg(figures=True, baselines=["nearest", "linear", "dineof"], dineof_history=8)
+    summary = D.run_densify(store, cfg, model_dir, tmp_path, progress=False)
+    table = pd.read_csv(tmp_path / "evaluation.csv")
+    assert set(table["method"]) == {"diffusion", "nearest", "linear", "dineof"}
+    assert set(table["channel"]) == set(VARIABLES)
+    assert (table["rmse"] > 0).all() and table["rmse"].notna().all()
+    diffusion = table[table["method"] == "diffusion"]
+    assert diffusion["crps"].notna().all() and diffusion["spread_skill"].notna().all()
+    assert "| diffusion |" in (tmp_path / "evaluation.md").read_text().replace("  ", " ")
+    assert len(summary["figures"]) == 3
+    for fig in summary["figures"]:
+        assert Path(fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_densify_from_observation_table(store, trained, tmp_path):
+    model_dir, _ = trained
+    st = PreparedStore.open(store)
+    when = st.times[st.indices("test")[1]]
+    truth = st.sample(int(st.indices("test")[1]))["zos"]
+    rows = [{"time": when, "lat": st.lat[i], "lon": st.lon[j], "variable": "zos",
+             "value": float(truth[i, j]), "error": 0.01, "level": np.nan}
+            for i, j in [(1, 2), (3, 20), (12, 5), (14, 30)]]
+    table = tmp_path / "obs.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    summary = D.densify(store, tiny_cfg(), model_dir, tmp_path / "out",
+                        observations=D.TableObservations(table=str(table)), progress=False)
+    assert summary["mode"] == "observations"
+    with xr.open_dataset(summary["path"]) as ds:
+        assert pd.Timestamp(ds["time"].values[0]) == when
+        observed = ds["zos_observed"].values[0].astype(bool)
+        assert observed.sum() == 4 and observed[3, 20]
+        assert not ds["thetao_observed"].values.any()
+        np.testing.assert_allclose(ds["zos_obs"].values[0][observed],
+                                   truth[observed], rtol=1e-5)
+        assert "zos_truth" in ds  # the time is in the store: hindcast with truth
+
+
+def test_bad_inputs_raise_geoft_errors(store, trained, tmp_path):
+    model_dir, _ = trained
+    with pytest.raises(GeoftError, match="unknown variable 'sst'"):
+        D.train_densifier(store, tiny_cfg(variables=["sst"]), tmp_path / "x", progress=False)
+    with pytest.raises(GeoftError, match="level index 7"):
+        D.train_densifier(store, tiny_cfg(variables=["thetao:7"]), tmp_path / "x",
+                          progress=False)
+    with pytest.raises(GeoftError, match="trained on channels"):
+        D.densify(store, tiny_cfg(variables=["zos"]), model_dir, tmp_path / "y", progress=False)
+    with pytest.raises(GeoftError, match="densify"):
+        D.load_config({"variables": ["zos"], "bogus": 1})
+    with pytest.raises(GeoftError, match="no trained checkpoint"):
+        D.densify(store, tiny_cfg(), tmp_path / "empty", tmp_path / "z", progress=False)
+    bad = tmp_path / "outside.csv"
+    pd.DataFrame([{"time": "2020-02-05", "lat": 50.0, "lon": 345.0, "variable": "zos",
+                   "value": 0.1, "error": 0.01, "level": np.nan}]).to_csv(bad, index=False)
+    with pytest.raises(GeoftError, match="outside the grid"):
+        D.densify(store, tiny_cfg(), model_dir, tmp_path / "w", observations=str(bad),
+                  progress=False)
+    assert not (tmp_path / "w" / "densify.nc").exists()
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_straight_run(store, tmp_path):
+    """A training process killed with SIGKILL mid-run resumes from its last complete checkpoint
+    and ends bit-identical to an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = tiny_cfg(steps=200, checkpoint_every=5, log_every=5)
+    killed_dir = tmp_path / "killed"
+    script = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from geoft.diffusion import densify as D\n"
+        f"cfg = D.DensifyConfig.model_validate_json({cfg.model_dump_json()!r})\n"
+        f"D.train_densifier({str(store)!r}, cfg, {str(killed_dir)!r}, progress=False)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            done = list_checkpoints(killed_dir / "checkpoints")
+            if done and int(done[-1].name[5:13]) >= 15:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "training finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    interrupted_at = int(list_checkpoints(killed_dir / "checkpoints")[-1].name[5:13])
+    assert 15 <= interrupted_at < 200
+    resumed = D.train_densifier(store, cfg, killed_dir, progress=False)
+    assert resumed["resumed_from"] and resumed["steps_run"] == 200 - interrupted_at
+    straight_dir = tmp_path / "straight"
+    D.train_densifier(store, cfg, straight_dir, progress=False)
+    a = torch.load(list_checkpoints(killed_dir / "checkpoints")[-1], weights_only=False)
+    b = torch.load(list_checkpoints(straight_dir / "checkpoints")[-1], weights_only=False)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for x, y in zip(a["ema"]["shadow_params"], b["ema"]["shadow_params"]):
+        assert torch.equal(x, y)
+    assert a["data_position"] == b["data_position"] == 200 * cfg.batch_size
