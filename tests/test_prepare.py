@@ -129,3 +129,15 @@ def test_failed_rewrite_keeps_the_old_store(tmp_path, monkeypatch):
         prepare_store(canonical(seed=1), section(), path, progress=False)
     np.testing.assert_array_equal(PreparedStore.open(path).ds["thetao"].values, before)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".s.zarr.partial")]
+
+
+def test_bbox_ending_at_greenwich_and_wrong_dims(tmp_path):
+    ds = canonical(lon=np.arange(-10.0, 0.0, 0.25))
+    summary = prepare_store(ds, section(bbox=dict(lon_min=-8, lon_max=0, lat_min=27, lat_max=30)),
+                            tmp_path / "s.zarr", progress=False)
+    assert summary["grid"][1] % 4 == 0
+    lon = PreparedStore.open(tmp_path / "s.zarr").lon
+    assert lon.min() >= 352 and lon.max() < 360
+    with pytest.raises(GeoftError, match=r"'thetao' has dims \('time', 'depth', 'lat', 'lon'\)"):
+        prepare_store(canonical().rename(level="depth"), section(), tmp_path / "t.zarr",
+                      progress=False)

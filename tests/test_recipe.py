@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from geoft.errors import RecipeError
+from geoft.errors import PluginError, RecipeError
 from geoft.recipe import json_schema, load_recipe, parse_overrides
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_overlapping_splits_and_unknown_source(tmp_path):
     with pytest.raises(RecipeError, match="overlap"):
         load_recipe(path)
     path, _ = _with(tmp_path, "  name: synthetic-ocean", "  name: synthetic-oceans")
-    with pytest.raises(Exception, match="unknown source 'synthetic-oceans'.*synthetic-ocean"):
+    with pytest.raises(PluginError, match="unknown source 'synthetic-oceans'.*synthetic-ocean"):
         load_recipe(path)
 
 
@@ -97,3 +97,23 @@ def test_schema_includes_plugin_sections():
     assert "source:synthetic-ocean:Options" in plugin and "source:copernicus:Options" in plugin
     assert "model:aurora:TrainConfig" in plugin
     json.dumps(schema)
+
+
+def test_non_mapping_recipe_and_unknown_metric(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(RecipeError, match="must be a mapping of sections, not a list"):
+        load_recipe(path)
+    with pytest.raises(RecipeError, match=r"evaluate\.metrics\[1\]: unknown metric 'rmsee'"):
+        load_recipe(DEMO, overrides=parse_overrides(["evaluate.metrics=[rmse, rmsee]"]))
+
+
+def test_plugin_model_and_reconstructor_schemas_validate_their_sections(thirdparty_plugin):
+    loaded = load_recipe(DEMO, overrides=parse_overrides([
+        "model.name=mean-model", "model.options={value: 3}", "train={value: 4}",
+        "densify={method: mean-fill, value: 2}"]))
+    assert type(loaded.parts["train"]).__name__ == "Options" and loaded.parts["train"].value == 4
+    assert loaded.parts["model"].value == 3 and loaded.parts["densify"].value == 2
+    with pytest.raises(RecipeError, match=r"densify\.valeu: unknown key"):
+        load_recipe(DEMO, overrides=parse_overrides(["model.name=mean-model", "train={}", "model.options={}",
+                                                     "densify={method: mean-fill, valeu: 2}"]))

@@ -69,13 +69,15 @@ def _plugin_command_names() -> list[str]:
 
     builtin = {"fetch", "prepare", "finetune", "evaluate", "densify", "assimilate", "run",
                "plugins", "recipe", "lineage"}
-    names = get_plugin_manager().names("command")
-    clash = [n for n in names if n in builtin]
-    if clash:
-        entry = get_plugin_manager().entry("command", clash[0])
-        raise GeoftError(f"plugin {entry.plugin!r} registers command {clash[0]!r}, which is "
-                         "built in", fix=f"disable it with GEOFT_DISABLE_PLUGINS={entry.plugin}")
-    return names
+    pm = get_plugin_manager()
+    names = pm.names("command")
+    for name in [n for n in names if n in builtin]:
+        entry = pm.entries["command"][name]
+        message = (f"command {name!r} from plugin {entry.plugin!r} clashes with the built-in "
+                   "command and is ignored")
+        if message not in pm.clashes:
+            pm.clashes.append(message)
+    return [n for n in names if n not in builtin]
 
 
 app = typer.Typer(
@@ -342,8 +344,12 @@ def _source_fetch_command(name: str) -> click.Command:
     entry = get_plugin_manager().entry("source", name)
     source = instance(entry.load())
     params: list[click.Parameter] = []
+    unions: list[str] = []
     for field_name, field in source.Options.model_fields.items():
         ctype, multiple, flag = _click_type(field.annotation)
+        if ctype is click.STRING and len([a for a in getattr(field.annotation, "__args__", ())
+                                          if a is not type(None)]) > 1:
+            unions.append(field_name)
         opt = "--" + field_name.replace("_", "-")
         help_text = field.description or ""
         if flag:
@@ -366,13 +372,18 @@ def _source_fetch_command(name: str) -> click.Command:
     ]
 
     def callback(out, dry_run, json_, progress, **values):
+        import yaml
+
         values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()
                   if v is not None and not (isinstance(v, tuple) and not v)}
+        for key in unions:  # e.g. int | list[float]: "[0.5, 10]" or "8"
+            if isinstance(values.get(key), str):
+                values[key] = yaml.safe_load(values[key])
         try:
             options = source.Options.model_validate(values)
         except ValidationError as exc:
             err = exc.errors()[0]
-            key = "--" + "-".join(str(x) for x in err["loc"]).replace("_", "-")
+            key = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else name
             raise GeoftError(f"{key}: {err['msg']}", where=f"geoft fetch {name}",
                              fix=f"see `geoft fetch {name} --help`") from None
         out_dir = out or Path("data") / name
@@ -518,6 +529,9 @@ def lineage(path: Path = typer.Argument(..., help="A store, checkpoint, report o
     """Print the lineage chain of an output: report <- checkpoint <- store <- raw data."""
     from geoft.lineage import chain
 
+    if not path.exists():
+        raise GeoftError("no such file or directory", where=str(path),
+                         fix="point at a directory written by a geoft stage")
     records = chain(path)
     if not records:
         raise GeoftError("no geoft-lineage.json here or above", where=str(path),

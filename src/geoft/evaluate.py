@@ -115,13 +115,13 @@ def evaluate(loaded, store_path: Path, *, checkpoint: str | None = None, progres
     table = score(store, forecasts, truth, cfg.metrics, clim)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv_tmp = out_dir / ".metrics.csv.tmp"
-    table.to_csv(csv_tmp, index=False)
-    csv_tmp.replace(out_dir / "metrics.csv")
     hours = store.timestep.total_seconds() / 3600
     skill = skill_vs(table, "persistence") if "persistence" in cfg.baselines and "rmse" in cfg.metrics else {}
     figures = write_report(out_dir, store, forecasts, truth, table, skill=skill,
                            checkpoint=ckpt, recipe=loaded, lead_hours=hours, maps=cfg.maps)
+    csv_tmp = out_dir / ".metrics.csv.tmp"  # last, so a failed report leaves no new table
+    table.to_csv(csv_tmp, index=False)
+    csv_tmp.replace(out_dir / "metrics.csv")
     record = make_lineage("evaluate", loaded, inputs=[ckpt], facts={
         "checkpoint": str(ckpt), "init_times": len(init), "lead_steps": cfg.lead_steps,
         "skill_vs_persistence": skill})

@@ -32,11 +32,14 @@ def orient_grid(ds: xr.Dataset, bbox=None, *, where: str = "data") -> xr.Dataset
                              fix="the dataset plugin must name dims time, [level,] lat, lon")
     lon360 = np.mod(ds["lon"].values, 360.0)
     ds = ds.assign_coords(lon=("lon", lon360, ds["lon"].attrs)).sortby("lon")
+    extent = (f"lat {float(ds['lat'].min()):.2f}..{float(ds['lat'].max()):.2f}, "
+              f"lon {float(ds['lon'].min()):.2f}..{float(ds['lon'].max()):.2f} (0-360)")
     if bbox is not None:
-        lo, hi = bbox.lon_min % 360.0, bbox.lon_max % 360.0
+        lo = bbox.lon_min % 360.0
+        hi = lo + (bbox.lon_max - bbox.lon_min)
         if bbox.lon_max - bbox.lon_min >= 360:
             lo, hi = 0.0, 360.0
-        elif hi <= lo:
+        elif hi > 360.0:
             raise GeoftError(
                 f"bbox lon {bbox.lon_min}..{bbox.lon_max} crosses 0 degrees east, which Aurora "
                 "cannot describe with one increasing [0, 360) longitude axis",
@@ -46,8 +49,7 @@ def orient_grid(ds: xr.Dataset, bbox=None, *, where: str = "data") -> xr.Dataset
         ds = ds.isel(lat=np.flatnonzero((lat >= bbox.lat_min) & (lat <= bbox.lat_max)))
     ds = ds.sortby("lat", ascending=False)
     if ds.sizes["lat"] == 0 or ds.sizes["lon"] == 0:
-        raise GeoftError(f"the bbox selects no grid points (data covers lat "
-                         f"{float(ds['lat'].min()) if ds.sizes['lat'] else '?'}..., lon ...)",
+        raise GeoftError(f"the bbox selects no grid points (the data covers {extent})",
                          where="data.bbox", fix="check the bbox against the source's extent")
     if len(np.unique(ds["lon"].values)) != ds.sizes["lon"] or len(np.unique(ds["lat"].values)) != ds.sizes["lat"]:
         raise GeoftError("duplicate lat or lon values after converting lon to [0, 360)",
@@ -114,6 +116,16 @@ def prepare_store(canonical: xr.Dataset, data: DataSection, out_path: str | Path
         raise GeoftError("the dataset lists no variables (geoft_surface_vars/geoft_level_vars)",
                          where=f"data.dataset={data.dataset}",
                          fix="choose variables in data.options")
+    where = f"data.dataset={data.dataset}"
+    for v in surface_vars + level_vars:
+        if v not in canonical:
+            raise GeoftError(f"variable {v!r} listed but missing", where=where)
+        want = {"time", "lat", "lon"} | ({"level"} if v in level_vars else set())
+        if set(canonical[v].dims) != want:
+            raise GeoftError(f"variable {v!r} has dims {tuple(canonical[v].dims)}; expected "
+                             f"{tuple(sorted(want))}", where=where,
+                             fix="rename dims in the dataset (e.g. data.options.rename for "
+                                 "the canonical dataset) or list it as a surface/level variable")
     ds = orient_grid(canonical, data.bbox)
     ds = crop_to_patch(ds, data.patch_size)
     times = pd.DatetimeIndex(ds["time"].values)

@@ -268,9 +268,10 @@ def load_recipe(path: str | Path | None = None, *, data: dict | None = None,
             where = f"{path}:{mark.line + 1}" if mark else str(path)
             raise RecipeError(f"not valid YAML ({getattr(exc, 'problem', exc)})", where=where,
                               fix="check indentation and colons on that line") from None
+    if not isinstance(data or {}, dict):
+        raise RecipeError(f"a recipe must be a mapping of sections, not a {type(data).__name__}",
+                          where=str(path or "<recipe>"), fix="start from recipes/ocean-demo.yaml")
     data = dict(data or {})
-    if not isinstance(data, dict):
-        raise RecipeError("a recipe must be a mapping of sections", where=str(path))
     for key, value in overrides or []:
         _set_dotted(data, key, value)
 
@@ -305,9 +306,22 @@ def load_recipe(path: str | Path | None = None, *, data: dict | None = None,
         stage_models = _stage_models(pm, recipe)
         for key, model in stage_models.items():
             raw = getattr(recipe, key)
+            if key in _DEFAULT_METHOD and raw and "method" not in model.model_fields:
+                raw = {k: v for k, v in raw.items() if k != "method"}  # the selector itself
             if raw is not None or key == "model":
                 parts[key] = check((key, "options") if key == "model" else (key,), model,
                                    recipe.model.options if key == "model" else raw)
+        for kind, key in (("metric", "metrics"), ("baseline", "baselines")):
+            for i, name in enumerate(getattr(recipe.evaluate, key)):
+                try:
+                    pm.entry(kind, name)
+                except RecipeError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - PluginError: unknown or clashing
+                    line = _line_of(node, ("evaluate", key, i))
+                    raise RecipeError(f"evaluate.{key}[{i}]: {getattr(exc, 'what', exc)}",
+                                      where=f"{path or '<recipe>'}" + (f":{line}" if line else ""),
+                                      fix=getattr(exc, "fix", None)) from None
         for name, model in extra_models.items():
             if name in data:
                 extras[name] = check((name,), model, data[name])

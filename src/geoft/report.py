@@ -99,7 +99,7 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
 def write_report(out: Path, store, forecasts, truth, table, *, skill, checkpoint, recipe,
                  lead_hours: float, maps: bool = True) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    figures = [plot_rmse_vs_lead(table, out, lead_hours)]
+    figures = [plot_rmse_vs_lead(table, out, lead_hours)] if (table.metric == "rmse").any() else []
     if maps:
         for var in store.variables:
             figures.append(plot_maps(store, forecasts, truth, out, var, -1))

@@ -83,6 +83,11 @@ class CanonicalDataset:
     Options: ClassVar[type[BaseModel]] = CanonicalOptions
 
     def to_canonical(self, raw, options: CanonicalOptions):
+        unknown = [k for k in options.rename if k not in raw.variables and k not in raw.dims]
+        if unknown:
+            raise GeoftError(f"rename keys {unknown} are not in the data (it has "
+                             f"{sorted(map(str, raw.variables))})", where="data.options.rename",
+                             fix="rename only names that exist")
         ds = raw.rename(options.rename) if options.rename else raw
         for v in options.surface_variables + options.level_variables:
             if v not in ds:

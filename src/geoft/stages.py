@@ -109,7 +109,6 @@ def run_reconstruction(loaded: LoadedRecipe, stage: str, *, resume: bool = True,
     method = instance(get_plugin_manager().get("reconstructor", method_name))
     store = _require_store(loaded)
     out = recipe.workdir / stage
-    record = make_lineage(stage, loaded, inputs=[store])
     summary: dict[str, Any] = {"stage": stage, "method": method_name}
     if train:
         summary["train"] = method.train(store, cfg, out / "model", progress=progress,

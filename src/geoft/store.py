@@ -10,7 +10,7 @@ Dataset saved as zarr with:
   for the ocean: ``level.attrs["positive"] == "down"``);
 * dynamic variables, float32, no NaN anywhere (invalid points are filled with the train mean,
   i.e. 0 after normalisation): *surface* variables ``(time, lat, lon)`` and *level* variables
-  ``(time, level, lat, lon)``, each with CF ``standard_name``/``units`` attrs and normalisation
+  ``(time, level, lat, lon)``, each with a ``units`` attr (CF attrs of the source kept) and normalisation
   statistics ``norm_mean``/``norm_std`` (one value per level) computed on the train split only,
   over valid points only;
 * ``valid`` ``(lat, lon)`` bool: where surface values are real data (ocean for GLORYS), and

@@ -9,7 +9,7 @@ static ``z`` as minus g times depth.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,7 +26,7 @@ class OceanOptions(BaseModel):
                                          description="2-D variables, e.g. zos")
     level_variables: list[str] = Field(default_factory=lambda: ["thetao"],
                                        description="depth-resolved variables, e.g. thetao, so, uo, vo")
-    depths: int | list[float] | None = Field(
+    depths: Annotated[int, Field(ge=1)] | list[float] | None = Field(
         None, description="an int N keeps the N shallowest levels; a list keeps the levels "
                           "nearest to those depths (m); null keeps all")
     max_depth: float | None = Field(None, description="drop levels deeper than this (m)")
@@ -68,8 +68,9 @@ class OceanDataset:
             keep = keep[levels[keep] <= options.max_depth]
         if isinstance(options.depths, int):
             keep = keep[: options.depths]
-        elif isinstance(options.depths, list):
-            keep = np.unique([int(np.argmin(np.abs(levels - d))) for d in options.depths])
+        elif isinstance(options.depths, list) and keep.size:
+            keep = keep[np.unique([int(np.argmin(np.abs(levels[keep] - d)))
+                                   for d in options.depths])]
         if keep.size == 0:
             raise GeoftError(f"no depth level left (source depths {levels.min():.1f}.."
                              f"{levels.max():.1f} m)", where="data.options",

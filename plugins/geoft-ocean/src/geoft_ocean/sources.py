@@ -65,16 +65,19 @@ class SyntheticOceanSource:
                              where=str(out_dir),
                              fix="delete that directory or choose another workdir")
         out_dir.mkdir(parents=True, exist_ok=True)
+        from geoft.lineage import atomic_write_text
+
+        # the options go on disk before any month, so a killed run resumed with other
+        # options is refused instead of mixing data
+        atomic_write_text(manifest, json.dumps({"options": request, "files": []}, indent=2))
         existing = sorted(out_dir.glob(f"{PREFIX}_*.nc"))
         ocean = self._model(options)
-        files = ocean.write_netcdf_monthly(out_dir, prefix=PREFIX)
+        files = ocean.write_netcdf_monthly(out_dir, prefix=PREFIX, progress=progress)
         statics = out_dir / "statics.nc"
         if not statics.exists():
             tmp = out_dir / ".statics.nc.tmp"
             ocean.statics().to_netcdf(tmp)
             tmp.rename(statics)
-        from geoft.lineage import atomic_write_text
-
         atomic_write_text(manifest, json.dumps({"options": request,
                                                 "files": [p.name for p in files]}, indent=2))
         skipped = [{"file": p.name} for p in existing if p in files]
@@ -86,6 +89,12 @@ class SyntheticOceanSource:
 
         out_dir = Path(out_dir)
         files = sorted(out_dir.glob(f"{PREFIX}_*.nc"))
+        manifest = out_dir / "manifest.json"
+        if manifest.exists() and json.loads(manifest.read_text()).get("options") != \
+                options.model_dump(mode="json"):
+            raise GeoftError("the synthetic data on disk was made with other source options",
+                             where=str(out_dir), fix="run `geoft fetch RECIPE` again (in a new "
+                             "workdir, or after deleting this one)")
         if not files:
             raise GeoftError("no synthetic-ocean files", where=str(out_dir),
                              fix="run `geoft fetch RECIPE` first")
