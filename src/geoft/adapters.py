@@ -59,13 +59,22 @@ class _Reconstructor:
     def Config(self):  # noqa: N802
         return getattr(self._mod(), self._config)
 
+    @staticmethod
+    def _threads(cfg) -> None:
+        if getattr(cfg, "cpu_threads", None):
+            import torch
+
+            torch.set_num_threads(cfg.cpu_threads)
+
     def train(self, store_path: Path, cfg, out_dir: Path, *, progress: bool = True,
               resume: bool = True) -> dict[str, Any]:
+        self._threads(cfg)
         return getattr(self._mod(), self._train)(store_path, cfg, out_dir, progress=progress,
                                                  resume=resume)
 
     def run(self, store_path: Path, cfg, checkpoint_dir: Path, out_dir: Path, *,
             progress: bool = True) -> dict[str, Any]:
+        self._threads(cfg)
         return getattr(self._mod(), self._run)(store_path, cfg, checkpoint_dir, out_dir,
                                                progress=progress)
 

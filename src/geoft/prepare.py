@@ -107,9 +107,21 @@ def _compute(obj, description: str, progress: bool):
             return dask.compute(obj)[0] if not hasattr(obj, "compute") else obj.compute()
 
 
+#: xarray keeps up to 128 source files open and netCDF4/HDF5 caches each open file's
+#: decompressed chunks, so with one file per month memory grew with the date range
+#: (bench/prepare_memory.py); a few open files bound it.
+MAX_OPEN_SOURCE_FILES = 8
+
+
 def prepare_store(canonical: xr.Dataset, data: DataSection, out_path: str | Path, *,
                   lineage: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
     """Write the prepared store at ``out_path`` from a canonical dataset; return a summary."""
+    with xr.set_options(file_cache_maxsize=MAX_OPEN_SOURCE_FILES):
+        return _prepare_store(canonical, data, out_path, lineage=lineage, progress=progress)
+
+
+def _prepare_store(canonical: xr.Dataset, data: DataSection, out_path: str | Path, *,
+                   lineage: dict[str, Any] | None, progress: bool) -> dict[str, Any]:
     surface_vars = list(canonical.attrs.get("geoft_surface_vars", []))
     level_vars = list(canonical.attrs.get("geoft_level_vars", []))
     if not surface_vars and not level_vars:

@@ -236,10 +236,10 @@ def normalisation_stats(da: xr.DataArray, valid: xr.DataArray, train: np.ndarray
     """
     sub = da.isel(time=train).where(valid)
     spatial = [d for d in sub.dims if d not in ("level",)]
-    mean = sub.mean(spatial, skipna=True)
-    std = sub.std(spatial, skipna=True)
-    mean, std = (np.atleast_1d(np.asarray(v.compute() if hasattr(v, "compute") else v,
-                                          dtype=np.float64)) for v in (mean, std))
+    import dask
+
+    mean, std = dask.compute(sub.mean(spatial, skipna=True), sub.std(spatial, skipna=True))
+    mean, std = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (mean, std))
     std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
     return mean, std
 

@@ -114,6 +114,8 @@ class AssimilateConfig(_Strict):
     figures: bool = True
     seed: int = 0
     device: str = "auto"
+    cpu_threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU "
+                                    "(1 is fastest for small models on a busy 2-core machine)")
 
 
 def load_config(cfg: AssimilateConfig | dict | None) -> AssimilateConfig:

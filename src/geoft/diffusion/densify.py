@@ -159,6 +159,8 @@ class DensifyConfig(_Strict):
     figures: bool = True
     seed: int = 0
     device: str = "auto"
+    cpu_threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU "
+                                    "(1 is fastest for small models on a busy 2-core machine)")
 
     @model_validator(mode="after")
     def _check(self):
