@@ -363,3 +363,155 @@ def test_resume_after_sigkill_matches_straight_run(store, tmp_path):
     for x, y in zip(a["ema"]["shadow_params"], b["ema"]["shadow_params"]):
         assert torch.equal(x, y)
     assert a["data_position"] == b["data_position"] == 200 * cfg.batch_size
+
+
+# -- land, conditioning and the first guess (the demo's warm bias and coast artifacts) --------
+class _Recorder(torch.nn.Module):
+    """Wraps a network: records every input, and optionally adds ``loud * land`` to its
+    output (on land the loss never looks, so a trained network says anything there)."""
+
+    def __init__(self, inner, land: torch.Tensor | None = None, loud: float = 0.0):
+        super().__init__()
+        self.inner, self.land, self.loud = inner, land, loud
+        self.inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x, t):
+        self.inputs.append((x.detach().clone(), torch.as_tensor(t).clone()))
+        out = self.inner(x, t)
+        return out if self.land is None else out + self.loud * self.land
+
+
+def _osse_case(store, cfg):
+    st, fields = D.open_fields(store, VARIABLES, where="test")
+    truth = torch.as_tensor(fields.read(int(st.indices("test")[0])))
+    mask = torch.as_tensor(observation_mask("pixels", fields.shape, 0.7,
+                                            np.random.default_rng(0), valid=fields.valid),
+                           dtype=torch.float32)
+    static = torch.as_tensor(D.static_channels(fields, cfg.latlon))
+    return st, fields, truth, mask, static
+
+
+def test_sampling_holds_land_like_training(store, trained):
+    """Regression: the sampler used to integrate the network's (arbitrary) land output step
+    after step, and it leaked into the ocean (the demo's warm bias and coast artifacts). Now
+    land enters every call as in training, a zero field noised to level t with the member's
+    fixed z, so the ocean does not depend on what the network says on land."""
+    model_dir, _ = trained
+    cfg = tiny_cfg(ddim_steps=6)
+    _, fields, truth, mask, static = _osse_case(store, cfg)
+    model, _ = D._load_model(model_dir, cfg, fields)
+    valid = torch.as_tensor(fields.valid)
+    cond = D.conditioning(truth[None], mask[None], static)[0]
+    abar = D.make_train_scheduler(cfg).alphas_cumprod
+    n_ch = len(VARIABLES)
+    for sampler in D.SAMPLERS:
+        scfg = cfg.model_copy(update={"sampler": sampler})
+        runs = []
+        for net in (_Recorder(model), _Recorder(model, (~valid).float(), 1e3)):
+            out = D.sample_conditional(net, cond, truth * mask, mask, scfg, members=2,
+                                       generator=torch.Generator().manual_seed(0), valid=valid)
+            runs.append((out, net))
+        (quiet, _), (loud, loud_net) = runs
+        torch.testing.assert_close(loud[:, valid], quiet[:, valid], msg=sampler)
+        assert torch.isfinite(quiet).all() and (quiet[:, ~valid] == 0).all()
+        first_z = None
+        for x, t in loud_net.inputs:
+            z = x[:, :n_ch][:, ~valid] / (1 - abar[t.reshape(-1)[0]]).sqrt()
+            first_z = z if first_z is None else first_z
+            torch.testing.assert_close(z, first_z, msg=sampler)  # the same z at every level
+        assert float(first_z.abs().max()) < 6.0  # a standard normal draw, not a growing state
+
+
+def test_conditioning_is_the_same_at_train_and_sample_time(store, trained, tmp_path,
+                                                           monkeypatch):
+    """Both sides feed [noisy field, observed z-values (0 where unobserved), mask, valid
+    masks, lat/lon]: the same channels, the same normalisation, land noised from a zero field."""
+    model_dir, _ = trained
+    cfg = tiny_cfg(n_samples=1, members=1, ddim_steps=2)
+    st, fields = D.open_fields(store, VARIABLES, where="test")
+    static = torch.as_tensor(D.static_channels(fields, True))
+    n_ch = len(VARIABLES)
+    model, info = D._load_model(model_dir, cfg, fields)
+    valid = torch.as_tensor(fields.valid)
+
+    train_net = _Recorder(model)
+    objective = D.ConditionalObjective(fields, st.indices("train"), cfg, torch.device("cpu"))
+    objective(train_net, np.arange(2), np.random.default_rng(0), torch.Generator().manual_seed(0))
+    x_train = train_net.inputs[0][0]
+    x0 = torch.as_tensor(fields.read_many(st.indices("train")[:2]))
+    mask = x_train[:, 2 * n_ch:3 * n_ch]
+    assert set(mask.unique().tolist()) <= {0.0, 1.0} and not mask[:, ~valid].any()
+    torch.testing.assert_close(x_train[:, n_ch:2 * n_ch], x0 * mask)
+    torch.testing.assert_close(x_train[:, n_ch:], D.conditioning(x0, mask, static))
+    t_train = train_net.inputs[0][1]
+    land_noise = x_train[:, :n_ch][:, ~valid] / (1 - objective.alphas_cumprod[t_train]).sqrt()[
+        :, None]
+    assert float(land_noise.std()) == pytest.approx(1.0, abs=0.3)
+
+    sample_net = _Recorder(model)
+    monkeypatch.setattr(D, "_load_model", lambda *a, **k: (sample_net, info))
+    summary = D.densify(store, cfg, model_dir, tmp_path, progress=False)
+    x_sample = sample_net.inputs[0][0]
+    with xr.open_dataset(summary["path"]) as ds:
+        when = pd.Timestamp(ds["time"].values[0])
+    truth = torch.as_tensor(fields.read(int(np.flatnonzero(st.times == when)[0])))
+    mask = x_sample[:, 2 * n_ch:3 * n_ch]
+    assert mask.any() and not mask[:, ~valid].any()
+    torch.testing.assert_close(x_sample[:, n_ch:], D.conditioning(truth[None], mask, static))
+    assert x_sample.shape[1] == x_train.shape[1]
+
+
+def test_linear_first_guess_is_the_linear_baseline(store):
+    """Exact at the observations, the linear baseline inside their hull, a nearest
+    observation outside it, 0 on land; degenerate observation sets do not fail."""
+    from scipy.spatial import Delaunay
+
+    from geoft.diffusion import baselines as bl
+
+    st, fields = D.open_fields(store, VARIABLES, where="test")
+    x = fields.read(0).astype(np.float64)
+    mask = observation_mask("pixels", fields.shape, 0.8, np.random.default_rng(2),
+                            valid=fields.valid)
+    guess = D.linear_first_guess(np.where(mask, x, 0.0), mask, fields.valid)
+    assert guess.dtype == np.float32 and np.isfinite(guess).all()
+    for c in range(len(VARIABLES)):
+        valid = fields.valid[c]
+        assert (guess[c][~valid] == 0).all()
+        np.testing.assert_allclose(guess[c][mask[c]], x[c][mask[c]], rtol=1e-6)
+        ref = bl.griddata_linear(x[c], mask[c], valid)
+        obs = np.argwhere(mask[c])
+        pix = np.argwhere(valid)
+        inside = Delaunay(obs.astype(float)).find_simplex(pix.astype(float)) >= 0
+        iy, ix = pix[inside].T
+        np.testing.assert_allclose(guess[c][iy, ix], ref[iy, ix], atol=1e-5)
+        for py, px in pix[~inside]:  # outside the hull: the value of a nearest observation
+            d2 = ((obs - (py, px)) ** 2).sum(axis=1)
+            nearest = obs[d2 == d2.min()]
+            assert np.isclose(guess[c][py, px], x[c][tuple(nearest.T)], rtol=1e-6).any()
+    empty = np.zeros(fields.shape, bool)
+    assert (D.linear_first_guess(x, empty, fields.valid) == 0).all()
+    line = empty.copy()
+    line[:, 2, 3:9] = True  # collinear: no triangulation, nearest fill
+    flat = D.linear_first_guess(np.where(line, x, 0.0), line, fields.valid)
+    assert set(np.unique(flat[0][fields.valid[0]])) <= set(x[0][line[0]].astype(np.float32))
+
+
+def test_first_guess_model_trains_and_samples_residuals(store, tmp_path):
+    """first_guess="linear": the checkpoint carries the kind and the residual scale, sampling
+    follows the checkpoint (not the current config), clamping ends on the observations."""
+    cfg = tiny_cfg(first_guess="linear", steps=20, checkpoint_every=20)
+    D.train_densifier(store, cfg, tmp_path / "m", progress=False)
+    state = torch.load(list_checkpoints(tmp_path / "m" / "checkpoints")[-1], weights_only=False)
+    assert state["meta"]["first_guess"] == "linear"
+    scale = state["meta"]["residual_scale"]
+    assert len(scale) == len(VARIABLES) and all(0 < s < 2 for s in scale)
+    assert state["model_kwargs"]["in_channels"] == 4 * len(VARIABLES) + state["meta"]["n_static"]
+    run = D.densify(store, tiny_cfg(sampler="ddim+clamp", n_samples=1), tmp_path / "m",
+                    tmp_path / "o", progress=False)
+    assert run["first_guess"] == "linear"
+    with xr.open_dataset(run["path"]) as ds:
+        observed = ds["thetao_observed"].values.astype(bool)
+        np.testing.assert_allclose(ds["thetao"].values[observed],
+                                   ds["thetao_truth"].values[observed], atol=1e-4)
+        valid = PreparedStore.open(store).valid("thetao")
+        assert np.isfinite(ds["thetao"].values[:, valid]).all()
