@@ -119,19 +119,9 @@ class AssimilateConfig(_Strict):
 
 
 def load_config(cfg: AssimilateConfig | dict | None) -> AssimilateConfig:
-    if cfg is None:
-        return AssimilateConfig()
-    if isinstance(cfg, AssimilateConfig):
-        return cfg
-    from pydantic import ValidationError
+    from geoft.diffusion import validate_section
 
-    try:
-        return AssimilateConfig.model_validate(cfg)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise GeoftError(f"{loc}: {err['msg']}", where="assimilate",
-                         fix="see AssimilateConfig for the allowed keys and values") from None
+    return validate_section(AssimilateConfig, cfg, "assimilate")
 
 
 # ------------------------------------------------------------------------------------------

@@ -192,19 +192,9 @@ class DensifyConfig(_Strict):
 
 
 def load_config(cfg: DensifyConfig | dict | None) -> DensifyConfig:
-    if cfg is None:
-        return DensifyConfig()
-    if isinstance(cfg, DensifyConfig):
-        return cfg
-    from pydantic import ValidationError
+    from geoft.diffusion import validate_section
 
-    try:
-        return DensifyConfig.model_validate(cfg)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise GeoftError(f"{loc}: {err['msg']}", where="densify",
-                         fix="see DensifyConfig for the allowed keys and values") from None
+    return validate_section(DensifyConfig, cfg, "densify")
 
 
 # ------------------------------------------------------------------------------------------
