@@ -147,6 +147,72 @@ def test_broken_plugin_is_reported_not_fatal(tmp_path, monkeypatch, fresh_plugin
         _pm().get("source", "something-from-broken")
 
 
+RAISING_PLUGIN = """
+import geoft
+
+
+@geoft.hookimpl
+def geoft_metrics():
+    raise RuntimeError("metric table unreadable")
+
+
+@geoft.hookimpl
+def geoft_commands():
+    raise KeyError("hello")
+
+
+@geoft.hookimpl
+def geoft_sources():
+    return {"fine-source": geoft.Ref("math:pi", summary="still registered")}
+"""
+
+
+def test_hook_raising_when_called_is_reported_not_fatal(tmp_path, monkeypatch, fresh_plugins,
+                                                        cli):
+    """A plugin that imports fine but whose hooks raise when geoft calls them: the failure is
+    attributed to the plugin (list, doctor), its working hooks still register, and every other
+    command (help, validation, the built-in metrics) keeps working."""
+    (tmp_path / "geoft_raises.py").write_text(RAISING_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("GEOFT_PLUGINS", "geoft_raises")
+    assert cli("--help").code == 0  # --help calls geoft_commands
+    listed = cli("plugins", "list", "--json")
+    assert listed.code == 0, listed
+    info = {p["name"]: p for p in json.loads(listed.out.strip().splitlines()[-1])}["geoft_raises"]
+    assert info["ok"] is False and "raised" in info["error"]
+    assert info["registered"] == {"source": ["fine-source"]}
+    doctor = cli("plugins", "doctor", "--no-load")
+    assert doctor.code == 1
+    assert "hook geoft_metrics raised RuntimeError: metric table unreadable" in doctor.out
+    assert "hook geoft_commands raised KeyError" in doctor.out
+    assert cli("recipe", "validate", str(REPO / "recipes" / "ocean-demo.yaml")).code == 0
+    assert _pm().get("metric", "rmse").__name__ == "rmse"
+    with pytest.raises(PluginError, match="geoft_raises.*failed to load"):
+        _pm().get("metric", "something-from-raises")
+
+
+def test_plugin_object_raising_at_call_time_is_attributed(fresh_plugins):
+    """An exception from inside a registered object becomes a one-line PluginError naming the
+    kind, name, plugin and action; user-fixable GeoftErrors pass through unchanged."""
+    from geoft.errors import GeoftError
+    from geoft.plugins import Entry, blame
+
+    entry = Entry("metric", "skill-score", "thirdparty", lambda *a: None)
+    with pytest.raises(PluginError) as err:
+        with blame(entry, "scoring thetao"):
+            {}["missing"]
+    text = err.value.one_line()
+    assert "metric 'skill-score' from plugin 'thirdparty' raised KeyError while scoring thetao" \
+        in text and "authors of plugin 'thirdparty'" in text
+    with pytest.raises(GeoftError, match="bad input") as passed:
+        with blame(entry, "scoring"):
+            raise GeoftError("bad input")
+    assert type(passed.value) is GeoftError
+    with pytest.raises(KeyboardInterrupt):
+        with blame(entry, "scoring"):
+            raise KeyboardInterrupt
+
+
 def test_plugin_with_unknown_hook_is_unregistered(tmp_path, monkeypatch, fresh_plugins):
     mod = tmp_path / "geoft_typo.py"
     mod.write_text("import geoft\n@geoft.hookimpl\ndef geoft_metricz():\n    return {}\n")

@@ -110,7 +110,11 @@ def test_loss_ignores_invalid_points(store_path):
 
 
 # -- training ------------------------------------------------------------------------------------
-def test_exact_resume_after_kill(store_path, tmp_path, monkeypatch):
+@pytest.mark.parametrize("killed_in_step", [4, 5], ids=["at-checkpoint", "between-checkpoints"])
+def test_exact_resume_after_kill(store_path, tmp_path, monkeypatch, killed_in_step):
+    """Killed in step 4 the run resumes from the step-3 checkpoint with nothing to replay; killed
+    in step 5 it must replay step 4, whose metrics line was already written: the resumed log
+    must equal the uninterrupted one (no duplicate, no stale line), and so must the weights."""
     model = {**MODEL, "size": {**TINY, "drop_rate": 0.1}}  # dropout: the RNG state matters too
     cfg = dict(steps=6, batch_size=2, lr=2e-3, warmup_steps=2, checkpoint_every=3, val_every=3,
                seed=3)
@@ -119,15 +123,17 @@ def test_exact_resume_after_kill(store_path, tmp_path, monkeypatch):
 
     original = Trainer.train_step
 
-    def killed_at_step_4(self, sample):
-        if self.counters.step == 3:
+    def killed(self, sample):
+        if self.counters.step == killed_in_step - 1:
             raise KeyboardInterrupt  # as if the job were killed mid-step
         return original(self, sample)
 
-    monkeypatch.setattr(Trainer, "train_step", killed_at_step_4)
+    monkeypatch.setattr(Trainer, "train_step", killed)
     with pytest.raises(KeyboardInterrupt):
         finetune(store_path, model, cfg, tmp_path / "b", progress=False)
     monkeypatch.setattr(Trainer, "train_step", original)
+    before = [line["step"] for line in read_metrics(tmp_path / "b") if line["kind"] == "train"]
+    assert before == list(range(1, killed_in_step))  # step 4's line exists when killed in 5
     resumed = finetune(store_path, model, cfg, tmp_path / "b", progress=False)
     assert resumed["resumed_from"].endswith("step-000003") and resumed["steps"] == 6
 
@@ -137,8 +143,98 @@ def test_exact_resume_after_kill(store_path, tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
     lines_a, lines_b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
     assert [line["step"] for line in lines_a if line["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert [(line["kind"], line["step"]) for line in lines_b] == \
+        [(line["kind"], line["step"]) for line in lines_a]
     assert without_seconds(lines_a) == without_seconds(lines_b)
     assert (tmp_path / "b/checkpoints/latest").read_text().strip() == "step-000006"
+
+
+# -- roll-out fine-tuning, checked against explicit forward calls ----------------------------------
+def _advance(batch, pred):
+    """The next roll-out input written out by hand: drop the oldest history step, append the
+    prediction (its metadata already carries the new time)."""
+    import dataclasses
+
+    return dataclasses.replace(
+        pred,
+        surf_vars={k: torch.cat([batch.surf_vars[k][:, 1:], v], dim=1)
+                   for k, v in pred.surf_vars.items()},
+        atmos_vars={k: torch.cat([batch.atmos_vars[k][:, 1:], v], dim=1)
+                    for k, v in pred.atmos_vars.items()})
+
+
+def _hand_rollout_loss(store, model, batch, t, steps, *, grad_steps):
+    """Masked MAE in normalised space summed over ``steps`` explicit forward calls, computed
+    from the store's own arrays: truth at ``t + k + 1`` read straight from the store, the train
+    statistics from the store attrs, the valid masks from the store. Gradients flow only
+    through the steps listed in ``grad_steps``; other steps' predictions are detached."""
+    total_per_var = {}
+    for k in range(steps):
+        with torch.set_grad_enabled(k in grad_steps):
+            pred = model.forward(batch)
+        for var in store.variables:
+            mean, std = store.stats(var)
+            p = (pred.atmos_vars[var] if var in store.level_vars else pred.surf_vars[var])[:, 0]
+            truth = torch.as_tensor(store.ds[var].isel(time=t + k + 1).values)
+            shape = (-1, 1, 1) if var in store.level_vars else ()
+            mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(shape)
+            std_t = torch.as_tensor(std, dtype=torch.float32).reshape(shape)
+            err = ((p - mean_t) / std_t - (truth - mean_t) / std_t).abs()
+            valid = torch.as_tensor(store.valid(var))
+            term = err[:, valid].mean()  # mean over the batch and the valid points
+            total_per_var[var] = total_per_var.get(var, 0) + term
+        batch = _advance(batch, pred if k in grad_steps else pred.__class__(
+            surf_vars={n: x.detach() for n, x in pred.surf_vars.items()},
+            static_vars=pred.static_vars,
+            atmos_vars={n: x.detach() for n, x in pred.atmos_vars.items()},
+            metadata=pred.metadata))
+    return sum(total_per_var.values()) / len(total_per_var)
+
+
+@pytest.mark.parametrize("rollout_grad", ["all", "last"])
+def test_rollout_loss_and_gradients_equal_explicit_forward_calls(store_path, tmp_path,
+                                                                 rollout_grad):
+    """The loss of a 3-step roll-out is the sum over steps of each step's masked MAE against
+    the store truth at t+1, t+2, t+3 (mean over variables), computed here from three explicit
+    forward calls; with ``rollout_grad: last`` the gradient equals that of the last step alone
+    with its input detached, and differs from the full roll-out gradient."""
+    steps = 3
+    cfg = dict(steps=1, batch_size=2, rollout_steps=steps, rollout_grad=rollout_grad,
+               num_workers=0, shuffle=False, seed=0)
+    trainer = Trainer(store_path, MODEL, cfg, tmp_path / "r", progress=False)
+    store = PreparedStore.open(store_path)
+    sample = trainer.next_batch()
+    t = torch.as_tensor(sample["t"])
+
+    def grads():
+        out = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters()
+               if p.grad is not None}
+        trainer.model.zero_grad(set_to_none=True)
+        return out
+
+    loss, _ = trainer.compute_loss(sample, trainer.forecaster)
+    loss.backward()
+    engine_grads = grads()
+
+    batch = trainer.adapter.batch_from_arrays(sample["inputs"], sample["t"])
+    grad_steps = range(steps) if rollout_grad == "all" else [steps - 1]
+    hand = _hand_rollout_loss(store, trainer.model, batch, t, steps, grad_steps=grad_steps)
+    assert float(loss.detach()) == pytest.approx(float(hand.detach()), rel=1e-5)
+    one_step = _hand_rollout_loss(store, trainer.model, batch, t, 1, grad_steps=[])
+    assert float(loss.detach()) > 1.5 * float(one_step)  # three steps summed, not one
+    hand.backward()
+    hand_grads = grads()
+    assert engine_grads.keys() == hand_grads.keys() and engine_grads
+    for name, g in engine_grads.items():
+        torch.testing.assert_close(g, hand_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+    if rollout_grad == "last":  # the check can fail: the full-roll-out gradient is different
+        full = _hand_rollout_loss(store, trainer.model, batch, t, steps, grad_steps=range(steps))
+        full.backward()
+        full_grads = grads()
+        differ = [n for n, g in engine_grads.items()
+                  if not torch.allclose(g, full_grads[n], rtol=1e-3, atol=1e-6)]
+        assert len(differ) > len(engine_grads) // 2
 
 
 def test_training_reduces_loss_and_checkpoint_forecasts(store_path, tmp_path):

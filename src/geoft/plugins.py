@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
@@ -24,7 +25,7 @@ from typing import Any
 import pluggy
 
 from geoft import hookspecs
-from geoft.errors import PluginError
+from geoft.errors import GeoftError, PluginError
 from geoft.refs import Ref
 
 GROUP = "geoft"
@@ -88,6 +89,36 @@ class Entry:
                 where=self.target.target,
                 fix=f"reinstall or update plugin {self.plugin!r}; `geoft plugins doctor` shows details",
             ) from exc
+
+
+@contextmanager
+def blame(entry: Entry, action: str):
+    """Run a call into a plugin's object; an unexpected exception it raises becomes a one-line
+    :class:`PluginError` naming the plugin, the registered name and the action, so a faulty
+    plugin is reported like one that fails to import (``GEOFT_DEBUG=1`` re-raises as is).
+
+    :class:`GeoftError` (a user-fixable error the plugin reports itself) and interrupts pass
+    through unchanged::
+
+        with blame(entry, "scoring thetao"):
+            value = metric(forecast, truth, ...)
+    """
+    try:
+        yield
+    except GeoftError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure inside a plugin's code
+        if os.environ.get("GEOFT_DEBUG"):
+            raise
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise PluginError(
+            f"{entry.kind} {entry.name!r} from plugin {entry.plugin!r} raised "
+            f"{exc.__class__.__name__} while {action}" + (f": {first}" if first else ""),
+            where=entry.reference,
+            fix=(f"report it to the authors of plugin {entry.plugin!r} (rerun with --debug for "
+                 "the traceback)" if entry.plugin != "builtin" else
+                 "rerun with --debug for the traceback and report it"),
+        ) from exc
 
 
 @dataclass
@@ -189,7 +220,9 @@ class GeoftPluginManager:
                     except Exception as exc:  # noqa: BLE001
                         if os.environ.get("GEOFT_DEBUG"):
                             raise
-                        info.error = f"hook {hook} raised {exc.__class__.__name__}: {exc}"
+                        message = f"hook {hook} raised {exc.__class__.__name__}: {exc}"
+                        # every failing hook is reported, not only the last one
+                        info.error = f"{info.error}; {message}" if info.error else message
                         continue
                     for name, target in result.items():
                         key = normalise(name)

@@ -12,7 +12,7 @@ from typing import Any
 
 from geoft.errors import GeoftError
 from geoft.lineage import make_lineage, write_lineage
-from geoft.plugins import get_plugin_manager
+from geoft.plugins import blame, get_plugin_manager
 from geoft.recipe import LoadedRecipe
 
 STAGES = ("fetch", "prepare", "finetune", "evaluate", "densify", "assimilate")
@@ -27,11 +27,16 @@ def source_of(loaded: LoadedRecipe):
     return instance(get_plugin_manager().get("source", loaded.recipe.source.name))
 
 
+def _entry(kind: str, name: str):
+    return get_plugin_manager().entry(kind, name)
+
+
 def run_fetch(loaded: LoadedRecipe, *, dry_run: bool = False, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     out = loaded.recipe.raw_dir
-    result = source_of(loaded).fetch(loaded.parts["source"], out, dry_run=dry_run,
-                                     progress=progress)
+    with blame(_entry("source", loaded.recipe.source.name), "fetching"):
+        result = source_of(loaded).fetch(loaded.parts["source"], out, dry_run=dry_run,
+                                         progress=progress)
     if not dry_run:
         record = make_lineage("fetch", loaded, facts={"provenance": result.provenance,
                                                       "files": [str(f) for f in result.files]})
@@ -47,9 +52,11 @@ def run_prepare(loaded: LoadedRecipe, *, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     recipe = loaded.recipe
     pm = get_plugin_manager()
-    raw = source_of(loaded).open(loaded.parts["source"], recipe.raw_dir)
+    with blame(_entry("source", recipe.source.name), f"opening {recipe.raw_dir}"):
+        raw = source_of(loaded).open(loaded.parts["source"], recipe.raw_dir)
     dataset = instance(pm.get("dataset", recipe.data.dataset))
-    canonical = dataset.to_canonical(raw, loaded.parts["data"])
+    with blame(_entry("dataset", recipe.data.dataset), "mapping the raw data (to_canonical)"):
+        canonical = dataset.to_canonical(raw, loaded.parts["data"])
     record = make_lineage("prepare", loaded, inputs=[recipe.raw_dir])
     summary = prepare_store(canonical, recipe.data, recipe.store_path, lineage=record,
                             progress=progress)
@@ -69,9 +76,10 @@ def run_finetune(loaded: LoadedRecipe, *, resume: bool = True, progress: bool = 
                          fix="add a `train:` section (see `geoft recipe schema`)")
     store = _require_store(loaded)
     record = make_lineage("finetune", loaded, inputs=[store])
-    summary = _model_adapter(loaded).finetune(
-        store, loaded.parts["model"], loaded.parts["train"], recipe.finetune_dir,
-        progress=progress, resume=resume, lineage=record)
+    with blame(_entry("model", recipe.model.name), "fine-tuning"):
+        summary = _model_adapter(loaded).finetune(
+            store, loaded.parts["model"], loaded.parts["train"], recipe.finetune_dir,
+            progress=progress, resume=resume, lineage=record)
     record["facts"] = {k: v for k, v in summary.items() if k != "history"}
     write_lineage(recipe.finetune_dir, record, loaded)
     return {"stage": "finetune", **summary}
@@ -110,16 +118,20 @@ def run_reconstruction(loaded: LoadedRecipe, stage: str, *, resume: bool = True,
     store = _require_store(loaded)
     out = recipe.workdir / stage
     summary: dict[str, Any] = {"stage": stage, "method": method_name}
+    entry = _entry("reconstructor", method_name)
     if train:
-        summary["train"] = method.train(store, cfg, out / "model", progress=progress,
-                                        resume=resume)
+        with blame(entry, f"training the {stage} model"):
+            summary["train"] = method.train(store, cfg, out / "model", progress=progress,
+                                            resume=resume)
         write_lineage(out / "model", make_lineage(f"{stage}-train", loaded, inputs=[store],
                                                   facts=summary["train"]), loaded)
     record = make_lineage(stage, loaded, inputs=[out / "model"])
     if not (out / "model").exists():
         raise GeoftError(f"no trained {stage} model", where=str(out / "model"),
                          fix=f"run `geoft {stage} RECIPE` without --no-train first")
-    summary["result"] = method.run(store, cfg, out / "model", out / out_name, progress=progress)
+    with blame(entry, f"running {stage}"):
+        summary["result"] = method.run(store, cfg, out / "model", out / out_name,
+                                       progress=progress)
     record["facts"] = summary["result"]
     write_lineage(out / out_name, record, loaded)
     return summary

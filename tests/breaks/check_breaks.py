@@ -1,0 +1,155 @@
+"""Break the science on purpose, one break at a time, and check that the suite notices.
+
+Each entry of :data:`BREAKS` is a plausible bug (a one-line change to the source) and the test
+files that must catch it. For every break the script copies the project to a temporary
+directory, applies the change there (the working tree is never touched), runs those tests
+against the copy and records whether they failed. A break the tests do not catch ("SURVIVED")
+is a hole in the safety net; the script exits 1 when there is one.
+
+    python tests/breaks/check_breaks.py              # every break
+    python tests/breaks/check_breaks.py persistence  # the breaks whose name contains a word
+    python tests/breaks/check_breaks.py --list
+
+When a refactor moves the code a break edits, the script says so ("stale: ... not found"):
+update the entry to the new code rather than deleting it. Add an entry for every new test that
+guards a scientific property (docs/testing.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Break:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+BREAKS: tuple[Break, ...] = (
+    Break("persistence uses the state at init-1",
+          "src/geoft/baselines.py",
+          'init = xr.DataArray(np.asarray(init_indices, dtype=int), dims="init_time")',
+          'init = xr.DataArray(np.asarray(init_indices, dtype=int) - 1, dims="init_time")',
+          ("tests/test_evaluate.py",)),
+    Break("skill vs persistence with its sign flipped",
+          "src/geoft/evaluate.py",
+          "(1 - model / ref)",
+          "(model / ref - 1)",
+          ("tests/test_evaluate.py",)),
+    Break("climatology baseline one day late",
+          "src/geoft/baselines.py",
+          "store.times[idx.values.ravel()].day_of_year.values",
+          '(store.times[idx.values.ravel()] + np.timedelta64(1, "D")).day_of_year.values',
+          ("tests/test_evaluate.py",)),
+    Break("roll-out fine-tuning computes the loss on one step only",
+          "src/geoft/training/loop.py",
+          "for k, pred in enumerate(preds):",
+          "for k, pred in enumerate(preds[:1]):",
+          ("tests/test_training.py::test_rollout_loss_and_gradients_equal_explicit_forward_calls",)),
+    Break("rollout_grad: last ignored",
+          "src/geoft/training/loop.py",
+          'preds = module(batch, cfg.rollout_steps, cfg.rollout_grad == "last")',
+          "preds = module(batch, cfg.rollout_steps, False)",
+          ("tests/test_training.py::test_rollout_loss_and_gradients_equal_explicit_forward_calls",)),
+    Break("metrics.jsonl not trimmed back to the checkpoint on resume",
+          "src/geoft/training/loop.py",
+          "self._truncate_metrics(self.counters.step)",
+          "pass",
+          ("tests/test_training.py::test_exact_resume_after_kill",)),
+    Break("a plugin hook that raises when called takes the command down",
+          "src/geoft/plugins.py",
+          "except Exception as exc:  # noqa: BLE001\n"
+          "                        if os.environ.get(\"GEOFT_DEBUG\"):\n"
+          "                            raise",
+          "except Exception as exc:  # noqa: BLE001\n"
+          "                        if True:\n"
+          "                            raise",
+          ("tests/test_plugins.py",)),
+    Break("SDA variance term gamma*(sigma/mu)^2 replaced by gamma*(sigma/mu)",
+          "src/geoft/diffusion/sda.py",
+          "gamma * (sigma / mu) ** 2",
+          "gamma * (sigma / mu)",
+          ("tests/test_sda.py",)),
+    Break("spread-skill without the sqrt((M+1)/M) ensemble-size correction",
+          "src/geoft/metrics.py",
+          "np.sqrt((n_members + 1) / n_members) * np.sqrt(spread_variance)",
+          "np.sqrt(spread_variance)",
+          ("tests/test_metrics.py",)),
+)
+
+
+def _copy_project(dest: Path) -> None:
+    ignore = shutil.ignore_patterns(".git", "runs", "data", "__pycache__", "*.egg-info",
+                                    ".pytest_cache", ".helper")
+    shutil.copytree(REPO, dest, ignore=ignore, symlinks=True)
+
+
+def run_break(brk: Break, *, verbose: bool = False) -> tuple[str, float, str]:
+    """Apply ``brk`` in a copy of the project and run its tests: ``(status, seconds, tail)``
+    with status ``CAUGHT``, ``SURVIVED`` or ``stale``."""
+    source = (REPO / brk.file).read_text()
+    count = source.count(brk.old)
+    if count != 1:
+        return "stale", 0.0, f"{brk.file}: the text to break occurs {count} times (expected 1)"
+    with tempfile.TemporaryDirectory(prefix="geoft-break-") as tmp:
+        copy = Path(tmp) / "project"
+        _copy_project(copy)
+        (copy / brk.file).write_text(source.replace(brk.old, brk.new))
+        paths = [str(copy / "src")] + [str(p) for p in sorted((copy / "plugins").glob("*/src"))]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "HF_HUB_OFFLINE": "1",
+               "GEOFT_NO_PROGRESS": "1"}
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+             *[str(copy / t) for t in brk.tests]],
+            cwd=copy, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - t0
+        # the copy must really be what ran: pytest reports paths inside it
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        if proc.returncode == 0:
+            return "SURVIVED", seconds, tail
+        if proc.returncode == 1:  # tests failed: the break was caught
+            return "CAUGHT", seconds, tail
+        return f"error (pytest exit {proc.returncode})", seconds, tail
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("words", nargs="*", help="run only breaks whose name contains these")
+    parser.add_argument("--list", action="store_true", help="list the breaks and exit")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show pytest's tail")
+    args = parser.parse_args(argv)
+    chosen = [b for b in BREAKS
+              if not args.words or any(w.lower() in b.name.lower() for w in args.words)]
+    if args.list:
+        for b in chosen:
+            print(f"{b.name}\n    {b.file}: {b.old!r} -> {b.new!r}\n    tests: {', '.join(b.tests)}")
+        return 0
+    bad = 0
+    for b in chosen:
+        status, seconds, tail = run_break(b, verbose=args.verbose)
+        print(f"{status:<9} {seconds:6.1f} s  {b.name}", flush=True)
+        if status != "CAUGHT":
+            bad += 1
+        if args.verbose or status != "CAUGHT":
+            print("    " + tail.replace("\n", "\n    "))
+    print(f"{len(chosen) - bad} of {len(chosen)} breaks caught")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
