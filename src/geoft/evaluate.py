@@ -45,11 +45,12 @@ def init_indices_for(store: PreparedStore, split: str, lead_steps: int,
 def resolve_checkpoint(finetune_dir: Path, choice: str) -> Path:
     if choice in ("best", "latest"):
         path = finetune_dir / "checkpoints" / choice
-        if path.is_symlink() or path.exists():
+        if path.is_dir():  # a symlink to (or copy of) the checkpoint directory
             return path.resolve()
-        pointer = finetune_dir / "checkpoints" / f"{choice}.txt"
-        if pointer.exists():
-            return (finetune_dir / "checkpoints" / pointer.read_text().strip()).resolve()
+        # a pointer file (training.checkpoint.set_pointer) holding the directory's name
+        for pointer in (path, path.with_name(f"{choice}.txt")):
+            if pointer.is_file():
+                return (pointer.parent / pointer.read_text().strip()).resolve()
         raise GeoftError(f"no {choice!r} checkpoint", where=str(finetune_dir / "checkpoints"),
                          fix="run `geoft finetune RECIPE` first, or pass --checkpoint DIR")
     path = Path(choice)
