@@ -416,7 +416,7 @@ def test_score_latitude_weighted_masked_rmse_and_bias_by_hand(step_store):
         pers[v] = truth[v] - xr.DataArray(np.array(leads, float), dims="lead",
                                           coords={"lead": leads})
     table = score(step_store, {"model": fc, "persistence": pers}, truth, ["rmse", "bias"], {})
-    assert set(table.columns) == {"source", "variable", "level", "lead", "metric", "value"}
+    assert set(table.columns) == {"source", "variable", "level", "lead", "metric", "value", "n"}
     # 2 sources x (ssh: 3 leads + temp: 2 levels x 3 leads) x 2 metrics
     assert len(table) == 2 * (3 + 6) * 2
 
@@ -574,7 +574,7 @@ def test_evaluate_with_stub_adapter_report_and_metrics_csv(tmp_path, monkeypatch
 
     # --- metrics.csv -----------------------------------------------------------------------------
     csv = pd.read_csv(Path(out["out"]) / "metrics.csv")
-    assert list(csv.columns) == ["source", "variable", "level", "lead", "metric", "value"]
+    assert list(csv.columns) == ["source", "variable", "level", "lead", "metric", "value", "n"]
     assert len(csv) == len(expected) == 3 * 9 * 2
     for row in csv.itertuples():
         key = (row.source, row.variable, np.nan if np.isnan(row.level) else row.level,
@@ -600,10 +600,16 @@ def test_evaluate_with_stub_adapter_report_and_metrics_csv(tmp_path, monkeypatch
     assert f"- checkpoint: `{ckpt_dir}`" in report
     assert "4 initial times, 3 lead steps of 24 h" in report
     tables = parse_markdown_tables(report)
-    assert len(tables) == 2
-    skill_table, summary = tables
+    assert len(tables) == 3
+    skill_table, all_skills, summary = tables
     assert skill_table[0] == ["variable", "skill"]
     assert {r[0]: r[1] for r in skill_table[1:]} == {"ssh": "-0.500", "temp": "+0.375"}
+    # the skill table of every metric that declares what is better (rmse; bias declares
+    # nothing) against every baseline: the rmse-vs-persistence row is the same skill
+    assert all_skills[0] == ["metric", "baseline", "ssh", "temp"]
+    by_ref = {(r[0], r[1]): r[2:] for r in all_skills[1:]}
+    assert set(by_ref) == {("rmse", "climatology"), ("rmse", "persistence")}
+    assert by_ref[("rmse", "persistence")] == ["-0.500", "+0.375"]
     header = summary[0]
     assert header == ["variable", "lead", "metric", "climatology", "model", "persistence"]
     seen = set()

@@ -38,7 +38,7 @@ def canonical(n_time=30, lat=np.arange(26.0, 31.01, 0.25), lon=np.arange(-20.0, 
 def section(**kw):
     base = dict(dataset="canonical",
                 bbox=dict(lon_min=-19, lon_max=-13, lat_min=27, lat_max=30),
-                patch_size=4,
+                patch_size=4, max_crop_loss=0.2,
                 split=dict(train=["2020-01-01", "2020-01-18"], val=["2020-01-19", "2020-01-24"],
                            test=["2020-01-25", "2020-01-30"]))
     base.update(kw)
@@ -86,7 +86,7 @@ def test_statistics_use_train_split_only(tmp_path):
 def test_nan_inside_ocean_is_an_error_naming_variable_and_date(tmp_path):
     ds = canonical()
     ds["thetao"][7, 0, 5, 5] = np.nan  # an ocean point
-    with pytest.raises(GeoftError, match=r"'thetao' has 1 NaN.*2020-01-08"):
+    with pytest.raises(GeoftError, match=r"'thetao' has 1 missing values.*2020-01-08.*gaps: keep"):
         prepare_store(ds, section(), tmp_path / "s.zarr", progress=False)
     assert not (tmp_path / "s.zarr").exists()
 
@@ -102,7 +102,7 @@ def test_bbox_without_ocean_is_refused(tmp_path):
     ds = canonical()
     for v in ("thetao", "zos"):
         ds[v][:] = np.nan
-    with pytest.raises(GeoftError, match="no valid \\(ocean\\) points"):
+    with pytest.raises(GeoftError, match="holds no valid points"):
         prepare_store(ds, section(), tmp_path / "s.zarr", progress=False)
 
 
@@ -123,7 +123,10 @@ def test_failed_rewrite_keeps_the_old_store(tmp_path, monkeypatch):
     def boom(delayed, description, progress):
         raise RuntimeError("killed mid-write")
 
-    monkeypatch.setattr(prep, "_compute", lambda obj, d, p: boom(obj, d, p)
+    import geoft.progress
+
+    monkeypatch.setattr(geoft.progress, "compute_with_progress",
+                        lambda obj, d, p=True: boom(obj, d, p)
                         if d == "writing store" else obj.compute())
     with pytest.raises(RuntimeError):
         prepare_store(canonical(seed=1), section(), path, progress=False)

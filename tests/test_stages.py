@@ -59,7 +59,8 @@ def recorded(monkeypatch, tmp_path):
 
     monkeypatch.setattr(geoft.cli, "_load", light_load)
     path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump({**RECIPE, "workdir": str(tmp_path / "work")}))
+    path.write_text(yaml.safe_dump({**RECIPE, "workdir": str(tmp_path / "work"),
+                                    "model": {"name": "aurora"}, "train": {"steps": 1}}))
     return calls, path
 
 
@@ -76,8 +77,17 @@ def test_run_runs_the_selected_stages_in_order(cli, recorded):
 def test_run_default_stages_and_blank_entries(cli, recorded):
     calls, path = recorded
     assert cli("run", path, "--json").code == 0
-    # default: the four stages of the main job, in pipeline order
+    # default: the stages the recipe defines; with model and train, the main job's four
     assert [c[0] for c in calls] == ["fetch", "prepare", "finetune", "evaluate"]
+    calls.clear()
+    # a densify-only recipe (no model, no train): fetch, prepare, densify
+    only = yaml.safe_load(path.read_text())
+    del only["model"], only["train"]
+    only["densify"] = {"variables": ["thetao:0"]}
+    path.write_text(yaml.safe_dump(only))
+    assert cli("run", path, "--json").code == 0
+    assert [c[0] for c in calls] == ["fetch", "prepare", "reconstruction"]
+    assert calls[-1][1] == ("densify",)
     calls.clear()
     assert cli("run", path, "--stages", " fetch , ,finetune", "--json").code == 0
     assert [c[0] for c in calls] == ["fetch", "finetune"]
@@ -117,8 +127,10 @@ def test_run_reconstruction_without_its_section(tmp_path, stage):
 
 
 def test_run_finetune_without_train_section(tmp_path):
-    with pytest.raises(GeoftError, match="the recipe has no train section"):
+    with pytest.raises(GeoftError, match="the recipe has no model section"):
         stages.run_finetune(loaded_recipe(tmp_path))
+    with pytest.raises(GeoftError, match="the recipe has no train section"):
+        stages.run_finetune(loaded_recipe(tmp_path, model={"name": "aurora"}))
 
 
 def test_run_evaluate_without_store_then_with_one(tmp_path, monkeypatch):

@@ -14,32 +14,86 @@ class AuroraModel:
     """Microsoft Aurora fine-tuned on a prepared store (full, Aurora LoRA or peft LoRA)."""
 
     summary = "Microsoft Aurora (any size/class), full or LoRA fine-tuning"
+    #: store layouts this model works on
+    layouts = ("latlon", "projected")
 
     @property
     def Options(self):  # noqa: N802 - the registry's schema attribute
-        from geoft.models.aurora import AuroraOptions
+        from geoft.models.aurora_options import AuroraOptions
 
         return AuroraOptions
 
     @property
     def TrainConfig(self):  # noqa: N802
-        from geoft.training.config import TrainConfig
+        from geoft.models.aurora_options import AuroraTrainConfig
 
-        return TrainConfig
+        return AuroraTrainConfig
+
+    def shape_multiple(self, options) -> int:
+        """Grids are cropped (or padded) to multiples of Aurora's patch size."""
+        return self.Options.model_validate(options or {}).patch_size \
+            if isinstance(options, dict) or options is None else options.patch_size
+
+    def check_recipe(self, loaded) -> list[tuple[tuple, str, str]]:
+        """Aurora's requirements on a recipe, each as ``(key path, problem, fix)``: the
+        architecture and constructor arguments exist, ``data.patch_size`` is a multiple of the
+        patch size, and the dataset (when it can tell before preparing) yields at least one
+        level and one surface variable."""
+        from geoft.errors import GeoftError
+
+        problems: list[tuple[tuple, str, str]] = []
+        options = loaded.parts.get("model")
+        try:
+            options.check_against_aurora()
+        except GeoftError as exc:
+            path = tuple(("model", "options", *exc.where.split(".")[2:])) if exc.where else \
+                ("model", "options")
+            return [(path, exc.what, exc.fix or "")]
+        patch = options.patch_size
+        data = loaded.recipe.data
+        if data.patch_size is not None and data.patch_size % patch:
+            problems.append((("data", "patch_size"),
+                             f"{data.patch_size} is not a multiple of the model's patch size "
+                             f"{patch}", f"set data.patch_size: {patch} (or leave it out: the "
+                                         "model's patch size is used)"))
+        dataset = _dataset_of(loaded)
+        declared = getattr(dataset, "variables", None)
+        if callable(declared):
+            kinds = declared(loaded.parts["data"])
+            if not kinds.get("level"):
+                problems.append((("data", "options"),
+                                 "Aurora needs at least one level variable (atmos_vars); the "
+                                 "dataset selects none",
+                                 "add a depth- or pressure-level variable (e.g. "
+                                 "level_variables: [thetao]), or use a model for surface-only "
+                                 "data"))
+            if not kinds.get("surface"):
+                problems.append((("data", "options"),
+                                 "Aurora needs at least one surface variable; the dataset "
+                                 "selects none", "add a surface variable (e.g. zos, 2t)"))
+        return problems
 
     def finetune(self, store_path: Path, options, train_config, out_dir: Path, *,
                  progress: bool = True, resume: bool = True, lineage: dict | None = None) -> dict:
-        from geoft.training.loop import finetune
+        from geoft.models.aurora import finetune
 
         return finetune(store_path, options, train_config, out_dir, progress=progress,
                         resume=resume, lineage=lineage)
 
     def forecast_from_checkpoint(self, checkpoint_dir: Path, store, init_indices: Sequence[int],
-                                 lead_steps: int, *, progress: bool = True):
+                                 lead_steps: int, *, progress: bool = True, device: str = "auto"):
         from geoft.models.aurora import forecast, load_finetuned
+        from geoft.training.engine import resolve_device
 
-        model, config = load_finetuned(checkpoint_dir)
+        model, config = load_finetuned(checkpoint_dir, device=resolve_device(device))
         return forecast(model, store, init_indices, lead_steps, progress=progress)
+
+
+def _dataset_of(loaded):
+    from geoft.plugins import get_plugin_manager
+    from geoft.stages import instance
+
+    return instance(get_plugin_manager().get("dataset", loaded.recipe.data.dataset))
 
 
 class _Reconstructor:

@@ -1,8 +1,10 @@
-"""Reference forecasts scored beside every model: persistence and day-of-year climatology.
+"""Reference forecasts scored beside every model: persistence, day-of-year climatology and the
+train mean.
 
-A baseline is ``baseline(store, init_indices, lead_steps) -> xr.Dataset`` with dims
-``(init_time, lead, [level,] lat, lon)`` in physical units, NaN at invalid points, ``lead`` in
-steps of the store's timestep (1..lead_steps).
+On a gridded store a baseline is ``baseline(store, init_indices, lead_steps) -> xr.Dataset``
+with dims ``(init_time, lead, [level,] *grid dims)`` in physical units, NaN at invalid points,
+``lead`` in steps of the store's timestep (1..lead_steps). On a prepared table it is called
+``baseline(table_store, split=NAME)`` and returns ``{target: array over the split's rows}``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,14 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import xarray as xr
+
+from geoft.errors import GeoftError
+
+
+def _is_table(store) -> bool:
+    return getattr(store, "layout", None) == "table"
 
 
 def valid_time_index(init_indices: Sequence[int], lead_steps: int) -> xr.DataArray:
@@ -22,8 +31,7 @@ def valid_time_index(init_indices: Sequence[int], lead_steps: int) -> xr.DataArr
 
 
 def _masked(store, var: str, da: xr.DataArray) -> xr.DataArray:
-    dims = ("level", "lat", "lon") if var in store.level_vars else ("lat", "lon")
-    mask = xr.DataArray(store.valid(var), dims=dims)
+    mask = xr.DataArray(store.valid(var), dims=store.var_dims(var))
     return da.where(mask)
 
 
@@ -34,19 +42,35 @@ def _finish(store, data: dict[str, xr.DataArray], init_indices) -> xr.Dataset:
     return ds.drop_vars([c for c in ("time",) if c in ds.coords])
 
 
+def _present_at(store, var: str, da: xr.DataArray, idx: xr.DataArray) -> xr.DataArray:
+    """``da`` (taken at store times ``idx``) with NaN where ``var`` has a gap."""
+    if var not in store.gappy_vars:
+        return da
+    from geoft.store import PRESENT_PREFIX
+
+    present = store.ds[PRESENT_PREFIX + var].isel(time=idx).load()
+    return da.where(present)
+
+
 def truth(store, init_indices: Sequence[int], lead_steps: int) -> xr.Dataset:
-    """The verifying analyses, laid out like a forecast."""
+    """The verifying analyses, laid out like a forecast (NaN at gaps: never scored)."""
     idx = valid_time_index(init_indices, lead_steps)
-    data = {v: store.ds[v].isel(time=idx).load() for v in store.variables}
+    data = {v: _present_at(store, v, store.ds[v].isel(time=idx).load(), idx)
+            for v in store.variables}
     return _finish(store, data, init_indices)
 
 
-def persistence(store, init_indices: Sequence[int], lead_steps: int) -> xr.Dataset:
-    """The state at the initial time, repeated for every lead."""
+def persistence(store, init_indices: Sequence[int] | None = None, lead_steps: int | None = None,
+                *, split: str | None = None) -> xr.Dataset:
+    """The state at the initial time, repeated for every lead (NaN where it is a gap)."""
+    if _is_table(store):
+        raise GeoftError("persistence needs a gridded time series; a table has no state to "
+                         "persist", where="evaluate.baselines",
+                         fix="use train-mean or climatology for tables")
     init = xr.DataArray(np.asarray(init_indices, dtype=int), dims="init_time")
     data = {}
     for v in store.variables:
-        now = store.ds[v].isel(time=init).load()
+        now = _present_at(store, v, store.ds[v].isel(time=init).load(), init)
         data[v] = now.expand_dims(lead=lead_steps).transpose("init_time", "lead", ...)
     return _finish(store, data, init_indices)
 
@@ -57,9 +81,10 @@ def climatology_fields(store) -> dict[str, xr.DataArray]:
     if not cache:
         from geoft.metrics import day_of_year_climatology
 
-        train = store.indices("train")
+        train = xr.DataArray(store.indices("train"), dims="time")
         for v in store.variables:
-            cache[v] = day_of_year_climatology(store.ds[v].isel(time=train).load()).load()
+            values = _present_at(store, v, store.ds[v].isel(time=train).load(), train)
+            cache[v] = day_of_year_climatology(values).load()
     return cache
 
 
@@ -72,7 +97,51 @@ def climatology_at(store, var: str, init_indices: Sequence[int], lead_steps: int
     return clim.sel(dayofyear=doy).drop_vars("dayofyear")
 
 
-def climatology(store, init_indices: Sequence[int], lead_steps: int) -> xr.Dataset:
-    """The day-of-year climatology of the train split at each valid time."""
+def climatology(store, init_indices: Sequence[int] | None = None, lead_steps: int | None = None,
+                *, split: str | None = None):
+    """The day-of-year climatology of the train split at each valid time (tables: of each
+    target, per day of year of the row, over the train rows)."""
+    if _is_table(store):
+        return table_climatology(store, split or "test")
     data = {v: climatology_at(store, v, init_indices, lead_steps) for v in store.variables}
     return _finish(store, data, init_indices)
+
+
+def train_mean(store, init_indices: Sequence[int] | None = None, lead_steps: int | None = None,
+               *, split: str | None = None):
+    """The train-split mean (per point on grids; of each target on tables)."""
+    if _is_table(store):
+        n = store.rows(split or "test")
+        return {t: np.full(n, store.stats(t)[0]) for t in store.targets}
+    train = xr.DataArray(store.indices("train"), dims="time")
+    data = {}
+    for v in store.variables:
+        mean = _present_at(store, v, store.ds[v].isel(time=train).load(), train).mean("time")
+        data[v] = mean.expand_dims(init_time=len(init_indices), lead=lead_steps)
+    return _finish(store, data, init_indices)
+
+
+def table_climatology(store, split: str, *, window: int = 15) -> dict[str, np.ndarray]:
+    """Per target: the mean over the train rows of the same day of year (a ``window``-day
+    centred, circular running mean over the 366 slots), at each row of ``split``."""
+    columns = ["time", *store.targets]
+    sums = {t: np.zeros(366) for t in store.targets}
+    counts = np.zeros(366)
+    for batch in store.batches("train", columns):
+        doy = pd.DatetimeIndex(batch["time"]).day_of_year.to_numpy() - 1
+        np.add.at(counts, doy, 1)
+        for t in store.targets:
+            np.add.at(sums[t], doy, np.asarray(batch[t], np.float64))
+    kernel = np.ones(window)
+    pad = window // 2
+
+    def smooth(x):
+        return np.convolve(np.concatenate([x[-pad:], x, x[:pad]]), kernel, mode="valid")
+
+    n = smooth(counts)
+    rows_doy = pd.DatetimeIndex(store.read(split, ["time"])["time"]).day_of_year.to_numpy() - 1
+    out = {}
+    for t in store.targets:
+        mean = np.where(n > 0, smooth(sums[t]) / np.maximum(n, 1), store.stats(t)[0])
+        out[t] = mean[rows_doy]
+    return out

@@ -40,7 +40,9 @@ def geoft_baselines():
     return {"persistence": Ref("geoft.baselines:persistence",
                                summary="the state at the initial time, for every lead"),
             "climatology": Ref("geoft.baselines:climatology",
-                               summary="day-of-year climatology of the train split")}
+                               summary="day-of-year climatology of the train split"),
+            "train-mean": Ref("geoft.baselines:train_mean",
+                              summary="the train-split mean (per point; per target on tables)")}
 
 
 @hookimpl

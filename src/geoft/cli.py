@@ -219,13 +219,16 @@ _reconstruction_command("assimilate", "Train a diffusion prior and assimilate sp
 def run(recipe: Path = RecipeArg, set_: Optional[list[str]] = SetOpt,
         workdir: Optional[Path] = WorkdirOpt, json_: bool = JsonOpt,
         progress: bool = ProgressOpt,
-        stages: str = typer.Option("fetch,prepare,finetune,evaluate",
-                                   help="Comma-separated stages to run in order.")):
-    """Run several stages in order (default: fetch, prepare, finetune, evaluate)."""
+        stages: Optional[str] = typer.Option(
+            None, help="Comma-separated stages to run in order (default: the stages the recipe "
+                       "defines: fetch, prepare, then finetune+evaluate with a model and a train "
+                       "section, densify and assimilate with their sections).")):
+    """Run several stages in order (default: every stage the recipe defines)."""
     from geoft import stages as st
 
     loaded = _load(recipe, set_, workdir)
-    wanted = [s.strip() for s in stages.split(",") if s.strip()]
+    wanted = ([s.strip() for s in stages.split(",") if s.strip()] if stages is not None
+              else st.stages_of(loaded))
     unknown = [s for s in wanted if s not in st.STAGES]
     if unknown:
         raise GeoftError(f"unknown stage(s) {unknown}", where="--stages",
@@ -233,16 +236,7 @@ def run(recipe: Path = RecipeArg, set_: Optional[list[str]] = SetOpt,
     p = progress and not json_
     results = {}
     for stage in wanted:
-        if stage == "fetch":
-            results[stage] = st.run_fetch(loaded, progress=p)
-        elif stage == "prepare":
-            results[stage] = st.run_prepare(loaded, progress=p)
-        elif stage == "finetune":
-            results[stage] = st.run_finetune(loaded, progress=p)
-        elif stage == "evaluate":
-            results[stage] = st.run_evaluate(loaded, progress=p)
-        else:
-            results[stage] = st.run_reconstruction(loaded, stage, progress=p)
+        results[stage] = st.run_stage(loaded, stage, progress=p)
         if not json_:
             _finish(results[stage], False, stage)
     if json_:

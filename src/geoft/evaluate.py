@@ -1,27 +1,41 @@
-"""``geoft evaluate``: rollouts over the test split, scored with WeatherBench-2 metrics against
-baselines, with a table, plots and a markdown report.
+"""``geoft evaluate``: the model's forecasts (or predictions) on the test split, scored with
+WeatherBench 2 metrics beside reference forecasts, with a table, plots and a markdown report.
 
-Every forecast (the model's and each baseline's) is an xarray Dataset ``(init_time, lead,
-[level,] lat, lon)`` in physical units; truth is laid out the same way; metrics reduce
-``lat, lon`` with latitude-cell-area weights over valid (ocean) points only and average over
-``init_time``, keeping ``lead`` and ``level``.
+Gridded stores: every forecast (the model's and each baseline's) is an xarray Dataset
+``(init_time, lead, [level,] *grid dims)`` in physical units; truth is laid out the same way
+(NaN where a variable has a gap); metrics reduce the store grid's dims with its cell-area
+weights over valid points only and average over ``init_time``, keeping ``lead`` and ``level``.
+Each score carries ``n``, the number of (time, point) values it counted.
+
+Tabular stores: the model predicts every target of the split's rows; metrics reduce the
+``row`` dim (uniform weights); the baselines are the train mean and the day-of-year
+climatology of the train rows.
+
+Skill scores: every metric that declares ``better`` (``"lower"`` for errors, ``"higher"`` for
+correlations; optionally ``perfect``, default 0 and 1) gets a skill table against every
+baseline, ``(score - score_ref) / (perfect - score_ref)`` (1 - RMSE/RMSE_ref for RMSE); a
+metric may ask for a reference forecast itself (``needs_reference = True``, ``reference =
+"persistence"``) and receives it as ``reference=``.
 """
 
 from __future__ import annotations
 
-import json
+import inspect
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from geoft.errors import GeoftError
-from geoft.lineage import atomic_write_text, make_lineage, write_lineage
-from geoft.plugins import get_plugin_manager
-from geoft.store import PreparedStore
+from geoft.lineage import make_lineage, write_lineage
+from geoft.plugins import blame, get_plugin_manager
+from geoft.store import PreparedStore, open_prepared
+
+GRID_DEFAULTS = {"metrics": ["rmse", "bias", "acc"], "baselines": ["persistence", "climatology"]}
+TABLE_DEFAULTS = {"metrics": ["rmse", "mae", "bias"], "baselines": ["train-mean", "climatology"]}
 
 
 def init_indices_for(store: PreparedStore, split: str, lead_steps: int,
@@ -43,66 +57,172 @@ def init_indices_for(store: PreparedStore, split: str, lead_steps: int,
 
 
 def resolve_checkpoint(finetune_dir: Path, choice: str) -> Path:
-    if choice in ("best", "latest"):
-        path = finetune_dir / "checkpoints" / choice
-        if path.is_dir():  # a symlink to (or copy of) the checkpoint directory
-            return path.resolve()
-        # a pointer file (training.checkpoint.set_pointer) holding the directory's name
-        for pointer in (path, path.with_name(f"{choice}.txt")):
-            if pointer.is_file():
-                return (pointer.parent / pointer.read_text().strip()).resolve()
-        raise GeoftError(f"no {choice!r} checkpoint", where=str(finetune_dir / "checkpoints"),
-                         fix="run `geoft finetune RECIPE` first, or pass --checkpoint DIR")
-    path = Path(choice)
-    if not path.exists():
-        raise GeoftError("checkpoint not found", where=choice,
-                         fix="pass 'best', 'latest' or an existing checkpoint directory")
-    return path
+    """The checkpoint ``evaluate.checkpoint`` names (``best``, ``latest`` or a directory)."""
+    from geoft.training.checkpoint import checkpoint_for
+
+    return checkpoint_for(finetune_dir, choice)
 
 
-def score(store: PreparedStore, forecasts: dict[str, xr.Dataset], truth: xr.Dataset,
+# ---------------------------------------------------------------------------------------------
+# calling metrics
+# ---------------------------------------------------------------------------------------------
+def call_metric(fn: Callable, forecast, truth, **kwargs) -> xr.DataArray:
+    """Call ``fn`` with the keywords it accepts (a plugin's metric may take a subset, as pluggy
+    hooks may), so keywords added later never break an older metric."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return fn(forecast, truth, **kwargs)
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return fn(forecast, truth, **kwargs)
+    return fn(forecast, truth, **{k: v for k, v in kwargs.items() if k in params})
+
+
+def _reference_name(fn) -> str | None:
+    if getattr(fn, "needs_reference", False):
+        return str(getattr(fn, "reference", "persistence"))
+    return None
+
+
+def score(store, forecasts: dict[str, xr.Dataset], truth: xr.Dataset,
           metric_names: list[str], climatology: dict[str, xr.DataArray]) -> pd.DataFrame:
-    """Long table: source, variable, level, lead, metric, value."""
-    from geoft.metrics import latitude_weights
-
+    """Long table: source, variable, level, lead, metric, value, n (values counted)."""
     pm = get_plugin_manager()
-    metrics = {m: pm.get("metric", m) for m in metric_names}
-    weights = latitude_weights(xr.DataArray(store.lat, dims="lat"))
+    entries = {m: pm.entry("metric", m) for m in metric_names}
+    metrics = {m: e.load() for m, e in entries.items()}
+    for m, fn in metrics.items():
+        ref = _reference_name(fn)
+        if ref is not None and ref not in forecasts:
+            raise GeoftError(f"metric {m!r} needs the reference forecast {ref!r}",
+                             where="evaluate.baselines", fix=f"add {ref} to evaluate.baselines")
+    grid = store.grid
+    weights = grid.weights()
     rows = []
     for var in store.variables:
-        dims = ("level", "lat", "lon") if var in store.level_vars else ("lat", "lon")
-        mask = xr.DataArray(store.valid(var), dims=dims)
+        mask = xr.DataArray(store.valid(var), dims=store.var_dims(var))
+        counted = (truth[var].notnull() & mask)
         for source, fc in forecasts.items():
+            n = (counted & fc[var].notnull()).sum(("init_time", *grid.dims))
             for mname, fn in metrics.items():
-                value = fn(fc[var], truth[var], weights=weights, mask=mask,
-                           reduce_dims=("lat", "lon"), time_dim="init_time",
-                           climatology=climatology.get(var))
-                frame = value.to_dataframe(name="value").reset_index()
+                ref = _reference_name(fn)
+                with blame(entries[mname], f"scoring {var} of {source}"):
+                    value = call_metric(
+                        fn, fc[var], truth[var], weights=weights, mask=mask,
+                        reduce_dims=grid.dims, time_dim="init_time",
+                        climatology=climatology.get(var),
+                        reference=forecasts[ref][var] if ref is not None else None)
+                if not isinstance(value, xr.DataArray):
+                    raise GeoftError(f"metric {mname!r} returned {type(value).__name__}, not an "
+                                     "xarray DataArray", where=entries[mname].reference,
+                                     fix="return a DataArray with the grid dims and time_dim "
+                                         "reduced (docs/plugins.md, metrics)")
+                frame = value.rename("value").to_dataframe().reset_index()
+                counts = n.rename("n").to_dataframe().reset_index()
+                keys = [k for k in ("level", "lead") if k in frame and k in counts]
+                frame = frame.merge(counts[keys + ["n"]], on=keys, how="left") if keys else \
+                    frame.assign(n=int(n.sum()))
                 for _, r in frame.iterrows():
                     rows.append({"source": source, "variable": var,
                                  "level": float(r["level"]) if "level" in r else np.nan,
                                  "lead": int(r["lead"]) if "lead" in r else 0,
-                                 "metric": mname, "value": float(r["value"])})
+                                 "metric": mname, "value": float(r["value"]),
+                                 "n": int(r["n"]) if pd.notna(r.get("n")) else 0})
     return pd.DataFrame(rows)
 
 
+# ---------------------------------------------------------------------------------------------
+# summaries of the table
+# ---------------------------------------------------------------------------------------------
+def mean_rmse(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Mean RMSE over leads and levels per source and variable."""
+    sub = table[table.metric == "rmse"]
+    out: dict[str, dict[str, float]] = {}
+    for (source, var), g in sub.groupby(["source", "variable"]):
+        out.setdefault(source, {})[var] = round(float(g.value.mean()), 6)
+    return out
+
+
+def skill_vs(table: pd.DataFrame, baseline: str, metric: str = "rmse", *,
+             better: str = "lower", perfect: float | None = None) -> dict[str, float]:
+    """Skill of the model against a baseline per variable, ``(score - ref) / (perfect - ref)``
+    per lead and level, averaged (> 0: the model is better). For RMSE (lower is better,
+    perfect 0) this is ``1 - RMSE/RMSE_ref``."""
+    perfect = (0.0 if better == "lower" else 1.0) if perfect is None else perfect
+    sub = table[table.metric == metric].fillna({"level": -1.0})
+    out = {}
+    for var, g in sub.groupby("variable"):
+        model = g[g.source == "model"].set_index(["level", "lead"]).value
+        ref = g[g.source == baseline].set_index(["level", "lead"]).value
+        if len(model) and len(ref):
+            out[var] = round(float(((model - ref) / (perfect - ref)).mean()), 4)
+    return out
+
+
+def skill_table(table: pd.DataFrame, metric_names: list[str], baselines: list[str]
+                ) -> pd.DataFrame:
+    """Skill of the model against every baseline for every metric that declares ``better``:
+    columns metric, baseline, variable, skill."""
+    pm = get_plugin_manager()
+    rows = []
+    for m in metric_names:
+        fn = pm.get("metric", m)
+        better = getattr(fn, "better", None)
+        if better not in ("lower", "higher"):
+            continue
+        for b in baselines:
+            for var, value in skill_vs(table, b, m, better=better,
+                                       perfect=getattr(fn, "perfect", None)).items():
+                rows.append({"metric": m, "baseline": b, "variable": var, "skill": value})
+    return pd.DataFrame(rows, columns=["metric", "baseline", "variable", "skill"])
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> None:
+    from geoft.io import atomic_write
+
+    atomic_write(path, lambda p: table.to_csv(p, index=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+# ---------------------------------------------------------------------------------------------
 def evaluate(loaded, store_path: Path, *, checkpoint: str | None = None, progress: bool = True,
              adapter=None) -> dict[str, Any]:
+    from geoft.table import TableStore
+
+    store = open_prepared(store_path)
+    if isinstance(store, TableStore):
+        return evaluate_table(loaded, store, checkpoint=checkpoint, progress=progress,
+                              adapter=adapter)
+    return evaluate_grid(loaded, store, checkpoint=checkpoint, progress=progress,
+                         adapter=adapter)
+
+
+def _settings(cfg, defaults: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+    metrics = cfg.metrics if cfg.metrics is not None else defaults["metrics"]
+    baselines = cfg.baselines if cfg.baselines is not None else defaults["baselines"]
+    return list(metrics), list(baselines)
+
+
+def evaluate_grid(loaded, store: PreparedStore, *, checkpoint: str | None = None,
+                  progress: bool = True, adapter=None) -> dict[str, Any]:
     from geoft import baselines as bl
     from geoft.report import write_report
 
     t0 = time.perf_counter()
     cfg = loaded.recipe.evaluate
-    store = PreparedStore.open(store_path)
+    metric_names, baseline_names = _settings(cfg, GRID_DEFAULTS)
     ckpt = resolve_checkpoint(loaded.recipe.finetune_dir, checkpoint or cfg.checkpoint)
     init = init_indices_for(store, cfg.split, cfg.lead_steps, cfg.max_init_times)
     out_dir = loaded.recipe.evaluate_dir
-
-    forecasts = {"model": adapter.forecast_from_checkpoint(ckpt, store, init, cfg.lead_steps,
-                                                           progress=progress)}
     pm = get_plugin_manager()
-    for name in cfg.baselines:
-        forecasts[name] = pm.get("baseline", name)(store, init, cfg.lead_steps)
+    with blame(_model_entry(loaded, adapter), "forecasting"):
+        forecasts = {"model": call_forecast(adapter, ckpt, store, init, cfg.lead_steps,
+                                            progress=progress, device=cfg.device,
+                                            batch_size=cfg.batch_size)}
+    for name in baseline_names:
+        entry = pm.entry("baseline", name)
+        with blame(entry, "making the reference forecast"):
+            forecasts[name] = entry.load()(store, init, cfg.lead_steps)
     truth = bl.truth(store, init, cfg.lead_steps)
     for name, fc in forecasts.items():
         missing = [v for v in store.variables if v not in fc]
@@ -111,18 +231,22 @@ def evaluate(loaded, store_path: Path, *, checkpoint: str | None = None, progres
                              where=str(ckpt), fix="the checkpoint was trained on other variables; "
                              "re-run finetune with this recipe")
         forecasts[name] = fc.assign_coords(init_time=truth["init_time"], lead=truth["lead"])
+    needs_clim = any(m == "acc" for m in metric_names)
     clim = {v: bl.climatology_at(store, v, init, cfg.lead_steps) for v in store.variables} \
-        if "acc" in cfg.metrics else {}
-    table = score(store, forecasts, truth, cfg.metrics, clim)
+        if needs_clim else {}
+    table = score(store, forecasts, truth, metric_names, clim)
+    skills = skill_table(table, metric_names, baseline_names)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     hours = store.timestep.total_seconds() / 3600
-    skill = skill_vs(table, "persistence") if "persistence" in cfg.baselines and "rmse" in cfg.metrics else {}
+    skill = skill_vs(table, "persistence") if "persistence" in baseline_names and \
+        "rmse" in metric_names else {}
     figures = write_report(out_dir, store, forecasts, truth, table, skill=skill,
-                           checkpoint=ckpt, recipe=loaded, lead_hours=hours, maps=cfg.maps)
-    csv_tmp = out_dir / ".metrics.csv.tmp"  # last, so a failed report leaves no new table
-    table.to_csv(csv_tmp, index=False)
-    csv_tmp.replace(out_dir / "metrics.csv")
+                           checkpoint=ckpt, recipe=loaded, lead_hours=hours, maps=cfg.maps,
+                           skills=skills)
+    # the tables last, so a failed report leaves no new table
+    _write_csv(skills, out_dir / "skill.csv")
+    _write_csv(table, out_dir / "metrics.csv")
     record = make_lineage("evaluate", loaded, inputs=[ckpt], facts={
         "checkpoint": str(ckpt), "init_times": len(init), "lead_steps": cfg.lead_steps,
         "skill_vs_persistence": skill})
@@ -134,23 +258,84 @@ def evaluate(loaded, store_path: Path, *, checkpoint: str | None = None, progres
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def mean_rmse(table: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Mean RMSE over leads and levels per source and variable."""
-    sub = table[table.metric == "rmse"]
-    out: dict[str, dict[str, float]] = {}
-    for (source, var), g in sub.groupby(["source", "variable"]):
-        out.setdefault(source, {})[var] = round(float(g.value.mean()), 6)
-    return out
+def _model_entry(loaded, adapter):
+    from geoft.plugins import Entry
+
+    if loaded.recipe.model is not None:
+        return get_plugin_manager().entry("model", loaded.recipe.model.name)
+    return Entry("model", type(adapter).__name__, "(given directly)", adapter)
 
 
-def skill_vs(table: pd.DataFrame, baseline: str) -> dict[str, float]:
-    """RMSE skill score of the model against a baseline per variable: 1 - RMSE/RMSE_ref,
-    averaged over leads and levels (> 0: the model is better)."""
-    sub = table[table.metric == "rmse"].fillna({"level": -1.0})
-    out = {}
-    for var, g in sub.groupby("variable"):
-        model = g[g.source == "model"].set_index(["level", "lead"]).value
-        ref = g[g.source == baseline].set_index(["level", "lead"]).value
-        if len(model) and len(ref):
-            out[var] = round(float((1 - model / ref).mean()), 4)
-    return out
+def call_forecast(adapter, ckpt, store, init, lead_steps, **kwargs):
+    """``adapter.forecast_from_checkpoint`` with the keywords it accepts."""
+    fn = adapter.forecast_from_checkpoint
+    params = inspect.signature(fn).parameters
+    return fn(ckpt, store, init, lead_steps,
+              **{k: v for k, v in kwargs.items() if k in params})
+
+
+def evaluate_table(loaded, store, *, checkpoint: str | None = None, progress: bool = True,
+                   adapter=None) -> dict[str, Any]:
+    """Score the model's predictions of every target on the split's rows beside the table
+    baselines; write metrics.csv, skill.csv, a scatter figure and report.md."""
+    from geoft import baselines as bl
+    from geoft.report import write_table_report
+
+    t0 = time.perf_counter()
+    cfg = loaded.recipe.evaluate
+    metric_names, baseline_names = _settings(cfg, TABLE_DEFAULTS)
+    ckpt = resolve_checkpoint(loaded.recipe.finetune_dir, checkpoint or cfg.checkpoint)
+    split = cfg.split
+    pm = get_plugin_manager()
+    if not hasattr(adapter, "predict_table"):
+        raise GeoftError(f"model {loaded.recipe.model.name!r} cannot predict tables",
+                         where="model.name", fix="choose a model for tabular data (e.g. mlp)")
+    with blame(_model_entry(loaded, adapter), "predicting the table"):
+        predictions = {"model": adapter.predict_table(ckpt, store, split, progress=progress)}
+    for name in baseline_names:
+        entry = pm.entry("baseline", name)
+        with blame(entry, "making the reference prediction"):
+            predictions[name] = entry.load()(store, split=split)
+    truth = store.read(split, list(store.targets) + ["time", "lat", "lon"])
+    n_rows = len(truth["time"])
+    entries = {m: pm.entry("metric", m) for m in metric_names}
+    clim = bl.table_climatology(store, split) if "acc" in metric_names else {}
+    rows = []
+    for target in store.targets:
+        t = xr.DataArray(np.asarray(truth[target], np.float64), dims="row")
+        for source, pred in predictions.items():
+            if target not in pred:
+                raise GeoftError(f"prediction {source!r} lacks target {target!r}",
+                                 where=str(ckpt), fix="retrain with this recipe")
+            p = xr.DataArray(np.asarray(pred[target], np.float64), dims="row")
+            if p.size != n_rows:
+                raise GeoftError(f"prediction {source!r} has {p.size} rows, the {split} split "
+                                 f"{n_rows}", where=str(ckpt), fix="predict every row in order")
+            for mname, entry in entries.items():
+                fn = entry.load()
+                with blame(entry, f"scoring {target} of {source}"):
+                    value = call_metric(fn, p, t, weights=None, mask=None, reduce_dims=("row",),
+                                        time_dim=None,
+                                        climatology=(xr.DataArray(clim[target], dims="row")
+                                                     if target in clim else None),
+                                        reference=None)
+                rows.append({"source": source, "variable": target, "level": np.nan, "lead": 0,
+                             "metric": mname, "value": float(value),
+                             "n": int((p.notnull() & t.notnull()).sum())})
+    table = pd.DataFrame(rows)
+    skills = skill_table(table, metric_names, baseline_names)
+    out_dir = loaded.recipe.evaluate_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = write_table_report(out_dir, store, predictions, truth, table, skills,
+                                 checkpoint=ckpt, recipe=loaded, split=split)
+    _write_csv(skills, out_dir / "skill.csv")
+    _write_csv(table, out_dir / "metrics.csv")
+    record = make_lineage("evaluate", loaded, inputs=[ckpt], facts={
+        "checkpoint": str(ckpt), "rows": n_rows, "split": split})
+    write_lineage(out_dir, record, loaded)
+    return {"stage": "evaluate", "out": str(out_dir), "checkpoint": str(ckpt), "rows": n_rows,
+            "rmse_mean": mean_rmse(table),
+            "skill": {f"{r.metric} vs {r.baseline}": {r.variable: r.skill}
+                      for r in skills.itertuples()},
+            "report": str(out_dir / "report.md"), "figures": [str(f) for f in figures],
+            "seconds": round(time.perf_counter() - t0, 2)}

@@ -2,7 +2,7 @@
 
 Every deterministic metric has one call signature::
 
-    metric(forecast, truth, *, weights=None, mask=None, reduce_dims=("lat", "lon"),
+    metric(forecast, truth, *, weights=None, mask=None, reduce_dims=None,
            time_dim="time", climatology=None) -> xr.DataArray
 
 and follows the WeatherBench 2 (WB2) order of operations:
@@ -44,6 +44,7 @@ import pandas as pd
 import xarray as xr
 
 from geoft.errors import GeoftError
+from geoft.grid import _latitude_band_areas, latitude_weights, spatial_dims_of  # noqa: F401
 
 DAYS_IN_CLIMATOLOGY_YEAR = 366
 """Length of the day-of-year axis of a climatology (1..366, so leap days have a slot)."""
@@ -52,90 +53,6 @@ DAYS_IN_CLIMATOLOGY_YEAR = 366
 # --------------------------------------------------------------------------------------------
 # Latitude weights
 # --------------------------------------------------------------------------------------------
-
-
-def latitude_weights(lat: xr.DataArray | np.ndarray | Sequence[float]) -> xr.DataArray:
-    """WeatherBench 2 cell-area weights for latitudes in degrees_north, normalised to mean 1.
-
-    For 1-D latitudes (dim ``"lat"`` for an array; the DataArray's own dim otherwise) each
-    point's weight is the area of its latitude band, ``sin(upper) - sin(lower)``, with bounds
-    at the midpoints between neighbouring points and the outer bounds half a spacing beyond
-    the end points, clipped to +-90. This works for increasing or decreasing latitudes and for
-    regional grids, and gives a pole point a small positive weight (the polar cap it stands
-    for) where ``cos(lat)`` would give 0.
-
-    For 2-D latitudes (projected grids, dims like ``(y, x)``) there are no latitude bands, so
-    the weight is ``cos(lat)`` -- proportional to cell area for a grid of equal-angle cells
-    and a reasonable approximation for the near-equal-area projections regional models use.
-
-    Returns a float64 DataArray with the dims and coords of ``lat`` (``lat`` for an array),
-    whose values have mean 1.
-    """
-    if isinstance(lat, xr.DataArray):
-        values = np.asarray(lat.values, dtype=np.float64)
-        dims: tuple[Hashable, ...] = lat.dims
-        coords: Any = lat.coords
-    else:
-        values = np.asarray(lat, dtype=np.float64)
-        if values.ndim != 1:
-            raise GeoftError(
-                f"a latitude array must be 1-D, got shape {values.shape}",
-                where="latitude_weights",
-                fix="pass 2-D latitudes as an xr.DataArray with named dims, e.g. lat(y, x)",
-            )
-        dims = ("lat",)
-        coords = {"lat": values}
-    if values.size == 0 or not np.all(np.isfinite(values)):
-        raise GeoftError(
-            "latitudes are empty or contain NaN/inf", where="latitude_weights",
-            fix="pass finite latitudes in degrees_north",
-        )
-    if np.any(np.abs(values) > 90.0):
-        raise GeoftError(
-            f"latitudes must lie in [-90, 90] degrees, got {values.min():g}..{values.max():g}",
-            where="latitude_weights",
-            fix="pass latitudes in degrees_north (not radians, not a y index)",
-        )
-
-    if values.ndim == 2:
-        weights = np.cos(np.deg2rad(values))
-    elif values.ndim == 1:
-        weights = _latitude_band_areas(values)
-    else:
-        raise GeoftError(
-            f"latitudes must be 1-D or 2-D, got {values.ndim}-D", where="latitude_weights",
-        )
-    mean_weight = weights.mean()
-    if not mean_weight > 0:
-        raise GeoftError(
-            "all latitude weights are zero", where="latitude_weights",
-            fix="check the latitudes are not all at the poles",
-        )
-    return xr.DataArray(weights / mean_weight, dims=dims, coords=coords, name="latitude_weight")
-
-
-def _latitude_band_areas(lat_deg: np.ndarray) -> np.ndarray:
-    """``sin(upper) - sin(lower)`` of each point's latitude band (unnormalised, >= 0)."""
-    if lat_deg.size == 1:
-        return np.ones(1)
-    spacing = np.diff(lat_deg)
-    if not (np.all(spacing > 0) or np.all(spacing < 0)):
-        raise GeoftError(
-            "latitudes are not strictly monotonic", where="latitude_weights",
-            fix="sort the grid by latitude (increasing or decreasing) and drop duplicates",
-        )
-    # Bounds follow the direction of the axis, so one formula serves both orders; abs() below
-    # turns a decreasing band's negative difference into its area.
-    bounds = np.concatenate(
-        [
-            [lat_deg[0] - spacing[0] / 2],
-            (lat_deg[:-1] + lat_deg[1:]) / 2,
-            [lat_deg[-1] + spacing[-1] / 2],
-        ]
-    )
-    bounds = np.clip(bounds, -90.0, 90.0)
-    sin_bounds = np.sin(np.deg2rad(bounds))
-    return np.abs(np.diff(sin_bounds))
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,6 +97,8 @@ def _prepare(
 ) -> _Prepared:
     forecast = _as_dataarray(forecast, "forecast", where)
     truth = _as_dataarray(truth, "truth", where)
+    if reduce_dims is None:  # the grid dims of the data, whatever its layout
+        reduce_dims = spatial_dims_of(forecast)
     if isinstance(reduce_dims, str):
         reduce_dims = (reduce_dims,)
     # Time is averaged after the spatial mean (WB2 order), never pooled with space.
@@ -254,14 +173,11 @@ def _prepare(
 def _default_weights(
     data: xr.DataArray, spatial_dims: tuple[Hashable, ...]
 ) -> xr.DataArray | None:
-    """Latitude weights when a ``lat`` coordinate lies on the reduced dims, else uniform."""
-    if "lat" not in data.coords:
-        return None
-    lat = data.coords["lat"]
-    if lat.ndim == 0 or not set(lat.dims) <= set(spatial_dims):
-        return None
-    # Keep only the dims of lat: other coordinates on those dims would not matter.
-    return latitude_weights(lat.reset_coords(drop=True))
+    """Latitude weights when a latitude coordinate lies on the reduced dims, else uniform.
+    (Evaluation passes the store grid's true cell-area weights explicitly.)"""
+    from geoft.grid import default_weights
+
+    return default_weights(data, spatial_dims)
 
 
 def _spatial_weighted_mean(
@@ -296,7 +212,7 @@ def mse(
     *,
     weights: xr.DataArray | None = None,
     mask: xr.DataArray | None = None,
-    reduce_dims: Sequence[Hashable] = ("lat", "lon"),
+    reduce_dims: Sequence[Hashable] | None = None,
     time_dim: Hashable | None = "time",
     climatology: xr.DataArray | None = None,
 ) -> xr.DataArray:
@@ -319,7 +235,7 @@ def rmse(
     *,
     weights: xr.DataArray | None = None,
     mask: xr.DataArray | None = None,
-    reduce_dims: Sequence[Hashable] = ("lat", "lon"),
+    reduce_dims: Sequence[Hashable] | None = None,
     time_dim: Hashable | None = "time",
     climatology: xr.DataArray | None = None,
 ) -> xr.DataArray:
@@ -339,7 +255,7 @@ def mae(
     *,
     weights: xr.DataArray | None = None,
     mask: xr.DataArray | None = None,
-    reduce_dims: Sequence[Hashable] = ("lat", "lon"),
+    reduce_dims: Sequence[Hashable] | None = None,
     time_dim: Hashable | None = "time",
     climatology: xr.DataArray | None = None,
 ) -> xr.DataArray:
@@ -359,7 +275,7 @@ def bias(
     *,
     weights: xr.DataArray | None = None,
     mask: xr.DataArray | None = None,
-    reduce_dims: Sequence[Hashable] = ("lat", "lon"),
+    reduce_dims: Sequence[Hashable] | None = None,
     time_dim: Hashable | None = "time",
     climatology: xr.DataArray | None = None,
 ) -> xr.DataArray:
@@ -379,7 +295,7 @@ def acc(
     *,
     weights: xr.DataArray | None = None,
     mask: xr.DataArray | None = None,
-    reduce_dims: Sequence[Hashable] = ("lat", "lon"),
+    reduce_dims: Sequence[Hashable] | None = None,
     time_dim: Hashable | None = "time",
     climatology: xr.DataArray | None = None,
 ) -> xr.DataArray:
@@ -573,7 +489,7 @@ def crps_ensemble(
     method: str = "fair",
     weights: xr.DataArray | None = None,
     mask: xr.DataArray | None = None,
-    reduce_dims: Sequence[Hashable] = ("lat", "lon"),
+    reduce_dims: Sequence[Hashable] | None = None,
     time_dim: Hashable | None = "time",
     climatology: xr.DataArray | None = None,
 ) -> xr.DataArray:
@@ -610,7 +526,7 @@ def spread_skill(
     member_dim: Hashable = "member",
     weights: xr.DataArray | None = None,
     mask: xr.DataArray | None = None,
-    reduce_dims: Sequence[Hashable] = ("lat", "lon"),
+    reduce_dims: Sequence[Hashable] | None = None,
     time_dim: Hashable | None = "time",
     climatology: xr.DataArray | None = None,
 ) -> xr.DataArray:
@@ -703,7 +619,7 @@ def _isotropic_power_spectrum(
     import xrft
     from scipy import sparse
 
-    dims = list(dims)
+    dims = list(dims) if dims is not None else list(spatial_dims_of(field))
     if len(dims) != 2:
         raise GeoftError(f"an isotropic spectrum needs two grid dims, got {dims}", where=where,
                          fix="pass dims=('lat', 'lon') or ('y', 'x')")
@@ -777,7 +693,7 @@ def _isotropic_power_spectrum(
 def power_spectrum_ratio(
     forecast: xr.DataArray,
     truth: xr.DataArray,
-    dims: Sequence[Hashable] = ("lat", "lon"),
+    dims: Sequence[Hashable] | None = None,
     *,
     mask: xr.DataArray | None = None,
     time_dim: Hashable | None = "time",
@@ -808,7 +724,7 @@ def effective_resolution(
     truth: xr.DataArray,
     dx_km: float,
     *,
-    dims: Sequence[Hashable] = ("lat", "lon"),
+    dims: Sequence[Hashable] | None = None,
     mask: xr.DataArray | None = None,
     time_dim: Hashable | None = "time",
     threshold: float = 0.5,
@@ -886,3 +802,10 @@ ENSEMBLE_METRICS: frozenset[str] = frozenset({"crps", "spread_skill"})
 
 NEEDS_CLIMATOLOGY: frozenset[str] = frozenset({"acc"})
 """Names in :data:`METRICS` that need ``climatology``."""
+
+#: What a skill score may compare: ``better = "lower"`` (errors) or ``"higher"`` (correlations).
+#: Metrics without it (bias, spread-skill: their best value is 0 or 1) get no skill score.
+for _metric, _better in ((rmse, "lower"), (mse, "lower"), (mae, "lower"), (acc, "higher"),
+                         (crps_ensemble, "lower")):
+    _metric.better = _better  # type: ignore[attr-defined]
+del _metric, _better

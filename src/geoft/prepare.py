@@ -1,15 +1,22 @@
-"""``geoft prepare``: canonical data -> prepared store (see :mod:`geoft.store`).
+"""``geoft prepare``: canonical data -> prepared store (see :mod:`geoft.store` and
+``docs/contract.md``).
 
-The core does the parts every domain shares: crop to the bbox, lon to [0, 360) increasing, lat
-strictly decreasing, crop to patch-size multiples, validity masks from NaN, a check for NaN
-inside valid points, normalisation statistics on the train split only, filling invalid points
-with the train mean, the split, statics and lineage. Everything is lazy (dask) and streamed by
-time chunk, so peak memory is bounded by a chunk whatever the date range.
+The core does the parts every domain shares, on any of the grid layouts of :mod:`geoft.grid`:
+orient the grid and crop it to the bbox; check units against the lexicon (converting the known
+cases); fit the grid to the multiples a model needs (crop or pad, reporting what a crop removes
+and refusing one that removes too much); validity masks (a point is valid when it ever has
+data); missing values at valid points handled by the gap policy (refuse, keep with per-time
+presence masks, or fill); normalisation statistics on the train split only, over valid present
+values; invalid and missing values filled with the train mean; the split, statics and lineage.
+Everything is lazy (dask) and streamed by time chunk, so peak memory is bounded by a chunk
+whatever the date range. Tabular data (:class:`geoft.table.CanonicalTable`) go to
+:func:`geoft.table.prepare_table`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,57 +26,19 @@ import xarray as xr
 
 from geoft.errors import GeoftError
 from geoft.recipe import DataSection
-from geoft.store import STORE_VERSION, atomic_write_zarr, normalisation_stats, validate_contract
+from geoft.store import (
+    PRESENT_PREFIX,
+    STORE_VERSION,
+    atomic_write_zarr,
+    normalisation_stats,
+    validate_contract,
+)
 
+log = logging.getLogger(__name__)
 
-def orient_grid(ds: xr.Dataset, bbox=None, *, where: str = "data") -> xr.Dataset:
-    """Crop to ``bbox`` and orient: lon in [0, 360) strictly increasing, lat strictly
-    decreasing. A box that crosses 0 degrees east is refused (Aurora needs one increasing
-    [0, 360) longitude axis)."""
-    for dim in ("lat", "lon"):
-        if dim not in ds.dims:
-            raise GeoftError(f"no {dim!r} dimension (dims: {list(ds.dims)})", where=where,
-                             fix="the dataset plugin must name dims time, [level,] lat, lon")
-    lon360 = np.mod(ds["lon"].values, 360.0)
-    ds = ds.assign_coords(lon=("lon", lon360, ds["lon"].attrs)).sortby("lon")
-    extent = (f"lat {float(ds['lat'].min()):.2f}..{float(ds['lat'].max()):.2f}, "
-              f"lon {float(ds['lon'].min()):.2f}..{float(ds['lon'].max()):.2f} (0-360)")
-    if bbox is not None:
-        lo = bbox.lon_min % 360.0
-        hi = lo + (bbox.lon_max - bbox.lon_min)
-        if bbox.lon_max - bbox.lon_min >= 360:
-            lo, hi = 0.0, 360.0
-        elif hi > 360.0:
-            raise GeoftError(
-                f"bbox lon {bbox.lon_min}..{bbox.lon_max} crosses 0 degrees east, which Aurora "
-                "cannot describe with one increasing [0, 360) longitude axis",
-                where="data.bbox", fix="move the box east or west of 0 degrees, or split it in two")
-        ds = ds.sel(lon=slice(lo, hi))
-        lat = ds["lat"].values
-        ds = ds.isel(lat=np.flatnonzero((lat >= bbox.lat_min) & (lat <= bbox.lat_max)))
-    ds = ds.sortby("lat", ascending=False)
-    if ds.sizes["lat"] == 0 or ds.sizes["lon"] == 0:
-        raise GeoftError(f"the bbox selects no grid points (the data covers {extent})",
-                         where="data.bbox", fix="check the bbox against the source's extent")
-    if len(np.unique(ds["lon"].values)) != ds.sizes["lon"] or len(np.unique(ds["lat"].values)) != ds.sizes["lat"]:
-        raise GeoftError("duplicate lat or lon values after converting lon to [0, 360)",
-                         where=where, fix="the source grid overlaps itself; crop it with data.bbox")
-    return ds
-
-
-def crop_to_patch(ds: xr.Dataset, patch: int) -> xr.Dataset:
-    """Centre-crop lat and lon to multiples of ``patch``."""
-    sel = {}
-    for dim in ("lat", "lon"):
-        n = ds.sizes[dim]
-        keep = (n // patch) * patch
-        if keep == 0:
-            raise GeoftError(f"the grid has only {n} points along {dim}, fewer than the patch "
-                             f"size {patch}", where="data.bbox",
-                             fix="enlarge the bbox or lower data.patch_size")
-        start = (n - keep) // 2
-        sel[dim] = slice(start, start + keep)
-    return ds.isel(sel)
+#: statics carried into the store when the dataset provides them (besides attrs-listed ones)
+KNOWN_STATICS = ("lsm", "z", "slt")
+GAP_POLICIES = ("refuse", "keep", "fill")
 
 
 def _infer_timestep_hours(times: pd.DatetimeIndex) -> float:
@@ -85,66 +54,77 @@ def _infer_timestep_hours(times: pd.DatetimeIndex) -> float:
     return float(step)
 
 
-def _compute(obj, description: str, progress: bool):
-    """Compute a dask collection with a rich progress bar over its tasks."""
-    import dask
-    from dask.callbacks import Callback
-
-    from geoft.progress import make_progress
-
-    with make_progress(progress) as bar:
-        task = bar.add_task(description, total=None, status="")
-
-        class _Rich(Callback):
-            def _start_state(self, dsk, state):
-                bar.update(task, total=len(state["ready"]) + len(state["waiting"])
-                           + len(state["running"]) + len(state["finished"]))
-
-            def _posttask(self, key, result, dsk, state, worker_id):
-                bar.update(task, completed=len(state["finished"]))
-
-        with _Rich():
-            return dask.compute(obj)[0] if not hasattr(obj, "compute") else obj.compute()
-
-
 #: xarray keeps up to 128 source files open and netCDF4/HDF5 caches each open file's
 #: decompressed chunks, so with one file per month memory grew with the date range
 #: (bench/prepare_memory.py); a few open files bound it.
 MAX_OPEN_SOURCE_FILES = 8
 
 
-def prepare_store(canonical: xr.Dataset, data: DataSection, out_path: str | Path, *,
-                  lineage: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Write the prepared store at ``out_path`` from a canonical dataset; return a summary."""
+def prepare_store(canonical, data: DataSection, out_path: str | Path, *,
+                  lineage: dict[str, Any] | None = None, progress: bool = True,
+                  shape_multiple: int | None = None) -> dict[str, Any]:
+    """Write the prepared store at ``out_path`` from a canonical dataset (or table); return a
+    summary. ``shape_multiple``: what the recipe's model needs when ``data.patch_size`` is
+    unset (Aurora: its patch size)."""
+    from geoft.table import is_table, prepare_table
+
+    if is_table(canonical):
+        return prepare_table(canonical, data, out_path, lineage=lineage, progress=progress)
     with xr.set_options(file_cache_maxsize=MAX_OPEN_SOURCE_FILES):
-        return _prepare_store(canonical, data, out_path, lineage=lineage, progress=progress)
+        return _prepare_store(canonical, data, out_path, lineage=lineage, progress=progress,
+                              shape_multiple=shape_multiple)
 
 
-def _prepare_store(canonical: xr.Dataset, data: DataSection, out_path: str | Path, *,
-                   lineage: dict[str, Any] | None, progress: bool) -> dict[str, Any]:
-    surface_vars = list(canonical.attrs.get("geoft_surface_vars", []))
-    level_vars = list(canonical.attrs.get("geoft_level_vars", []))
+def _check_variables(canonical: xr.Dataset, surface_vars, level_vars, grid_dims, where):
     if not surface_vars and not level_vars:
         raise GeoftError("the dataset lists no variables (geoft_surface_vars/geoft_level_vars)",
-                         where=f"data.dataset={data.dataset}",
-                         fix="choose variables in data.options")
-    where = f"data.dataset={data.dataset}"
+                         where=where, fix="choose variables in data.options")
     for v in surface_vars + level_vars:
         if v not in canonical:
             raise GeoftError(f"variable {v!r} listed but missing", where=where)
-        want = {"time", "lat", "lon"} | ({"level"} if v in level_vars else set())
-        if set(canonical[v].dims) != want:
+        want = ("time", *(("level",) if v in level_vars else ()), *grid_dims)
+        if set(canonical[v].dims) != set(want):
             raise GeoftError(f"variable {v!r} has dims {tuple(canonical[v].dims)}; expected "
-                             f"{tuple(sorted(want))}", where=where,
-                             fix="rename dims in the dataset (e.g. data.options.rename for "
-                                 "the canonical dataset) or list it as a surface/level variable")
-    ds = orient_grid(canonical, data.bbox)
-    ds = crop_to_patch(ds, data.patch_size)
+                             f"{want}", where=where,
+                             fix="rename dims in the dataset (the canonical dataset has "
+                                 "data.options.rename) or list it as a surface/level variable")
+    if level_vars and "level" not in canonical.dims:
+        raise GeoftError("level variables but no level dimension", where=where)
+
+
+def _gap_policy(data: DataSection, canonical: xr.Dataset) -> str:
+    if data.gaps is not None:
+        return data.gaps
+    product = canonical.attrs.get("geoft_product", "model")
+    return "keep" if product == "observation" else "refuse"
+
+
+def _prepare_store(canonical: xr.Dataset, data: DataSection, out_path: str | Path, *,
+                   lineage: dict[str, Any] | None, progress: bool,
+                   shape_multiple: int | None) -> dict[str, Any]:
+    from geoft.grid import LAYOUT_DIMS, fit_to_multiple, layout_of, orient
+    from geoft.lexicon import to_canonical_units
+    from geoft.progress import compute_with_progress
+
+    where = f"data.dataset={data.dataset}"
+    surface_vars = list(canonical.attrs.get("geoft_surface_vars", []))
+    level_vars = list(canonical.attrs.get("geoft_level_vars", []))
+    try:
+        layout = layout_of(canonical)
+    except GeoftError as exc:
+        raise GeoftError(exc.what, where=where, fix=exc.fix) from None
+    ds = orient(canonical, data.bbox, where=where)
+    grid_dims = LAYOUT_DIMS[layout]
+    _check_variables(ds, surface_vars, level_vars, grid_dims, where)
+    for v in surface_vars + level_vars:
+        ds[v] = to_canonical_units(ds[v], v, where=f"{where}, variable {v}")
+
     times = pd.DatetimeIndex(ds["time"].values)
     if times.tz is not None:
         times = times.tz_convert("UTC").tz_localize(None)
         ds = ds.assign_coords(time=times)
     timestep = _infer_timestep_hours(times)
+    policy = _gap_policy(data, canonical)
 
     # -- split ----------------------------------------------------------------------------
     split = data.split.as_strings()
@@ -158,53 +138,102 @@ def _prepare_store(canonical: xr.Dataset, data: DataSection, out_path: str | Pat
                 f"{times[0].date()}..{times[-1].date()}", where=f"data.split.{name}",
                 fix="move the split inside the fetched dates or fetch more dates")
         indices[name] = idx
-    if ds.sizes["time"] > 0:
-        split = {n: [str(times[i[0]]), str(times[i[-1]])] for n, i in indices.items()}
+    split = {n: [str(times[i[0]]), str(times[i[-1]])] for n, i in indices.items()}
 
-    # -- masks ----------------------------------------------------------------------------
-    first = ds.isel(time=0)
+    # -- validity: a point is valid where it ever has data (one streamed pass) -----------------
+    counts = compute_with_progress(
+        xr.Dataset({v: ds[v].notnull().sum("time") for v in surface_vars + level_vars}),
+        "checking data", progress)
+    n_time = ds.sizes["time"]
+    ever = {v: counts[v] > 0 for v in surface_vars + level_vars}
+    valid_level = None
     if level_vars:
-        valid_level = first[level_vars[0]].notnull()
+        valid_level = ever[level_vars[0]]
         for v in level_vars[1:]:
-            valid_level = valid_level & first[v].notnull()
-        valid_level = valid_level.compute()
+            valid_level = valid_level & ever[v]
     if surface_vars:
-        valid = first[surface_vars[0]].notnull()
+        valid = ever[surface_vars[0]]
         for v in surface_vars[1:]:
-            valid = valid & first[v].notnull()
-        valid = valid.compute()
+            valid = valid & ever[v]
         if level_vars:
             valid = valid & valid_level.isel(level=0)
     else:
         valid = valid_level.isel(level=0)
-    n_valid = int(valid.sum())
-    if n_valid == 0:
-        raise GeoftError("the bbox holds no valid (ocean) points: everything is NaN",
-                         where="data.bbox", fix="move the box over the ocean or enlarge it")
+    valid = valid.drop_vars([c for c in valid.coords if valid[c].ndim == 0])
+    if int(valid.sum()) == 0:
+        raise GeoftError("the bbox holds no valid points: everything is NaN",
+                         where="data.bbox", fix="move the box over the data or enlarge it")
 
-    # -- NaN inside valid points, and statistics (one streamed pass) -----------------------
-    checks, stats = {}, {}
+    # -- fit the grid to the model's multiples (crop reports what it removes) ----------------
+    multiple = data.patch_size or shape_multiple
+    fit_report: dict[str, Any] = {}
+    if multiple and multiple > 1 and layout != "points":
+        ds_fit, fit_report = fit_to_multiple(ds, multiple, how=data.fit, valid=valid)
+        removed = fit_report.get("valid_points_removed", 0)
+        total = fit_report.get("valid_points_total", 0)
+        if data.fit == "crop" and total and removed / total > data.max_crop_loss:
+            raise GeoftError(
+                f"cropping the grid to multiples of {multiple} would remove {removed} of "
+                f"{total} valid points ({removed / total:.1%}; edges "
+                f"{_describe_changes(fit_report)})", where="data.fit",
+                fix="set data.fit: pad (invalid cells are added instead), or widen/move "
+                    "data.bbox, or raise data.max_crop_loss")
+        if fit_report["changes"]:
+            log.warning("grid %s to multiples of %d: %s%s", "cropped" if data.fit == "crop"
+                        else "padded", multiple, _describe_changes(fit_report),
+                        f" ({removed} of {total} valid points removed)" if data.fit == "crop"
+                        else "")
+        ds = ds_fit
+        sel = {d: ds[d] for d in grid_dims if d in ds.coords}
+        if data.fit == "crop":
+            valid = valid.sel(sel) if sel else valid
+            valid_level = valid_level.sel(sel) if valid_level is not None and sel else valid_level
+            counts = counts.sel(sel) if sel else counts
+        else:
+            pad = {d: (0, c["end"]) for d, c in fit_report["changes"].items()}
+            valid = valid.pad(pad, constant_values=False).assign_coords(sel)
+            if valid_level is not None:
+                valid_level = valid_level.pad(pad, constant_values=False).assign_coords(sel)
+            counts = counts.pad(pad, constant_values=0).assign_coords(sel)
+
+    # -- gaps at valid points: the gap policy ---------------------------------------------------
+    gaps: dict[str, int] = {}
     for v in surface_vars + level_vars:
         mask = valid_level if v in level_vars else valid
-        checks[v] = ds[v].isnull().where(mask, False).sum(("lat", "lon"))
-    counts = _compute(xr.Dataset(checks), "checking NaN", progress)
-    for v in surface_vars + level_vars:
-        c = counts[v]
-        if int(c.sum()) > 0:
-            flat = c.stack(k=c.dims) if c.ndim > 1 else c
-            first_bad = flat.where(flat > 0, drop=True)
-            t0 = pd.Timestamp(first_bad["time"].values.ravel()[0])
-            raise GeoftError(
-                f"variable {v!r} has {int(c.sum())} NaN values at valid points (first at "
-                f"{t0:%Y-%m-%d %H:%M}); training inputs must be NaN-free",
-                where=f"source data, variable {v}",
-                fix="drop those dates (narrow the split) or repair the source files")
+        missing = int(((n_time - counts[v]).where(mask, 0)).sum())
+        if missing:
+            gaps[v] = missing
+    gappy: list[str] = []
+    if gaps and policy == "refuse":
+        v = next(iter(gaps))
+        mask = valid_level if v in level_vars else valid
+        bad_t = ds[v].isnull().where(mask, False).any([d for d in ds[v].dims if d != "time"])
+        t0 = pd.Timestamp(ds["time"].values[int(np.argmax(bad_t.values))])
+        raise GeoftError(
+            f"variable {v!r} has {gaps[v]} missing values at valid points (first at "
+            f"{t0:%Y-%m-%d %H:%M}); the gap policy is 'refuse' (the default for model products, "
+            "where a NaN at a valid point is a defect)", where=f"source data, variable {v}",
+            fix="repair the source files or narrow the split; for observations with real gaps "
+                "set data.gaps: keep (per-time masks) or data.gaps: fill")
+    if gaps and policy == "fill":
+        for v in gaps:
+            # linear in time between the nearest present values, nearest present value at the
+            # ends of the record (documented in docs/contract.md)
+            filled = ds[v].chunk({"time": -1}).interpolate_na("time", method="linear")
+            ds[v] = filled.ffill("time").bfill("time")
+    if gaps and policy == "keep":
+        gappy = list(gaps)
+
+    # -- statistics (train split, valid and present values) ------------------------------------
+    stats = {}
     for v in surface_vars + level_vars:
         mask = valid_level if v in level_vars else valid
         stats[v] = normalisation_stats(ds[v], mask, indices["train"])
 
     # -- fill, statics, attrs ---------------------------------------------------------------
-    out = xr.Dataset(coords={"time": ds["time"], "lat": ds["lat"], "lon": ds["lon"]})
+    coords = {"time": ds["time"], **{n: ds[n] for n in ds.coords
+                                     if set(ds[n].dims) and set(ds[n].dims) <= set(grid_dims)}}
+    out = xr.Dataset(coords=coords)
     if level_vars:
         out = out.assign_coords(level=ds["level"])
     for v in surface_vars + level_vars:
@@ -212,31 +241,53 @@ def _prepare_store(canonical: xr.Dataset, data: DataSection, out_path: str | Pat
         mask = valid_level if v in level_vars else valid
         fill = xr.DataArray(mean, dims=("level",), coords={"level": ds["level"]}) \
             if v in level_vars else float(mean[0])
-        da = ds[v].where(mask, fill).astype(np.float32)
+        present = ds[v].notnull() & mask
+        da = ds[v].where(present, fill).astype(np.float32)
         da.attrs = {k: val for k, val in ds[v].attrs.items()
                     if isinstance(val, (str, int, float, list))}
         da.attrs.setdefault("units", "1")
         da.attrs.update(norm_mean=[float(x) for x in np.atleast_1d(mean)],
                         norm_std=[float(x) for x in np.atleast_1d(std)])
-        out[v] = da.transpose("time", *(("level",) if v in level_vars else ()), "lat", "lon")
-    out["valid"] = valid.astype(bool).drop_vars([c for c in valid.coords if c not in ("lat", "lon")])
+        dims = ("time", *(("level",) if v in level_vars else ()), *grid_dims)
+        out[v] = da.transpose(*dims)
+        if v in gappy:
+            out[PRESENT_PREFIX + v] = present.transpose(*dims).assign_attrs(
+                long_name=f"{v} present (not a gap) at this time")
+    out["valid"] = valid.astype(bool).transpose(*grid_dims)
     if level_vars:
-        out["valid_level"] = valid_level.astype(bool).drop_vars(
-            [c for c in valid_level.coords if c not in ("level", "lat", "lon")])
-    out["lsm"] = (1.0 - out["valid"].astype(np.float32)).assign_attrs(
-        units="1", long_name="land-sea mask (land fraction)")
-    statics = ["lsm"]
-    if "z" in ds:
-        out["z"] = ds["z"].fillna(0.0).astype(np.float32).assign_attrs(
-            units="m2 s-2", long_name=ds["z"].attrs.get("long_name", "surface geopotential"))
-        statics.append("z")
-    out["lat"].attrs.update(units="degrees_north", standard_name="latitude")
-    out["lon"].attrs.update(units="degrees_east", standard_name="longitude")
+        out["valid_level"] = valid_level.astype(bool).transpose("level", *grid_dims)
+    statics = []
+    if "lsm" in ds and "time" not in ds["lsm"].dims:
+        out["lsm"] = to_canonical_units(ds["lsm"], "lsm").fillna(0.0).astype(np.float32)
+        out["lsm"].attrs.setdefault("long_name", "land-sea mask (land fraction)")
+    else:  # no mask from the source: where the data never exists is land (ocean data)
+        out["lsm"] = (1.0 - out["valid"].astype(np.float32)).assign_attrs(
+            units="1", long_name="land-sea mask (land fraction), 1 where the data never exists")
+    statics.append("lsm")
+    listed = list(canonical.attrs.get("geoft_static_vars", []))
+    for name in dict.fromkeys([*KNOWN_STATICS, *listed]):
+        if name == "lsm" or name not in ds or "time" in ds[name].dims:
+            continue
+        if set(ds[name].dims) != set(grid_dims):
+            raise GeoftError(f"static {name!r} has dims {ds[name].dims}; expected {grid_dims}",
+                             where=where)
+        da = to_canonical_units(ds[name], name, where=f"{where}, static {name}")
+        out[name] = da.fillna(0.0).astype(np.float32).transpose(*grid_dims)
+        out[name].attrs.setdefault("long_name", name)
+        statics.append(name)
+    if "crs" in ds.variables:
+        out["crs"] = ds["crs"]
+    if "lat" in out.coords:
+        out["lat"].attrs.update(units="degrees_north", standard_name="latitude")
+        out["lon"].attrs.update(units="degrees_east", standard_name="longitude")
     out.attrs.update(
         geoft_store_version=STORE_VERSION,
+        geoft_layout=layout,
         geoft_surface_vars=surface_vars,
         geoft_level_vars=level_vars,
         geoft_static_vars=statics,
+        geoft_gappy_vars=gappy,
+        geoft_gap_policy=policy,
         geoft_split=split,
         geoft_timestep_hours=timestep,
         geoft_lineage=json.dumps(lineage or {}, default=str),
@@ -244,19 +295,29 @@ def _prepare_store(canonical: xr.Dataset, data: DataSection, out_path: str | Pat
     problems = validate_contract(out)
     if problems:  # a bug in a dataset plugin or here, never the user's input
         raise RuntimeError(f"prepared data breaks the store contract: {problems}")
-    chunks = {"time": data.chunk_days}
-    out = out.chunk({**chunks, "lat": -1, "lon": -1, **({"level": -1} if level_vars else {})})
-    for name in ("valid", "lsm", "z", "valid_level"):
+    chunks = {"time": data.chunk_days, **{d: -1 for d in grid_dims},
+              **({"level": -1} if level_vars else {})}
+    out = out.chunk(chunks)
+    for name in ["valid", "valid_level", *statics]:
         if name in out:
             out[name] = out[name].chunk({d: -1 for d in out[name].dims})
-    atomic_write_zarr(out, out_path,
-                      progress=lambda delayed: _compute(delayed, "writing store", progress))
+    atomic_write_zarr(out, out_path, progress=lambda delayed: compute_with_progress(
+        delayed, "writing store", progress))
+    n_valid = int(out["valid"].sum())
     return {
-        "store": str(out_path),
-        "grid": [int(out.sizes["lat"]), int(out.sizes["lon"])],
+        "store": str(out_path), "layout": layout,
+        "grid": [int(out.sizes[d]) for d in grid_dims],
         "levels": [float(x) for x in out["level"].values] if level_vars else [],
         "surface_vars": surface_vars, "level_vars": level_vars,
         "times": int(out.sizes["time"]), "timestep_hours": timestep,
         "split_sizes": {n: int(i.size) for n, i in indices.items()},
-        "valid_fraction": round(n_valid / valid.size, 4),
+        "valid_fraction": round(n_valid / int(out["valid"].size), 4),
+        "fit": fit_report, "gap_policy": policy, "missing_values": gaps,
     }
+
+
+def _describe_changes(report: dict[str, Any]) -> str:
+    parts = []
+    for dim, c in report.get("changes", {}).items():
+        parts.append(f"{dim}: {c['start']} at the start, {c['end']} at the end")
+    return "; ".join(parts) or "none"

@@ -38,3 +38,68 @@ def track(items: Iterable[T], description: str, *, total: int | None = None,
         for item in items:
             yield item
             progress.advance(task)
+
+
+class Task:
+    """One progress task: ``advance(n)``, ``update(completed=..., status=...)``; a no-op when
+    progress is disabled."""
+
+    def __init__(self, progress=None, task_id=None):
+        self._progress, self._task = progress, task_id
+
+    def advance(self, n: float = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+
+    def update(self, *, completed: float | None = None, total: float | None = None,
+               status: str | None = None) -> None:
+        if self._progress is None:
+            return
+        kw = {k: v for k, v in (("completed", completed), ("total", total)) if v is not None}
+        if status is not None:
+            kw["status"] = status
+        self._progress.update(self._task, **kw)
+
+
+class progress_task:  # noqa: N801 - used as a context manager, like open()
+    """``with progress_task(enabled, "forecast", total) as task: ... task.advance()`` -- the
+    one progress helper of geoft and its plugins (rich, on stderr; silent per
+    :func:`progress_enabled`)."""
+
+    def __init__(self, enabled: bool, description: str, total: float | None = None, *,
+                 completed: float = 0, transient: bool = False):
+        self.enabled, self.description, self.total = enabled, description, total
+        self.completed, self.transient = completed, transient
+        self._progress = None
+
+    def __enter__(self) -> Task:
+        if not progress_enabled(self.enabled):
+            return Task()
+        self._progress = make_progress(True, transient=self.transient)
+        self._progress.__enter__()
+        return Task(self._progress, self._progress.add_task(
+            self.description, total=self.total, completed=self.completed, status=""))
+
+    def __exit__(self, *exc) -> bool:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+        return False
+
+
+def compute_with_progress(obj, description: str, enabled: bool = True):
+    """Compute a dask collection (or ``Delayed``) with a progress bar over its tasks."""
+    import dask
+    from dask.callbacks import Callback
+
+    with progress_task(enabled, description) as task:
+
+        class _Bar(Callback):
+            def _start_state(self, dsk, state):
+                task.update(total=len(state["ready"]) + len(state["waiting"])
+                            + len(state["running"]) + len(state["finished"]))
+
+            def _posttask(self, key, result, dsk, state, worker_id):
+                task.update(completed=len(state["finished"]))
+
+        with _Bar():
+            return obj.compute() if hasattr(obj, "compute") else dask.compute(obj)[0]

@@ -21,15 +21,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from geoft.errors import RecipeError
-
-
-class Strict(BaseModel):
-    """Base for every recipe model: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
+from geoft.schema import Strict
 
 
 class PluginRef(Strict):
@@ -80,14 +75,26 @@ class DataSection(Strict):
     dataset: str = Field("canonical", description="registered dataset mapping the raw layout")
     options: dict[str, Any] = Field(default_factory=dict)
     bbox: BBox | None = Field(None, description="crop before preparing (None: whole source)")
-    patch_size: int = Field(4, ge=1, description="crop the grid so that lat/lon sizes are "
-                            "multiples of this (Aurora's patch size)")
+    patch_size: int | None = Field(
+        None, ge=1, description="make the grid sizes multiples of this (e.g. Aurora's patch "
+        "size); default: what the recipe's model needs (Aurora: its patch size), else nothing")
+    fit: Literal["crop", "pad"] = Field(
+        "crop", description="how to reach those multiples: crop (centred; refused when it would "
+        "drop more than max_crop_loss of the valid points) or pad (NaN cells at the south/east "
+        "edges, invalid for losses and scores)")
+    max_crop_loss: float = Field(0.05, ge=0, le=1, description="largest fraction of valid "
+                                 "points a crop may remove")
     split: Split
     chunk_days: int = Field(31, ge=1, description="time chunk of the prepared store")
+    gaps: Literal["refuse", "keep", "fill"] | None = Field(
+        None, description="missing values at valid points: refuse (the default for model "
+        "products: a NaN there is a defect), keep (the default for observation products: "
+        "per-time presence masks, gaps never count in losses or scores), fill (linear in time, "
+        "nearest at the ends)")
 
 
 class ModelSection(Strict):
-    name: str = Field("aurora", description="registered model adapter")
+    name: str = Field(description="registered model adapter (`geoft plugins list`), e.g. aurora")
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -96,10 +103,16 @@ class EvaluateSection(Strict):
     checkpoint: str = Field("best", description="'best', 'latest' or a checkpoint directory")
     lead_steps: int = Field(5, ge=1, description="forecast steps per initial time")
     max_init_times: int | None = Field(None, ge=1, description="cap on initial times (None: all)")
-    metrics: list[str] = Field(default_factory=lambda: ["rmse", "bias", "acc"])
-    baselines: list[str] = Field(default_factory=lambda: ["persistence", "climatology"])
+    metrics: list[str] | None = Field(
+        None, description="registered metrics (default: rmse, bias, acc on grids; rmse, mae, "
+                          "bias on tables)")
+    baselines: list[str] | None = Field(
+        None, description="registered reference forecasts (default: persistence, climatology "
+                          "on grids; train-mean, climatology on tables)")
     maps: bool = Field(True, description="write PNG maps of truth/prediction/error")
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1, description="initial times per forward pass")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where the model forecasts (auto: a GPU when one is visible)")
 
 
 class Recipe(Strict):
@@ -109,7 +122,8 @@ class Recipe(Strict):
     seed: int = 0
     source: PluginRef
     data: DataSection
-    model: ModelSection = Field(default_factory=ModelSection)
+    model: ModelSection | None = Field(None, description="the model to fine-tune and evaluate "
+                                       "(none for densify/assimilate-only recipes)")
     train: dict[str, Any] | None = None
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
     densify: dict[str, Any] | None = None
@@ -122,7 +136,22 @@ class Recipe(Strict):
 
     @property
     def store_path(self) -> Path:
+        """The prepared store of gridded data."""
         return self.workdir / "prepared" / "store.zarr"
+
+    @property
+    def table_path(self) -> Path:
+        """The prepared table of tabular data."""
+        return self.workdir / "prepared" / "table.parquet"
+
+    @property
+    def prepared_path(self) -> Path:
+        """Whichever of the store and the table ``geoft prepare`` wrote last (the store when
+        neither exists yet)."""
+        found = [p for p in (self.store_path, self.table_path) if p.exists()]
+        if not found:
+            return self.store_path
+        return max(found, key=lambda p: p.stat().st_mtime)
 
     @property
     def finetune_dir(self) -> Path:
@@ -311,8 +340,14 @@ def load_recipe(path: str | Path | None = None, *, data: dict | None = None,
             if raw is not None or key == "model":
                 parts[key] = check((key, "options") if key == "model" else (key,), model,
                                    recipe.model.options if key == "model" else raw)
+        if recipe.train is not None and recipe.model is None:
+            line = _line_of(node, ("train",))
+            raise RecipeError("train: a train section needs a model section",
+                              where=f"{path or '<recipe>'}" + (f":{line}" if line else ""),
+                              fix="add `model: {name: aurora}` (or another model), or remove "
+                                  "train")
         for kind, key in (("metric", "metrics"), ("baseline", "baselines")):
-            for i, name in enumerate(getattr(recipe.evaluate, key)):
+            for i, name in enumerate(getattr(recipe.evaluate, key) or []):
                 try:
                     pm.entry(kind, name)
                 except RecipeError:
@@ -326,6 +361,18 @@ def load_recipe(path: str | Path | None = None, *, data: dict | None = None,
             if name in data:
                 extras[name] = check((name,), model, data[name])
 
+    loaded = LoadedRecipe(path, recipe, parts, extras, {})
+    if pm is not None and recipe.model is not None:
+        adapter = pm.get("model", recipe.model.name)
+        check_model = getattr(adapter, "check_recipe", None)
+        problems = check_model(loaded) if callable(check_model) else []
+        if problems:
+            key_path, what, fix = problems[0]
+            line = _line_of(node, key_path)
+            raise RecipeError(f"{'.'.join(map(str, key_path))}: {what}",
+                              where=f"{path or '<recipe>'}" + (f":{line}" if line else ""),
+                              fix=fix or None)
+
     resolved = recipe.model_dump(mode="json")
     for key, model in parts.items():
         dumped = model.model_dump(mode="json")
@@ -335,13 +382,14 @@ def load_recipe(path: str | Path | None = None, *, data: dict | None = None,
             resolved[key] = dumped
     for name, model in extras.items():
         resolved[name] = model.model_dump(mode="json")
-    return LoadedRecipe(path, recipe, parts, extras, resolved)
+    loaded.resolved = resolved
+    return loaded
 
 
 def _stage_models(pm, recipe: Recipe) -> dict[str, type[BaseModel]]:
     """The schema of each stage section, from the plugins that run the stage."""
     models: dict[str, type[BaseModel]] = {}
-    if recipe.model.name:
+    if recipe.model is not None:
         adapter = pm.get("model", recipe.model.name)
         models["model"] = adapter.Options
         if recipe.train is not None:

@@ -1,21 +1,33 @@
-"""Evaluation reports: a markdown summary, an RMSE-vs-lead plot and maps, written atomically."""
+"""Evaluation reports: a markdown summary, an RMSE-vs-lead plot and maps (any grid layout),
+skill tables for every metric that declares what is better, written atomically."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from geoft.lineage import atomic_write_text
+from geoft.io import atomic_write, atomic_write_text
 
 
 def _savefig(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda p: fig.savefig(p, dpi=110, bbox_inches="tight",
+                                                    format="png"))
+
+
+def draw_field(ax, grid, values, **kwargs):
+    """Draw ``values`` (the grid's shape) on ``ax`` in longitude/latitude (degrees, longitudes
+    in -180..180): ``pcolormesh`` for lat/lon and projected grids, ``scatter`` for point sets."""
+    lat, lon = grid.lat_lon_points()
+    lon = np.where(lon > 180, lon - 360, lon)
+    values = np.asarray(values)
+    if grid.kind == "points":
+        return ax.scatter(lon, lat, c=values, s=12, **kwargs)
+    if grid.kind == "latlon":
+        lon1 = np.where(grid.lon > 180, grid.lon - 360, grid.lon)
+        return ax.pcolormesh(lon1, grid.lat, values, shading="auto", **kwargs)
+    return ax.pcolormesh(lon, lat, values, shading="auto", **kwargs)
 
 
 def plot_rmse_vs_lead(table: pd.DataFrame, out: Path, lead_hours: float) -> Path:
@@ -60,8 +72,6 @@ def plot_maps(store, forecasts, truth, out: Path, var: str, lead_index: int) -> 
         pers = pers.isel(sel).isel(level=0) if pers is not None else None
     elif pers is not None:
         pers = pers.isel(sel)
-    lon = np.where(store.lon > 180, store.lon - 360, store.lon)
-    lat = store.lat
     panels = [("truth", t, "viridis"), ("model", p, "viridis"), ("model - truth", p - t, "RdBu_r")]
     if pers is not None:
         panels.append(("persistence - truth", pers - t, "RdBu_r"))
@@ -71,13 +81,16 @@ def plot_maps(store, forecasts, truth, out: Path, var: str, lead_index: int) -> 
     fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.2), squeeze=False)
     for ax, (title, data, cmap) in zip(axes[0], panels):
         kw = dict(vmin=-err, vmax=err) if cmap == "RdBu_r" else dict(vmin=vmin, vmax=vmax)
-        im = ax.pcolormesh(lon, lat, np.asarray(data), cmap=cmap, shading="auto", **kw)
+        im = draw_field(ax, store.grid, np.asarray(data), cmap=cmap, **kw)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("lon")
-        ax.set_aspect("equal")
+        if store.grid.kind == "latlon":
+            ax.set_aspect("equal")
         fig.colorbar(im, ax=ax, shrink=0.75)
     axes[0][0].set_ylabel("lat")
-    level = f" at {float(truth['level'][0]):g} m" if "level" in truth[var].dims else ""
+    level_units = truth["level"].attrs.get("units", "") if "level" in truth.coords else ""
+    level = (f" at {float(truth['level'][0]):g} {level_units}".rstrip()
+             if "level" in truth[var].dims else "")
     init = str(truth["init_time"].values[0])[:10]
     fig.suptitle(f"{var}{level} ({truth[var].attrs.get('units', '')}), init {init}, "
                  f"lead {int(truth['lead'][lead_index])} step(s)", fontsize=10)
@@ -96,8 +109,20 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
     return pivot
 
 
+def _skill_lines(skills: pd.DataFrame | None) -> list[str]:
+    if skills is None or skills.empty:
+        return []
+    pivot = skills.pivot_table(index=["metric", "baseline"], columns="variable",
+                               values="skill").reset_index()
+    return ["## Skill against each baseline", "",
+            "(score - score_ref) / (perfect - score_ref), mean over leads and levels: > 0 means "
+            "the model is better, 1 is perfect; for RMSE it is 1 - RMSE/RMSE_ref.", "",
+            pivot.to_markdown(index=False, floatfmt="+.3f"), ""]
+
+
 def write_report(out: Path, store, forecasts, truth, table, *, skill, checkpoint, recipe,
-                 lead_hours: float, maps: bool = True) -> list[Path]:
+                 lead_hours: float, maps: bool = True, skills: pd.DataFrame | None = None
+                 ) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     figures = [plot_rmse_vs_lead(table, out, lead_hours)] if (table.metric == "rmse").any() else []
     if maps:
@@ -109,18 +134,60 @@ def write_report(out: Path, store, forecasts, truth, table, *, skill, checkpoint
              f"- recipe hash: `{recipe.hash}`; split `{recipe.recipe.evaluate.split}`, "
              f"{truth.sizes['init_time']} initial times, {truth.sizes['lead']} lead steps of "
              f"{lead_hours:g} h",
-             "- metrics: latitude-weighted (WeatherBench 2 cell-area weights) over valid ocean "
-             "points only; ACC against the train-split day-of-year climatology.", ""]
+             f"- grid: {store.grid.describe()}; metrics weighted by cell area (WeatherBench 2 "
+             "band areas on lat/lon grids, map-factor areas on projected grids) over valid "
+             "points only (gaps never count; `n` in metrics.csv is the number of values "
+             "scored); ACC against the train-split day-of-year climatology.", ""]
     if skill:
         lines += ["## RMSE skill vs persistence (1 - RMSE/RMSE_persistence, mean over leads "
                   "and levels; > 0 means better)", "",
                   "| variable | skill |", "|---|---|"]
         lines += [f"| {v} | {s:+.3f} |" for v, s in skill.items()] + [""]
+    lines += _skill_lines(skills)
     lines += ["## Scores at the first and last lead (mean over levels)", "",
               pivot.reset_index().to_markdown(index=False, floatfmt=".4g", missingval="n/a"), "",
               "(ACC of climatology is undefined: its anomaly is zero everywhere.)", "",
               "## Figures", ""]
     lines += [f"![{f.stem}]({f.name})" for f in figures]
     lines += ["", "Full table: `metrics.csv` (source, variable, level, lead, metric, value)."]
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    return figures
+
+
+def write_table_report(out: Path, store, predictions, truth, table, skills, *, checkpoint,
+                       recipe, split: str) -> list[Path]:
+    """report.md and a predicted-vs-true scatter per target for a prepared table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    figures = []
+    for target in store.targets:
+        t = np.asarray(truth[target], np.float64)
+        fig, axes = plt.subplots(1, len(predictions), figsize=(3.6 * len(predictions), 3.4),
+                                 squeeze=False)
+        lo, hi = np.nanpercentile(t, [0.5, 99.5])
+        for ax, (source, pred) in zip(axes[0], predictions.items()):
+            p = np.asarray(pred[target], np.float64)
+            ax.hexbin(t, p, gridsize=40, mincnt=1, extent=(lo, hi, lo, hi), bins="log")
+            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+            ax.set_title(source, fontsize=9)
+            ax.set_xlabel(f"true {target} ({store.units.get(target, '')})")
+        axes[0][0].set_ylabel("predicted")
+        fig.tight_layout()
+        figures.append(_savefig(fig, out / f"scatter_{target}.png"))
+        plt.close(fig)
+    pivot = table.pivot_table(index=["variable", "metric"], columns="source",
+                              values="value").reset_index()
+    lines = [f"# geoft evaluation: {recipe.recipe.name}", "",
+             f"- checkpoint: `{checkpoint}`",
+             f"- recipe hash: `{recipe.hash}`; split `{split}`, {len(truth['time'])} rows; "
+             f"features {', '.join(store.features)}; targets {', '.join(store.targets)}", "",
+             "## Scores", "", pivot.to_markdown(index=False, floatfmt=".4g"), ""]
+    lines += _skill_lines(skills)
+    lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures]
+    lines += ["", "Full table: `metrics.csv` (source, variable, metric, value, n)."]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     return figures

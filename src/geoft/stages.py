@@ -48,6 +48,7 @@ def run_fetch(loaded: LoadedRecipe, *, dry_run: bool = False, progress: bool = T
 
 def run_prepare(loaded: LoadedRecipe, *, progress: bool = True) -> dict:
     from geoft.prepare import prepare_store
+    from geoft.table import is_table
 
     t0 = time.perf_counter()
     recipe = loaded.recipe
@@ -57,20 +58,36 @@ def run_prepare(loaded: LoadedRecipe, *, progress: bool = True) -> dict:
     dataset = instance(pm.get("dataset", recipe.data.dataset))
     with blame(_entry("dataset", recipe.data.dataset), "mapping the raw data (to_canonical)"):
         canonical = dataset.to_canonical(raw, loaded.parts["data"])
+    out = recipe.table_path if is_table(canonical) else recipe.store_path
     record = make_lineage("prepare", loaded, inputs=[recipe.raw_dir])
-    summary = prepare_store(canonical, recipe.data, recipe.store_path, lineage=record,
-                            progress=progress)
+    summary = prepare_store(canonical, recipe.data, out, lineage=record, progress=progress,
+                            shape_multiple=_shape_multiple(loaded))
     record["facts"] = summary
-    write_lineage(recipe.store_path.parent, record, loaded)
+    write_lineage(out.parent, record, loaded)
     return {"stage": "prepare", **summary, "seconds": round(time.perf_counter() - t0, 2)}
 
 
+def _shape_multiple(loaded: LoadedRecipe) -> int | None:
+    """What the recipe's model needs the grid sizes to be multiples of (None: nothing)."""
+    if loaded.recipe.model is None or loaded.recipe.data.patch_size is not None:
+        return None
+    adapter = instance(get_plugin_manager().get("model", loaded.recipe.model.name))
+    fn = getattr(adapter, "shape_multiple", None)
+    return fn(loaded.parts.get("model")) if callable(fn) else None
+
+
 def _model_adapter(loaded: LoadedRecipe):
+    if loaded.recipe.model is None:
+        raise GeoftError("the recipe has no model section", where=str(loaded.path),
+                         fix="add `model: {name: aurora, options: {...}}` (see "
+                             "recipes/ocean-demo.yaml), or run only the stages the recipe "
+                             "defines (`geoft run RECIPE` without --stages)")
     return instance(get_plugin_manager().get("model", loaded.recipe.model.name))
 
 
 def run_finetune(loaded: LoadedRecipe, *, resume: bool = True, progress: bool = True) -> dict:
     recipe = loaded.recipe
+    _model_adapter(loaded)
     if "train" not in loaded.parts:
         raise GeoftError("the recipe has no train section", where=str(loaded.path),
                          fix="add a `train:` section (see `geoft recipe schema`)")
@@ -86,7 +103,7 @@ def run_finetune(loaded: LoadedRecipe, *, resume: bool = True, progress: bool = 
 
 
 def _require_store(loaded: LoadedRecipe) -> Path:
-    path = loaded.recipe.store_path
+    path = loaded.recipe.prepared_path
     if not path.exists():
         raise GeoftError("no prepared store", where=str(path),
                          fix=f"run `geoft prepare {loaded.path or 'RECIPE'}` first")
@@ -100,6 +117,29 @@ def run_evaluate(loaded: LoadedRecipe, *, checkpoint: str | None = None,
     store = _require_store(loaded)
     return evaluate(loaded, store, checkpoint=checkpoint, progress=progress,
                     adapter=_model_adapter(loaded))
+
+
+def stages_of(loaded: LoadedRecipe) -> list[str]:
+    """The stages a recipe defines, in pipeline order: fetch and prepare always; finetune with a
+    model and a train section; evaluate with a model; densify/assimilate with their sections."""
+    r = loaded.recipe
+    out = ["fetch", "prepare"]
+    if r.model is not None and r.train is not None:
+        out.append("finetune")
+    if r.model is not None:
+        out.append("evaluate")
+    out += [s for s in ("densify", "assimilate") if getattr(r, s) is not None]
+    return out
+
+
+def run_stage(loaded: LoadedRecipe, stage: str, *, progress: bool = True) -> dict:
+    """Run one stage by name (the table :data:`RUNNERS`)."""
+    if stage not in RUNNERS:
+        raise GeoftError(f"unknown stage {stage!r}", fix=f"choose from {', '.join(STAGES)}")
+    runner = globals()[RUNNERS[stage]]
+    if runner is run_reconstruction or RUNNERS[stage] == "run_reconstruction":
+        return runner(loaded, stage, progress=progress)
+    return runner(loaded, progress=progress)
 
 
 def run_reconstruction(loaded: LoadedRecipe, stage: str, *, resume: bool = True,
@@ -135,3 +175,9 @@ def run_reconstruction(loaded: LoadedRecipe, stage: str, *, resume: bool = True,
     record["facts"] = summary["result"]
     write_lineage(out / out_name, record, loaded)
     return summary
+
+
+#: stage name -> the function that runs it (looked up by name, so it can be replaced)
+RUNNERS = {"fetch": "run_fetch", "prepare": "run_prepare", "finetune": "run_finetune",
+           "evaluate": "run_evaluate", "densify": "run_reconstruction",
+           "assimilate": "run_reconstruction"}

@@ -30,7 +30,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -41,9 +40,11 @@ import xarray as xr
 
 from geoft.errors import GeoftError
 
-STORE_VERSION = 1
+STORE_VERSION = 2
 SPLITS = ("train", "val", "test")
 MASK_VARS = ("valid", "valid_level")
+#: ``present_<var>``: per-time presence mask of a variable with gaps (gap policy ``keep``)
+PRESENT_PREFIX = "present_"
 
 
 def to_utc_datetimes(times: Iterable[Any]) -> tuple[_dt.datetime, ...]:
@@ -87,6 +88,7 @@ class PreparedStore:
         self.surface_vars: tuple[str, ...] = tuple(a.get("geoft_surface_vars", ()))
         self.level_vars: tuple[str, ...] = tuple(a.get("geoft_level_vars", ()))
         self.static_vars: tuple[str, ...] = tuple(a.get("geoft_static_vars", ()))
+        self.gappy_vars: tuple[str, ...] = tuple(a.get("geoft_gappy_vars", ()))
         self.split = parse_split(a.get("geoft_split", {}))
         self.timestep = _dt.timedelta(hours=float(a.get("geoft_timestep_hours", 24)))
         self.times = pd.DatetimeIndex(ds["time"].values)
@@ -115,6 +117,19 @@ class PreparedStore:
 
     # -- grid ---------------------------------------------------------------------------------
     @property
+    def grid(self):
+        """The store's :class:`geoft.grid.Grid` (dims, cell-area weights, nearest-cell lookup)."""
+        if "_grid" not in self.__dict__:
+            from geoft.grid import grid_of
+
+            self.__dict__["_grid"] = grid_of(self.ds)
+        return self.__dict__["_grid"]
+
+    @property
+    def grid_dims(self) -> tuple[str, ...]:
+        return self.grid.dims
+
+    @property
     def has_levels(self) -> bool:
         return "level" in self.ds.dims
 
@@ -124,6 +139,7 @@ class PreparedStore:
 
     @property
     def lat(self) -> np.ndarray:
+        """Latitude coordinate values (1-D on lat/lon grids, 2-D on projected grids)."""
         return self.ds["lat"].values
 
     @property
@@ -131,8 +147,12 @@ class PreparedStore:
         return self.ds["lon"].values
 
     @property
-    def grid_shape(self) -> tuple[int, int]:
-        return tuple(int(s) for s in self.ds["valid"].shape)  # type: ignore[return-value]
+    def grid_shape(self) -> tuple[int, ...]:
+        return self.grid.shape
+
+    def var_dims(self, var: str) -> tuple[str, ...]:
+        """Dims of one time step of ``var``: ``([level,] *grid dims)``."""
+        return (("level",) if var in self.level_vars else ()) + self.grid.dims
 
     @property
     def variables(self) -> tuple[str, ...]:
@@ -140,11 +160,32 @@ class PreparedStore:
 
     # -- masks, statics, statistics ----------------------------------------------------------
     def valid(self, var: str | None = None) -> np.ndarray:
-        """Boolean validity mask: ``(lat, lon)`` for surface vars (or ``var=None``),
-        ``(level, lat, lon)`` for level vars."""
+        """Boolean validity mask over the grid dims for surface vars (or ``var=None``), with a
+        leading ``level`` dim for level vars."""
         if var is not None and var in self.level_vars:
             return self.ds["valid_level"].values.astype(bool)
         return self.ds["valid"].values.astype(bool)
+
+    def present(self, var: str, index: int | slice | np.ndarray | None = None
+                ) -> np.ndarray | None:
+        """Per-time presence mask of ``var`` (True where observed) at time ``index`` (all times
+        when None), shaped like the variable; ``None`` when ``var`` has no gaps (present
+        wherever it is valid)."""
+        if var not in self.gappy_vars:
+            return None
+        da = self.ds[PRESENT_PREFIX + var]
+        return np.asarray((da if index is None else da.isel(time=index)).values, bool)
+
+    def valid_at(self, var: str, index: int | np.ndarray) -> np.ndarray:
+        """Where ``var`` holds real data at time ``index``: the static mask and, for variables
+        with gaps, the presence mask (broadcast to ``(len(index), ...)`` for arrays)."""
+        static = self.valid(var)
+        present = self.present(var, index)
+        if present is None:
+            if np.ndim(index) == 0:
+                return static.copy()
+            return np.broadcast_to(static, (len(index),) + static.shape).copy()
+        return present & static
 
     def static(self, name: str) -> np.ndarray:
         return self.ds[name].values
@@ -181,6 +222,17 @@ class PreparedStore:
         return json.loads(raw) if isinstance(raw, str) else (raw or {})
 
 
+def open_prepared(path: str | os.PathLike):
+    """A prepared store (zarr, :class:`PreparedStore`) or table (:class:`geoft.table.TableStore`)
+    at ``path``, whichever it is."""
+    path = Path(path)
+    from geoft.table import META_FILE, TableStore
+
+    if (path / META_FILE).is_file():
+        return TableStore.open(path)
+    return PreparedStore.open(path)
+
+
 def validate_contract(ds: xr.Dataset) -> list[str]:
     """Problems that make ``ds`` break the prepared-store contract (empty when it holds)."""
     problems: list[str] = []
@@ -195,24 +247,21 @@ def validate_contract(ds: xr.Dataset) -> list[str]:
         return problems
     if "time" not in ds.dims:
         problems.append("no time dimension")
-    projected = "y" in ds.dims and "x" in ds.dims
-    if projected:
-        if ds["lat"].ndim != 2 or ds["lon"].ndim != 2:
-            problems.append("projected grids need 2-D lat(y, x) and lon(y, x)")
-    else:
-        lat = ds["lat"].values
-        lon = ds["lon"].values
-        if lat.ndim != 1 or not np.all(np.diff(lat) < 0):
-            problems.append("lat must be 1-D and strictly decreasing")
-        if lon.ndim != 1 or not np.all(np.diff(lon) > 0):
-            problems.append("lon must be 1-D and strictly increasing")
-        if lon.size and (lon.min() < 0 or lon.max() >= 360):
-            problems.append("lon must lie in [0, 360)")
+    from geoft.grid import validate_layout
+
+    problems.extend(validate_layout(ds))
     for name in ("valid", "lsm"):
         if name not in ds:
             problems.append(f"static field {name!r} missing")
     if a["geoft_level_vars"] and "valid_level" not in ds:
         problems.append("valid_level mask missing for level variables")
+    for var in a.get("geoft_gappy_vars", []):
+        mask = PRESENT_PREFIX + var
+        if mask not in ds:
+            problems.append(f"presence mask {mask!r} missing for gappy variable {var!r}")
+        elif var in ds and ds[mask].dims != ds[var].dims:
+            problems.append(f"presence mask {mask!r} has dims {ds[mask].dims}, not those of "
+                            f"{var!r} {ds[var].dims}")
     for var in list(a["geoft_surface_vars"]) + list(a["geoft_level_vars"]):
         if var not in ds:
             problems.append(f"variable {var!r} listed but missing")
@@ -245,30 +294,19 @@ def normalisation_stats(da: xr.DataArray, valid: xr.DataArray, train: np.ndarray
 
 
 def atomic_write_zarr(ds: xr.Dataset, path: str | os.PathLike, *, progress=None) -> Path:
-    """Write ``ds`` to ``path`` through a temporary sibling directory and rename, so a killed
-    write never leaves something that looks like a finished store."""
+    """Write ``ds`` to ``path`` through a temporary sibling directory and rename
+    (:func:`geoft.io.atomic_directory`), so a killed write never leaves something that looks
+    like a finished store. ``progress(delayed)`` computes the delayed write (with a bar)."""
+    from geoft.io import atomic_directory
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    path.parent.mkdir(parents=True, exist_ok=True)
     for v in ds.variables.values():
         v.encoding.pop("chunks", None)
         v.encoding.pop("preferred_chunks", None)
-    try:
+    with atomic_directory(path) as tmp:
         delayed = ds.to_zarr(tmp, mode="w", compute=False, consolidated=False)
         if progress is not None:
             progress(delayed)
         else:
             delayed.compute()
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(path)
     return path

@@ -12,8 +12,10 @@ What the adapter does, in the order a fine-tuning run needs it:
 * **Normalisation**: Aurora normalises inside ``forward`` with the module-level dicts
   ``aurora.normalisation.locations``/``scales``. Per-level keys are
   ``f"{var}_{aurora.normalisation.level_to_str(level)}"``: levels are rounded to three
-  decimals and the decimal point becomes ``_`` (depth 0.494 m -> ``thetao_0_494``). The adapter
-  registers every variable from the store statistics (train split).
+  decimals and the decimal point becomes ``_`` (depth 0.494 m -> ``thetao_0_494``). The models
+  geoft builds carry their statistics (train split) and put them into those dicts only while
+  their own ``forward`` runs (:func:`normalisation_scope`), so two models with different
+  statistics can live in one process and nothing leaks into other code using Aurora.
 * **Batches**: :class:`aurora.Batch` with two history steps ``(t-1, t)``, UTC-aware times (Aurora
   reads naive datetimes as local time), lat decreasing and lon in [0, 360) as the store has them.
 
@@ -23,19 +25,18 @@ from a checkpoint directory without the store, :func:`forecast` rolls it out ove
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
-import inspect
 import json
 import logging
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, Sequence, Union
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import aurora
 import aurora.normalisation as aurora_norm
@@ -43,32 +44,23 @@ from aurora import Batch, Metadata
 from aurora.normalisation import level_to_str
 
 from geoft.errors import GeoftError
+from geoft.io import atomic_write_json
+from geoft.progress import progress_task
+from geoft.models.aurora_options import (  # noqa: F401 - re-exported
+    MANAGED_KWARGS,
+    SIZE_KEYS,
+    AuroraOptions,
+    AuroraTrainConfig,
+    HubWeights,
+    LocalWeights,
+    LoraOptions,
+    RandomWeights,
+    aurora_classes,
+    constructor_parameters,
+)
 from geoft.store import PreparedStore, to_utc_datetimes
 
 log = logging.getLogger(__name__)
-
-#: Constructor arguments a ``custom`` architecture may set through ``model.options.size``.
-SIZE_KEYS = (
-    "embed_dim", "encoder_depths", "decoder_depths", "encoder_num_heads", "decoder_num_heads",
-    "num_heads", "patch_size", "latent_levels", "window_size", "mlp_ratio", "enc_depth",
-    "dec_depth", "dec_mlp_ratio", "drop_path", "drop_rate", "perceiver_ln_eps",
-)
-
-#: Constructor arguments geoft sets itself, and the option that controls each.
-MANAGED_KWARGS = {
-    "surf_vars": "the store's surface variables",
-    "atmos_vars": "the store's level variables",
-    "static_vars": "the store's static fields",
-    "timestep": "the store's time step (geoft_timestep_hours)",
-    "level_condition": "model.options.level_condition",
-    "stabilise_level_agg": "model.options.stabilise_level_agg",
-    "positive_surf_vars": "model.options.positive_surf_vars",
-    "positive_atmos_vars": "model.options.positive_atmos_vars",
-    "autocast": "model.options.autocast",
-    "bf16_mode": "model.options.autocast",
-    "use_lora": "model.options.lora.engine",
-    "surf_stats": "the store statistics (registered with aurora.normalisation)",
-}
 
 #: Aurora's lead-time Fourier expansion asserts lead times within [1 min, 3 weeks].
 MAX_TIMESTEP_HOURS = 24 * 7 * 3
@@ -79,189 +71,65 @@ _LORA_KEY = re.compile(r"(^|\.)lora_")
 _CKPT_WRAP = "_checkpoint_wrapped_module."
 
 
-def aurora_classes() -> dict[str, type]:
-    """Model classes exported by ``aurora`` (``Aurora`` and its subclasses), by name."""
-    out = {}
-    for name in aurora.__all__:
-        obj = getattr(aurora, name, None)
-        if isinstance(obj, type) and issubclass(obj, aurora.Aurora):
-            out[name] = obj
-    return out
+@contextlib.contextmanager
+def normalisation_scope(entries: dict[str, Sequence[float]] | None) -> Iterator[None]:
+    """Put ``{key: (location, scale)}`` into ``aurora.normalisation.locations``/``scales`` for the
+    duration of the block, then restore what was there (keys absent before are removed)."""
+    if not entries:
+        yield
+        return
+    saved = {k: (aurora_norm.locations.get(k), aurora_norm.scales.get(k)) for k in entries}
+    try:
+        for key, (loc, scale) in entries.items():
+            aurora_norm.locations[key] = float(loc)
+            aurora_norm.scales[key] = float(scale)
+        yield
+    finally:
+        for key, (loc, scale) in saved.items():
+            for table, value in ((aurora_norm.locations, loc), (aurora_norm.scales, scale)):
+                if value is None:
+                    table.pop(key, None)
+                else:
+                    table[key] = value
 
 
-def constructor_parameters(cls: type) -> dict[str, inspect.Parameter]:
-    """Keyword arguments ``cls(...)`` accepts, following ``**kw_args`` up the class chain."""
-    params: dict[str, inspect.Parameter] = {}
-    for klass in cls.__mro__:
-        if klass is object or "__init__" not in vars(klass):
-            continue
-        sig = inspect.signature(klass.__init__)
-        for p in list(sig.parameters.values())[1:]:
-            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
-                params.setdefault(p.name, p)
-        if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-            break
-    return params
+_GEOFT_CLASSES: dict[tuple[type, bool], type] = {}
 
 
-# ---------------------------------------------------------------------------------------------
-# Options (the recipe's model.options section)
-# ---------------------------------------------------------------------------------------------
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def geoft_class(cls: type, predict_difference: bool = False) -> type:
+    """``cls`` as geoft builds it: same parameters and state dict, but ``forward`` runs inside
+    :func:`normalisation_scope` with the instance's ``geoft_normalisation`` (set after
+    construction), and with ``predict_difference`` the decoder's (normalised) output is added to
+    the normalised input at the current time, through Aurora's own ``_post_decoder_hook`` (the
+    mechanism AuroraAirPollution uses): persistence is then the zero-output model."""
+    key = (cls, bool(predict_difference))
+    if key not in _GEOFT_CLASSES:
+        def forward(self, batch, *args, **kwargs):
+            with normalisation_scope(getattr(self, "geoft_normalisation", None)):
+                return cls.forward(self, batch, *args, **kwargs)
 
+        body: dict[str, Any] = {"forward": forward, "__module__": __name__,
+                                "__doc__": f"{cls.__name__} with its geoft normalisation"}
+        if predict_difference:
+            def _post_decoder_hook(self, batch, pred):
+                pred = cls._post_decoder_hook(self, batch, pred)
 
-class RandomWeights(_Strict):
-    """Random initialisation (Aurora's own initialisers)."""
+                def add(prev, out):
+                    return {k: v + prev[k][:, -1:, ..., : v.shape[-2], : v.shape[-1]]
+                            for k, v in out.items()}
 
-    kind: Literal["random"] = "random"
+                return dataclasses.replace(pred, surf_vars=add(batch.surf_vars, pred.surf_vars),
+                                           atmos_vars=add(batch.atmos_vars, pred.atmos_vars))
 
-
-class HubWeights(_Strict):
-    """A checkpoint file from the Hugging Face hub, e.g. ``microsoft/aurora`` /
-    ``aurora-0.25-small-pretrained.ckpt``. ``revision`` defaults to the commit Aurora pins for
-    that file when it is the class's default checkpoint, else ``main``."""
-
-    kind: Literal["hub"]
-    repo: str = "microsoft/aurora"
-    name: str
-    revision: str | None = None
-
-
-class LocalWeights(_Strict):
-    """A checkpoint on disk: an Aurora ``.ckpt``/``.pt`` state dict, or a geoft checkpoint
-    directory (its ``model.pt`` is used)."""
-
-    kind: Literal["local"]
-    path: Path
-
-
-Weights = Annotated[Union[RandomWeights, HubWeights, LocalWeights], Field(discriminator="kind")]
-
-
-class LoraOptions(_Strict):
-    """Low-rank adaptation.
-
-    ``engine``: ``none``; ``aurora`` (Aurora's built-in LoRA in the Swin attention ``qkv`` and
-    ``proj``, rank 8 / alpha 8 fixed by Aurora, native state-dict keys); ``peft`` (Hugging Face
-    peft on ``target_modules``, any rank; exported ``model.pt`` has the LoRA merged in).
-    ``freeze_base``: train only the LoRA weights plus parameters the checkpoint did not have
-    (new variables' embeddings and heads).
-    """
-
-    engine: Literal["none", "aurora", "peft"] = "none"
-    rank: int = Field(8, ge=1)
-    alpha: float = Field(8.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["qkv", "proj"])
-    freeze_base: bool = True
-
-
-class AuroraOptions(_Strict):
-    """``model.options`` for ``model.name: aurora``.
-
-    * ``architecture``: an Aurora class name (``Aurora``, ``AuroraPretrained``,
-      ``AuroraSmallPretrained``, ``Aurora12hPretrained``, ``AuroraHighRes``, ``AuroraWave``, ...)
-      or ``custom`` (the base ``Aurora`` class with ``size``).
-    * ``size``: with ``custom`` only, sizes such as ``embed_dim``, ``encoder_depths``, ``patch_size``.
-    * ``kwargs``: further constructor arguments, checked against the class signature.
-    * ``weights``: ``{kind: random}``, ``{kind: hub, repo, name}`` or ``{kind: local, path}``;
-      ``strict``: fail unless every key matches (otherwise a report of missing/unexpected keys).
-    * ``new_variable_lr``: learning rate for parameters the checkpoint lacked (new variables'
-      embeddings and heads); ``zero_init_new_embeddings``: start new variables' input embeddings
-      at zero so the pretrained model's behaviour is unchanged at step 0.
-    * ``level_condition``: level-dependent embeddings for the store's levels (drops the
-      pretrained atmospheric embeddings).
-    * ``autocast``: bf16 autocast of the backbone through Aurora's own switch (never a bf16 cast
-      of the weights); ``activation_checkpointing``: Aurora's
-      ``configure_activation_checkpointing``.
-    * ``aurora_stats_for_known_vars``: keep Aurora's built-in normalisation statistics for
-      variables Aurora already knows (e.g. ``2t``, ``msl``) instead of the store's.
-    """
-
-    architecture: str = "AuroraSmallPretrained"
-    size: dict[str, Any] = Field(default_factory=dict)
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    weights: Weights = Field(default_factory=RandomWeights)
-    strict: bool = False
-    lora: LoraOptions = Field(default_factory=LoraOptions)
-    new_variable_lr: float | None = Field(None, gt=0)
-    zero_init_new_embeddings: bool = False
-    stabilise_level_agg: bool = False
-    positive_surf_vars: list[str] = Field(default_factory=list)
-    positive_atmos_vars: list[str] = Field(default_factory=list)
-    level_condition: bool = False
-    autocast: bool = False
-    activation_checkpointing: bool = False
-    aurora_stats_for_known_vars: bool = False
-    predict_difference: bool = Field(
-        False, description="predict the change from the last input step (in normalised space, "
-        "through Aurora's _post_decoder_hook, as AuroraAirPollution does) instead of the full "
-        "state; the state dict is unchanged, build with geoft.models.aurora.difference_class "
-        "to use it outside geoft")
-
-    @model_validator(mode="after")
-    def _check(self) -> "AuroraOptions":
-        classes = aurora_classes()
-        where = "model.options"
-        if self.architecture != "custom" and self.architecture not in classes:
-            raise GeoftError(
-                f"unknown Aurora architecture {self.architecture!r}", where=f"{where}.architecture",
-                fix=f"use one of {', '.join(['custom', *classes])}")
-        if self.size and self.architecture != "custom":
-            raise GeoftError("size is only used with architecture: custom", where=f"{where}.size",
-                             fix="set architecture: custom, or move these to kwargs")
-        bad = sorted(set(self.size) - set(SIZE_KEYS))
-        if bad:
-            raise GeoftError(f"unknown size key(s) {', '.join(bad)}", where=f"{where}.size",
-                             fix=f"allowed: {', '.join(SIZE_KEYS)}")
-        allowed = constructor_parameters(self.model_class)
-        for key in self.kwargs:
-            if key in MANAGED_KWARGS:
-                raise GeoftError(f"kwargs.{key} is set by geoft", where=f"{where}.kwargs",
-                                 fix=f"remove it; it comes from {MANAGED_KWARGS[key]}")
-            if key not in allowed:
-                names = ", ".join(sorted(k for k in allowed if k not in MANAGED_KWARGS))
-                raise GeoftError(
-                    f"{self.architecture} has no constructor argument {key!r}",
-                    where=f"{where}.kwargs", fix=f"allowed arguments: {names}")
-        if self.predict_difference and (self.model_class._post_decoder_hook
-                                        is not aurora.Aurora._post_decoder_hook):
-            raise GeoftError(f"{self.architecture} already transforms its decoder output",
-                             where=f"{where}.predict_difference", fix="set it to false")
-        if self.lora.engine == "aurora" and (self.lora.rank != 8 or self.lora.alpha != 8):
-            raise GeoftError("Aurora's built-in LoRA has rank 8 and alpha 8 fixed",
-                             where=f"{where}.lora", fix="use lora.engine: peft for another rank")
-        return self
-
-    @property
-    def model_class(self) -> type:
-        return aurora.Aurora if self.architecture == "custom" else aurora_classes()[self.architecture]
-
-
-_DIFFERENCE_CLASSES: dict[type, type] = {}
+            body["_post_decoder_hook"] = _post_decoder_hook
+        name = f"{cls.__name__}{'Difference' if predict_difference else ''}"
+        _GEOFT_CLASSES[key] = type(name, (cls,), body)
+    return _GEOFT_CLASSES[key]
 
 
 def difference_class(cls: type) -> type:
-    """``cls`` predicting the change from the last input step: the decoder's (normalised)
-    output is added to the normalised input at the current time, through Aurora's own
-    ``_post_decoder_hook`` (the mechanism AuroraAirPollution uses). Same parameters and state
-    dict as ``cls``; persistence is the zero-output model, so training starts from it."""
-    if cls not in _DIFFERENCE_CLASSES:
-        def _post_decoder_hook(self, batch, pred):
-            pred = cls._post_decoder_hook(self, batch, pred)
-
-            def add(prev, out):
-                return {k: v + prev[k][:, -1:, ..., : v.shape[-2], : v.shape[-1]]
-                        for k, v in out.items()}
-
-            return dataclasses.replace(pred, surf_vars=add(batch.surf_vars, pred.surf_vars),
-                                       atmos_vars=add(batch.atmos_vars, pred.atmos_vars))
-
-        _DIFFERENCE_CLASSES[cls] = type(f"{cls.__name__}Difference", (cls,),
-                                        {"_post_decoder_hook": _post_decoder_hook,
-                                         "__module__": __name__})
-    return _DIFFERENCE_CLASSES[cls]
+    """``cls`` predicting the change from the last input step (see :func:`geoft_class`)."""
+    return geoft_class(cls, predict_difference=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,9 +167,9 @@ def constructor_kwargs_from_json(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def register_normalisation(entries: dict[str, Sequence[float]]) -> None:
-    """Write ``{key: (location, scale)}`` into ``aurora.normalisation.locations``/``scales``.
-
-    These dicts are process-global: the last registration of a key wins.
+    """Write ``{key: (location, scale)}`` into ``aurora.normalisation.locations``/``scales`` for
+    good: for a model used outside geoft (as the checkpoint README shows). geoft itself never
+    calls this: its models scope their statistics to their own ``forward``.
     """
     for key, (loc, scale) in entries.items():
         aurora_norm.locations[key] = float(loc)
@@ -365,8 +233,13 @@ def format_load_report(report: dict[str, Any]) -> str:
 class AuroraAdapter:
     """Maps a :class:`PreparedStore` onto Aurora: model construction, normalisation, batches.
 
-    ``normalisation``: ``{key: (location, scale)}`` to register instead of the store statistics
-    (used when forecasting with a fine-tuned model, whose statistics travel in its checkpoint).
+    ``normalisation``: ``{key: (location, scale)}`` to use instead of the store statistics
+    (when forecasting with a fine-tuned model, whose statistics travel in its checkpoint).
+
+    Every requirement Aurora puts on the data is checked here, with the fix: a 2-D grid (lat/lon
+    or projected, not a point set), at least one level and one surface variable, levels inside
+    the level embedding's range, a time step the lead-time embedding accepts, a width that is a
+    multiple of the patch size (height at most one row more).
     """
 
     history = 2
@@ -376,7 +249,12 @@ class AuroraAdapter:
         self.store = store
         self.options = (options if isinstance(options, AuroraOptions)
                         else AuroraOptions.model_validate(options or {}))
+        self.options.check_against_aurora()
         where = str(store.path)
+        if store.grid.kind not in ("latlon", "projected"):
+            raise GeoftError(f"Aurora needs a 2-D grid; this store is a {store.grid.describe()}",
+                             where=where, fix="prepare the data on a lat/lon or projected grid, "
+                                              "or choose a model for point data")
         self.surface_vars: tuple[str, ...] = tuple(store.surface_vars)
         self.level_vars: tuple[str, ...] = tuple(store.level_vars)
         self.static_vars: tuple[str, ...] = tuple(store.static_vars) or tuple(
@@ -385,7 +263,7 @@ class AuroraAdapter:
             raise GeoftError(
                 "Aurora needs at least one level variable (atmos_vars) but the store has none",
                 where=where, fix="prepare the store with at least one level variable (e.g. "
-                                 "thetao on one or more depths)")
+                                 "thetao on one or more depths, or t on pressure levels)")
         if not self.surface_vars:
             raise GeoftError("Aurora needs at least one surface variable but the store has none",
                              where=where, fix="prepare the store with a surface variable (e.g. zos)")
@@ -415,15 +293,16 @@ class AuroraAdapter:
             "patch_size", constructor_parameters(self.options.model_class)["patch_size"].default))
         self.grid_shape: tuple[int, int] = tuple(store.grid_shape)  # type: ignore[assignment]
         h, w = self.grid_shape
+        dims = " x ".join(store.grid.dims)
         if w % self.patch_size:
             raise GeoftError(
-                f"grid {h}x{w} (lat x lon): width {w} is not a multiple of the patch size "
+                f"grid {h}x{w} ({dims}): width {w} is not a multiple of the patch size "
                 f"{self.patch_size}", where=where,
                 fix=f"set data.patch_size: {self.patch_size} (prepare crops the grid to a multiple)"
                     f" or change data.bbox so the width is a multiple of {self.patch_size}")
         if h % self.patch_size > 1:
             raise GeoftError(
-                f"grid {h}x{w} (lat x lon): height {h} is not a multiple of the patch size "
+                f"grid {h}x{w} ({dims}): height {h} is not a multiple of the patch size "
                 f"{self.patch_size} (Aurora drops at most one extra row)", where=where,
                 fix=f"set data.patch_size: {self.patch_size} (prepare crops the grid to a multiple)"
                     f" or change data.bbox")
@@ -431,7 +310,6 @@ class AuroraAdapter:
         self.output_shape = (h - h % self.patch_size, w)
         self.normalisation = (dict(normalisation) if normalisation is not None
                               else self._normalisation_from_store())
-        register_normalisation(self.normalisation)
         self.times = store.times
         self._lat = torch.tensor(np.asarray(store.lat, dtype=np.float64))
         self._lon = torch.tensor(np.asarray(store.lon, dtype=np.float64))
@@ -497,10 +375,11 @@ class AuroraAdapter:
 
     def normalise(self, var: str, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``x`` (physical units; ``(..., H, W)`` surface, ``(..., C, H, W)`` level)
-        exactly as Aurora does internally."""
-        if var in self.level_vars:
-            return aurora_norm.normalise_atmos_var(x, var, self.levels)
-        return aurora_norm.normalise_surf_var(x, var)
+        exactly as Aurora does internally, with this adapter's statistics."""
+        with normalisation_scope(self.normalisation):
+            if var in self.level_vars:
+                return aurora_norm.normalise_atmos_var(x, var, self.levels)
+            return aurora_norm.normalise_surf_var(x, var)
 
     def loss_masks(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """Boolean valid-point masks on the output grid: ``(H, W)`` surface, ``(C, H, W)``
@@ -529,11 +408,11 @@ class AuroraAdapter:
 
     def construct(self) -> torch.nn.Module:
         """Instantiate the Aurora class with random weights (nothing loaded, no LoRA wrapping)."""
-        cls = self.options.model_class
-        if self.options.predict_difference:
-            cls = difference_class(cls)
+        cls = geoft_class(self.options.model_class, self.options.predict_difference)
         try:
-            return cls(**self.model_kwargs)
+            model = cls(**self.model_kwargs)
+            model.geoft_normalisation = dict(self.normalisation)
+            return model
         except (AssertionError, ValueError, TypeError, RuntimeError) as exc:
             shown = {k: v for k, v in self.model_kwargs.items()
                      if k in self.options.size or k in self.options.kwargs}
@@ -559,7 +438,7 @@ class AuroraAdapter:
         if self.load_report is not None:
             log.info(format_load_report(self.load_report))
             if report_path is not None:
-                _write_json_atomic(Path(report_path), self.load_report)
+                atomic_write_json(Path(report_path), self.load_report)
             new_names = {k for k in self.load_report["missing_keys"] if not _LORA_KEY.search(k)}
             new_names |= set(self.load_report["shape_mismatch"])
             if o.zero_init_new_embeddings:
@@ -865,18 +744,17 @@ def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def build_from_config(config: dict[str, Any]) -> torch.nn.Module:
-    """Construct the Aurora class described by a ``model_config.json`` dict (random weights)
-    and register its normalisation statistics."""
+    """Construct the Aurora class described by a ``model_config.json`` dict (random weights),
+    carrying its normalisation statistics (used inside its ``forward`` only)."""
     cls = aurora_classes().get(config["class"])
     if cls is None:
         raise GeoftError(f"unknown Aurora class {config['class']!r} in model_config.json",
                          fix="upgrade microsoft-aurora to the version the model was trained with")
     kwargs = constructor_kwargs_from_json(config["kwargs"])
     kwargs["timestep"] = dt.timedelta(hours=config["timestep_hours"])
-    register_normalisation(config["normalisation"])
-    if config.get("predict_difference"):
-        cls = difference_class(cls)
-    return cls(**kwargs)
+    model = geoft_class(cls, bool(config.get("predict_difference")))(**kwargs)
+    model.geoft_normalisation = {k: tuple(v) for k, v in config["normalisation"].items()}
+    return model
 
 
 def load_finetuned(checkpoint_dir: str | os.PathLike, device: str | torch.device = "cpu"
@@ -884,9 +762,10 @@ def load_finetuned(checkpoint_dir: str | os.PathLike, device: str | torch.device
     """Rebuild a fine-tuned model from a checkpoint directory (no store needed).
 
     ``checkpoint_dir`` may be a ``step-XXXXXX`` directory, a run's ``checkpoints`` directory or
-    the run directory itself (then ``best``, else ``latest``, is used). Registers the model's
-    normalisation statistics with ``aurora.normalisation``. Returns ``(model in eval mode,
-    model_config dict)``; the config is also attached as ``model.geoft_config``.
+    the run directory itself (then ``best``, else ``latest``, is used). The model carries its
+    normalisation statistics and applies them inside its own ``forward`` (nothing global is
+    changed). Returns ``(model in eval mode, model_config dict)``; the config is also attached
+    as ``model.geoft_config``.
     """
     from geoft.training.checkpoint import resolve_checkpoint
 
@@ -958,7 +837,8 @@ def forecast(model: torch.nn.Module, store: PreparedStore, init_indices: Sequenc
     was_training = model.training
     model.eval()
     chunks = [init[i:i + batch_size] for i in range(0, n_init, batch_size)]
-    with _progress_bar(progress, "forecast", len(chunks)) as advance, torch.inference_mode():
+    with progress_task(progress, "forecast", len(chunks), transient=True) as bar, \
+            torch.inference_mode():
         for c, chunk in enumerate(chunks):
             start = c * batch_size
             batch = adapter.make_batch(chunk)
@@ -968,7 +848,7 @@ def forecast(model: torch.nn.Module, store: PreparedStore, init_indices: Sequenc
                 for v in adapter.level_vars:
                     out[v][start:start + len(chunk), k, ..., :h_out, :] = \
                         pred.atmos_vars[v][:, 0].cpu().numpy()
-            advance()
+            bar.advance()
     model.train(was_training)
     valid_ds = store.ds["valid"]
     spatial_dims = valid_ds.dims
@@ -1002,41 +882,207 @@ def forecast(model: torch.nn.Module, store: PreparedStore, init_indices: Sequenc
 
 
 # ---------------------------------------------------------------------------------------------
-# Small helpers
+# Training: the Aurora spec for the one training engine
 # ---------------------------------------------------------------------------------------------
-class _progress_bar:
-    """``with _progress_bar(enabled, label, total) as advance: ... advance()`` --
-    :func:`geoft.progress.make_progress` (rich, on stderr, off when not a terminal)."""
+LOAD_README = """# geoft checkpoint (Aurora)
 
-    def __init__(self, enabled: bool, label: str, total: int):
-        self.enabled, self.label, self.total = enabled, label, total
-        self._progress = None
+`model.pt` is a plain `state_dict` of the Aurora class named in `model_config.json`.
 
-    def __enter__(self):
-        from geoft.progress import make_progress, progress_enabled
+```python
+import datetime, json, torch, aurora
+cfg = json.load(open("model_config.json"))
+kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg["kwargs"].items()}
+kwargs["timestep"] = datetime.timedelta(hours=cfg["timestep_hours"])
+if "autocast_dtype" in kwargs:
+    kwargs["autocast_dtype"] = getattr(torch, kwargs["autocast_dtype"])
+model = getattr(aurora, cfg["class"])(**kwargs)
+model.load_state_dict(torch.load("model.pt"), strict=True)
+for key, (loc, scale) in cfg["normalisation"].items():   # Aurora normalises internally
+    aurora.normalisation.locations[key] = loc
+    aurora.normalisation.scales[key] = scale
+```
 
-        if not progress_enabled(self.enabled):
-            return lambda n=1: None
-        self._progress = make_progress(True, transient=True)
-        self._progress.__enter__()
-        task = self._progress.add_task(self.label, total=self.total, status="")
-        return lambda n=1: self._progress.advance(task, n)
-
-    def __exit__(self, *exc):
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-        return False
+Inputs are `aurora.Batch` objects in physical units with UTC-aware times; variables and levels
+are listed in `model_config.json`. Or simply: `geoft.models.aurora.load_finetuned(this_dir)`
+(its model applies these statistics inside its own forward, without changing global state).
+With `lora.engine: peft` the LoRA update is merged into `model.pt` and `kwargs.use_lora` is
+false; `adapter.pt` holds the trainable tensors for resuming.
+"""
 
 
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+def forecast_loss(adapter: AuroraAdapter, preds: list, targets: dict[str, torch.Tensor],
+                  masks: dict[str, torch.Tensor], *, kind: str = "mae",
+                  weights: dict[str, float] | None = None
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Masked loss in normalised space, summed over roll-out steps.
+
+    ``preds[k]``: Aurora prediction for lead ``k+1`` (physical units, ``(B, 1, [C,] H, W)``);
+    ``targets[var]``: ``(B, n_lead, [C,] H, W)`` physical units; ``masks[var]``: bool ``(H, W)``
+    or ``(C, H, W)``, True where a point counts. Per variable: mean error over valid points and
+    the batch; total: the ``weights``-weighted mean over variables (weight 1 by default).
+    Returns ``(total, {var: per-variable loss})``.
+    """
+    weights = weights or {}
+    per_var: dict[str, torch.Tensor] = {}
+    for k, pred in enumerate(preds):
+        for var in adapter.variables:
+            fields = pred.atmos_vars if var in adapter.level_vars else pred.surf_vars
+            p = adapter.normalise(var, fields[var][:, 0])
+            t = adapter.normalise(var, targets[var][:, k])
+            diff = p - t
+            err = diff.abs() if kind == "mae" else diff.square()
+            mask = masks[var]
+            n_valid = mask.sum() * err.shape[0]
+            term = torch.where(mask, err, torch.zeros((), dtype=err.dtype, device=err.device)
+                               ).sum() / n_valid.clamp_min(1)
+            per_var[var] = per_var[var] + term if var in per_var else term
+    total_weight = sum(weights.get(v, 1.0) for v in adapter.variables)
+    total = sum(weights.get(v, 1.0) * per_var[v] for v in adapter.variables) / total_weight
+    return total, per_var  # type: ignore[return-value]
+
+
+class AuroraSpec:
+    """Aurora fine-tuning as the training engine sees it (:class:`geoft.training.engine.TrainSpec`):
+    windows of the store (two history steps, ``rollout_steps`` targets), a roll-out module, the
+    masked normalised loss, LoRA-aware parameter groups, save/restore (``model.pt`` exported and
+    loadable into the plain Aurora class; ``adapter.pt`` with LoRA)."""
+
+    kind = "aurora"
+
+    def __init__(self, store_path: str | os.PathLike, options: AuroraOptions | dict | None,
+                 config: AuroraTrainConfig | dict | None, out_dir: str | os.PathLike | None = None):
+        from geoft.schema import validate_section
+
+        self.train_config = validate_section(AuroraTrainConfig, config, "train")
+        self.store = PreparedStore.open(store_path)
+        self.adapter = AuroraAdapter(self.store, options)
+        unknown = sorted(set(self.train_config.variable_weights) - set(self.adapter.variables))
+        if unknown:
+            raise GeoftError(f"variable_weights names {', '.join(unknown)}, not in the store",
+                             where="train.variable_weights",
+                             fix=f"use variables from {', '.join(self.adapter.variables)}")
+        if sum(self.train_config.variable_weights.get(v, 1.0) for v in self.adapter.variables) <= 0:
+            raise GeoftError("variable_weights are all zero", where="train.variable_weights")
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.find_unused_parameters = False
+        self.masks: dict[str, torch.Tensor] = {}
+
+    # -- model -------------------------------------------------------------------------------
+    def build_model(self, device: torch.device) -> torch.nn.Module:
+        main = int(os.environ.get("RANK", "0")) == 0
+        report = (self.out_dir / "weights_load_report.json"
+                  if self.out_dir is not None and main else None)
+        model = self.adapter.build_model(device, report_path=report)
+        self.find_unused_parameters = any(getattr(m, "mode", "single") != "single"
+                                          for m in model.modules()
+                                          if type(m).__name__ == "LoRARollout")
+        self.masks = self.adapter.loss_masks(device)
+        self._model = model
+        return model
+
+    def training_module(self, model: torch.nn.Module) -> torch.nn.Module:
+        return RolloutForecaster(model)
+
+    def param_groups(self, model: torch.nn.Module, lr: float) -> list[dict[str, Any]]:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        opts = self.adapter.options
+        new_ids = {id(p) for p in self.adapter.new_parameters}
+        new = [p for p in trainable if id(p) in new_ids]
+        if opts.new_variable_lr is None or not new:
+            return [{"params": trainable, "name": "all"}]
+        base = [p for p in trainable if id(p) not in new_ids]
+        groups = [{"params": new, "lr": opts.new_variable_lr, "name": "new_parameters"}]
+        return ([{"params": base, "name": "pretrained"}] if base else []) + groups
+
+    # -- data and loss ---------------------------------------------------------------------------
+    def dataset(self, split: str):
+        from geoft.training.data import WindowDataset, window_starts
+
+        history, lead = self.adapter.history, self.train_config.rollout_steps
+        starts = (window_starts(self.store, split, history, lead) if split in self.store.split
+                  else np.zeros(0, np.int64))
+        return WindowDataset(self.store.path, starts, self.adapter.variables,
+                             n_history=history, n_lead=lead,
+                             output_rows=self.adapter.output_shape[0])
+
+    def collate(self, samples):
+        from geoft.training.data import collate_windows
+
+        return collate_windows(samples)
+
+    def loss(self, module: torch.nn.Module, sample: dict[str, Any], ctx
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = self.train_config
+        batch = self.adapter.batch_from_arrays(sample["inputs"], sample["t"])
+        targets = {v: x.to(ctx.device, non_blocking=True) for v, x in sample["targets"].items()}
+        preds = module(batch, cfg.rollout_steps, cfg.rollout_grad == "last")
+        total, per_var = forecast_loss(self.adapter, preds, targets, self.masks, kind=cfg.loss,
+                                       weights=cfg.variable_weights)
+        return total, {v: x.detach() for v, x in per_var.items()}
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return self.adapter.model_config()
+
+    def export_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return export_state_dict(model)
+
+    def save(self, model: torch.nn.Module, directory: Path) -> None:
+        torch.save(export_state_dict(model), directory / "model.pt")
+        if self.adapter.options.lora.engine != "none":
+            torch.save(trainable_state_dict(model), directory / "adapter.pt")
+
+    def restore(self, model: torch.nn.Module, directory: Path, device: torch.device) -> None:
+        model = bare_module(model)
+        if self.adapter.options.lora.engine == "peft":
+            # model.pt has the LoRA merged in; training continues from the unmerged weights:
+            # the frozen base comes from the initial weights, the trained part from adapter.pt.
+            state = torch.load(directory / "adapter.pt", map_location=device, weights_only=True)
+            result = model.load_state_dict(state, strict=False)
+            if result.unexpected_keys:
+                raise GeoftError(f"adapter.pt has keys the model lacks: "
+                                 f"{result.unexpected_keys[:5]}", where=str(directory),
+                                 fix="resume with the same model.options")
+        else:
+            state = torch.load(directory / "model.pt", map_location=device, weights_only=True)
+            model.load_state_dict(state, strict=True)
+
+    def check_resume(self, config: dict[str, Any], where: str) -> None:
+        self.adapter.check_config(config, where=where)
+        theirs = {k: tuple(v) for k, v in config["normalisation"].items()}
+        if theirs != {k: tuple(v) for k, v in self.adapter.normalisation.items()}:
+            log.warning("the store statistics changed since %s; keeping the checkpoint's", where)
+            self.adapter.normalisation = theirs
+            if getattr(self, "_model", None) is not None:
+                bare_module(self._model).geoft_normalisation = dict(theirs)
+
+    def readme(self) -> str:
+        return LOAD_README
+
+
+def finetune(store_path: str | os.PathLike, options: AuroraOptions | dict | None,
+             train_config: AuroraTrainConfig | dict | None, out_dir: str | os.PathLike, *,
+             progress: bool = True, resume: bool = True, lineage: dict | None = None,
+             stop_at: int | None = None) -> dict[str, Any]:
+    """Fine-tune Aurora on a prepared store with the training engine; checkpoints and
+    ``metrics.jsonl`` go to ``out_dir``. Returns the engine's summary (also
+    ``out_dir/summary.json``). With ``resume`` a run continues from its newest checkpoint."""
+    from geoft.training.engine import Trainer
+
+    spec = AuroraSpec(store_path, options, train_config, out_dir)
+    trainer = Trainer(spec, spec.train_config, out_dir, progress=progress,
+                      lineage={"store": spec.store.lineage, "store_path": str(spec.store.path),
+                               **(lineage or {})}, description="fine-tuning Aurora")
+    try:
+        summary = trainer.fit(resume=resume, stop_at=stop_at)
+    finally:
+        trainer.close()
+    return summary
 
 
 __all__ = [
-    "AuroraAdapter", "AuroraOptions", "HubWeights", "LocalWeights", "LoraOptions", "RandomWeights",
+    "AuroraAdapter", "AuroraSpec", "AuroraTrainConfig", "finetune", "forecast_loss",
+    "geoft_class", "normalisation_scope", "AuroraOptions", "HubWeights", "LocalWeights", "LoraOptions", "RandomWeights",
     "RolloutForecaster", "aurora_classes", "build_from_config", "export_state_dict", "forecast",
     "format_load_report", "load_finetuned", "load_state_dict_report", "register_normalisation",
     "trainable_state_dict",

@@ -1,8 +1,8 @@
-"""Fine-tuning: ``finetune()`` (the loop), ``TrainConfig`` (the recipe's ``train`` section),
-the resumable data pipeline and checkpoints.
+"""Training: the one engine (:mod:`geoft.training.engine`) every model trains through,
+``TrainConfig`` (its settings), the resumable data pipeline and checkpoints.
 
-``from geoft.training import TrainConfig`` imports only pydantic; the loop (torch, aurora) is
-imported on first use of ``finetune``/``Trainer``.
+``from geoft.training import TrainConfig`` imports only pydantic; the engine (torch) is imported
+on first use of ``Trainer``/``train``.
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ from typing import Any
 from geoft.training.config import TrainConfig
 
 _EXPORTS = {
-    "finetune": "geoft.training.loop",
-    "Trainer": "geoft.training.loop",
-    "forecast_loss": "geoft.training.loop",
+    "Trainer": "geoft.training.engine",
+    "TrainSpec": "geoft.training.engine",
+    "BaseSpec": "geoft.training.engine",
+    "train": "geoft.training.engine",
     "WindowDataset": "geoft.training.data",
     "ResumableBatchSampler": "geoft.training.data",
     "resolve_checkpoint": "geoft.training.checkpoint",
-    "load_finetuned": "geoft.models.aurora",
-    "forecast": "geoft.models.aurora",
 }
 
 __all__ = sorted([*_EXPORTS, "TrainConfig"])

@@ -1,0 +1,152 @@
+"""Writing files so that nothing half-written ever looks finished, and one file lock.
+
+Every geoft stage and plugin writes through these (public API for plugins, see
+``docs/plugins.md``):
+
+* :func:`atomic_write` -- call ``writer(tmp)`` on a temporary sibling, then rename it over the
+  target (atomic on one file system: readers see the old file or the whole new one);
+  :func:`atomic_write_text`, :func:`atomic_write_json` and :func:`atomic_torch_save` are the
+  usual cases.
+* :func:`atomic_directory` -- the same for a directory (a checkpoint, a zarr store):
+  ``with atomic_directory(path) as tmp: ...`` renames ``tmp`` to ``path`` only when the block
+  finishes; an exception (or a kill) leaves ``path`` as it was.
+* :func:`remove_partial_writes` -- delete what a killed writer left behind (``.NAME.partial-*``).
+* :func:`file_lock` -- an exclusive advisory lock (``fcntl.flock``) on ``PATH.lock``, so two
+  processes never write the same output at once; a second process waits (or fails after
+  ``timeout`` with a one-line error naming the lock and its holder).
+
+Temporary names are ``.<name>.partial-<pid>-<random>`` beside the target; files get the
+permissions a plain ``open(..., "w")`` would (umask), not ``mkstemp``'s 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from geoft.errors import GeoftError
+
+PARTIAL = ".partial-"
+
+
+def partial_name(path: Path) -> Path:
+    """A temporary sibling of ``path`` that :func:`remove_partial_writes` recognises."""
+    return path.with_name(f".{path.name}{PARTIAL}{os.getpid()}-{secrets.token_hex(3)}")
+
+
+def _umask_mode(mode: int = 0o666) -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+def atomic_write(path: str | os.PathLike, writer: Callable[[Path], Any]) -> Path:
+    """Call ``writer(tmp_path)`` to write a temporary sibling of ``path``, then rename it to
+    ``path``. On any exception the temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_name(path)
+    try:
+        writer(tmp)
+        if tmp.is_file():
+            os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def atomic_write_json(path: str | os.PathLike, payload: Any, *, indent: int | None = 2) -> Path:
+    return atomic_write_text(path, json.dumps(payload, indent=indent, default=str))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    import torch
+
+    return atomic_write(path, lambda p: torch.save(obj, p))
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """``with atomic_directory(path) as tmp:`` write into ``tmp``; on success ``tmp`` replaces
+    ``path`` (an existing ``path`` is swapped out and then deleted), on failure it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_name(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}-{secrets.token_hex(3)}")
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(path)
+
+
+def remove_partial_writes(folder: str | os.PathLike) -> list[Path]:
+    """Delete temporary files and directories a killed writer left in ``folder``; returns them."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if p.name.startswith(".") and (PARTIAL in p.name or ".old-" in p.name):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, *, timeout: float | None = None,
+              what: str = "this output") -> Iterator[Path]:
+    """Hold an exclusive lock on ``PATH.lock`` for the block (advisory, ``fcntl.flock``; released
+    when the process dies, so a killed job never leaves a stale lock).
+
+    ``timeout=None`` waits as long as it takes; otherwise a :class:`GeoftError` after ``timeout``
+    seconds names the lock file and the pid written in it by its holder.
+    """
+    import fcntl
+
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    start = time.monotonic()
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if timeout is not None and time.monotonic() - start >= timeout:
+                    holder = lock.read_text().strip() or "unknown"
+                    raise GeoftError(
+                        f"another geoft process (pid {holder}) is writing {what}", where=str(lock),
+                        fix="wait for it to finish, or stop it; the lock is released when it "
+                            "exits") from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield lock
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

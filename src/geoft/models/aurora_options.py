@@ -1,0 +1,240 @@
+"""The recipe schema of the Aurora adapter (``model.options`` and ``train``), import-light.
+
+Only pydantic here: validating a recipe's structure never imports torch or Aurora. The checks
+that need Aurora's classes (architecture name, constructor arguments, patch size) live in
+:meth:`AuroraOptions.check_against_aurora`, which the adapter runs when a recipe uses Aurora
+(``geoft recipe validate``, ``finetune``, ``evaluate``), never for other recipes.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, model_validator
+
+from geoft.errors import GeoftError
+from geoft.schema import Strict
+from geoft.training.config import TrainConfig
+
+#: Constructor arguments a ``custom`` architecture may set through ``model.options.size``.
+SIZE_KEYS = (
+    "embed_dim", "encoder_depths", "decoder_depths", "encoder_num_heads", "decoder_num_heads",
+    "num_heads", "patch_size", "latent_levels", "window_size", "mlp_ratio", "enc_depth",
+    "dec_depth", "dec_mlp_ratio", "drop_path", "drop_rate", "perceiver_ln_eps",
+)
+
+#: Constructor arguments geoft sets itself, and the option that controls each.
+MANAGED_KWARGS = {
+    "surf_vars": "the store's surface variables",
+    "atmos_vars": "the store's level variables",
+    "static_vars": "the store's static fields",
+    "timestep": "the store's time step (geoft_timestep_hours)",
+    "level_condition": "model.options.level_condition",
+    "stabilise_level_agg": "model.options.stabilise_level_agg",
+    "positive_surf_vars": "model.options.positive_surf_vars",
+    "positive_atmos_vars": "model.options.positive_atmos_vars",
+    "autocast": "model.options.autocast",
+    "bf16_mode": "model.options.autocast",
+    "use_lora": "model.options.lora.engine",
+    "surf_stats": "the store statistics (given to Aurora's normalisation while it runs)",
+}
+
+
+class RandomWeights(Strict):
+    """Random initialisation (Aurora's own initialisers)."""
+
+    kind: Literal["random"] = "random"
+
+
+class HubWeights(Strict):
+    """A checkpoint file from the Hugging Face hub, e.g. ``microsoft/aurora`` /
+    ``aurora-0.25-small-pretrained.ckpt``. ``revision`` defaults to the commit Aurora pins for
+    that file when it is the class's default checkpoint, else ``main``."""
+
+    kind: Literal["hub"]
+    repo: str = "microsoft/aurora"
+    name: str
+    revision: str | None = None
+
+
+class LocalWeights(Strict):
+    """A checkpoint on disk: an Aurora ``.ckpt``/``.pt`` state dict, or a geoft checkpoint
+    directory (its ``model.pt`` is used)."""
+
+    kind: Literal["local"]
+    path: Path
+
+
+Weights = Annotated[Union[RandomWeights, HubWeights, LocalWeights], Field(discriminator="kind")]
+
+
+class LoraOptions(Strict):
+    """Low-rank adaptation.
+
+    ``engine``: ``none``; ``aurora`` (Aurora's built-in LoRA in the Swin attention ``qkv`` and
+    ``proj``, rank 8 / alpha 8 fixed by Aurora, native state-dict keys); ``peft`` (Hugging Face
+    peft on ``target_modules``, any rank; exported ``model.pt`` has the LoRA merged in).
+    ``freeze_base``: train only the LoRA weights plus parameters the checkpoint did not have
+    (new variables' embeddings and heads).
+    """
+
+    engine: Literal["none", "aurora", "peft"] = "none"
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(8.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["qkv", "proj"])
+    freeze_base: bool = True
+
+    @model_validator(mode="after")
+    def _aurora_fixed(self) -> "LoraOptions":
+        if self.engine == "aurora" and (self.rank != 8 or self.alpha != 8):
+            raise ValueError("Aurora's built-in LoRA has rank 8 and alpha 8 fixed; use "
+                             "engine: peft for another rank")
+        return self
+
+
+class AuroraOptions(Strict):
+    """``model.options`` for ``model.name: aurora``.
+
+    * ``architecture``: an Aurora class name (``Aurora``, ``AuroraPretrained``,
+      ``AuroraSmallPretrained``, ``Aurora12hPretrained``, ``AuroraHighRes``, ``AuroraWave``, ...)
+      or ``custom`` (the base ``Aurora`` class with ``size``).
+    * ``size``: with ``custom`` only, sizes such as ``embed_dim``, ``encoder_depths``, ``patch_size``.
+    * ``kwargs``: further constructor arguments, checked against the class signature.
+    * ``weights``: ``{kind: random}``, ``{kind: hub, repo, name}`` or ``{kind: local, path}``;
+      ``strict``: fail unless every key matches (otherwise a report of missing/unexpected keys).
+    * ``new_variable_lr``: learning rate for parameters the checkpoint lacked (new variables'
+      embeddings and heads); ``zero_init_new_embeddings``: start new variables' input embeddings
+      at zero so the pretrained model's behaviour is unchanged at step 0.
+    * ``level_condition``: level-dependent embeddings for the store's levels (drops the
+      pretrained atmospheric embeddings).
+    * ``autocast``: bf16 autocast of the backbone through Aurora's own switch (never a bf16 cast
+      of the weights); ``activation_checkpointing``: Aurora's
+      ``configure_activation_checkpointing``.
+    * ``aurora_stats_for_known_vars``: keep Aurora's built-in normalisation statistics for
+      variables Aurora already knows (e.g. ``2t``, ``msl``) instead of the store's.
+    """
+
+    architecture: str = "AuroraSmallPretrained"
+    size: dict[str, Any] = Field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: Weights = Field(default_factory=RandomWeights)
+    strict: bool = False
+    lora: LoraOptions = Field(default_factory=LoraOptions)
+    new_variable_lr: float | None = Field(None, gt=0)
+    zero_init_new_embeddings: bool = False
+    stabilise_level_agg: bool = False
+    positive_surf_vars: list[str] = Field(default_factory=list)
+    positive_atmos_vars: list[str] = Field(default_factory=list)
+    level_condition: bool = False
+    autocast: bool = False
+    activation_checkpointing: bool = False
+    aurora_stats_for_known_vars: bool = False
+    predict_difference: bool = Field(
+        False, description="predict the change from the last input step (in normalised space, "
+        "through Aurora's _post_decoder_hook, as AuroraAirPollution does) instead of the full "
+        "state; the state dict is unchanged, build with geoft.models.aurora.difference_class "
+        "to use it outside geoft")
+
+    @model_validator(mode="after")
+    def _check(self) -> "AuroraOptions":
+        if self.size and self.architecture != "custom":
+            raise ValueError("size is only used with architecture: custom (set architecture: "
+                             "custom, or move these to kwargs)")
+        bad = sorted(set(self.size) - set(SIZE_KEYS))
+        if bad:
+            raise ValueError(f"unknown size key(s) {', '.join(bad)}; allowed: "
+                             f"{', '.join(SIZE_KEYS)}")
+        managed = sorted(set(self.kwargs) & set(MANAGED_KWARGS))
+        if managed:
+            raise ValueError(f"kwargs.{managed[0]} is set by geoft (it comes from "
+                             f"{MANAGED_KWARGS[managed[0]]}); remove it")
+        return self
+
+    # -- checks that need Aurora's classes (imports torch and aurora) ----------------------------
+    @property
+    def model_class(self) -> type:
+        import aurora
+
+        return aurora.Aurora if self.architecture == "custom" else aurora_classes()[self.architecture]
+
+    def check_against_aurora(self, where: str = "model.options") -> None:
+        """Raise :class:`GeoftError` naming the key when the architecture, ``kwargs`` or
+        ``predict_difference`` do not fit the installed microsoft-aurora."""
+        import aurora
+
+        classes = aurora_classes()
+        if self.architecture != "custom" and self.architecture not in classes:
+            raise GeoftError(f"unknown Aurora architecture {self.architecture!r}",
+                             where=f"{where}.architecture",
+                             fix=f"use one of {', '.join(['custom', *classes])}")
+        allowed = constructor_parameters(self.model_class)
+        for key in self.kwargs:
+            if key not in allowed:
+                names = ", ".join(sorted(k for k in allowed if k not in MANAGED_KWARGS))
+                raise GeoftError(f"{self.architecture} has no constructor argument {key!r}",
+                                 where=f"{where}.kwargs", fix=f"allowed arguments: {names}")
+        if self.predict_difference and (self.model_class._post_decoder_hook
+                                        is not aurora.Aurora._post_decoder_hook):
+            raise GeoftError(f"{self.architecture} already transforms its decoder output",
+                             where=f"{where}.predict_difference", fix="set it to false")
+
+    @property
+    def patch_size(self) -> int:
+        """The patch size the model will have (imports aurora for the class default)."""
+        value = self.size.get("patch_size", self.kwargs.get("patch_size"))
+        if value is not None:
+            return int(value)
+        return int(constructor_parameters(self.model_class)["patch_size"].default)
+
+
+class AuroraTrainConfig(TrainConfig):
+    """``train`` for Aurora: the engine's settings plus the roll-out loss.
+
+    Loss: ``mae`` or ``mse`` on normalised variables (Aurora's normalisation), over valid points
+    only (land/sea-floor masks, per level for level variables), a weighted mean over variables
+    with ``variable_weights`` (default 1 each). ``rollout_steps`` > 1 fine-tunes on
+    autoregressive roll-outs (loss summed over steps); ``rollout_grad: last`` keeps gradients of
+    the last step only.
+    """
+
+    loss: Literal["mae", "mse"] = "mae"
+    variable_weights: dict[str, float] = Field(default_factory=dict)
+    rollout_steps: int = Field(1, ge=1)
+    rollout_grad: Literal["all", "last"] = "all"
+
+    @model_validator(mode="after")
+    def _weights(self) -> "AuroraTrainConfig":
+        bad = {k: v for k, v in self.variable_weights.items() if v < 0}
+        if bad:
+            raise ValueError(f"variable_weights must be >= 0, got {bad}")
+        return self
+
+
+def aurora_classes() -> dict[str, type]:
+    """Model classes exported by ``aurora`` (``Aurora`` and its subclasses), by name."""
+    import aurora
+
+    out = {}
+    for name in aurora.__all__:
+        obj = getattr(aurora, name, None)
+        if isinstance(obj, type) and issubclass(obj, aurora.Aurora):
+            out[name] = obj
+    return out
+
+
+def constructor_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """Keyword arguments ``cls(...)`` accepts, following ``**kw_args`` up the class chain."""
+    params: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if klass is object or "__init__" not in vars(klass):
+            continue
+        sig = inspect.signature(klass.__init__)
+        for p in list(sig.parameters.values())[1:]:
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+                params.setdefault(p.name, p)
+        if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            break
+    return params

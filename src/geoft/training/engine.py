@@ -1,0 +1,702 @@
+"""The one training engine: every model geoft trains goes through :class:`Trainer`.
+
+A model adapter describes its model as a :class:`TrainSpec` (how to build it, its data, its
+loss, how to save and restore it); the engine owns everything else, the same way for Aurora
+fine-tuning, the diffusion priors of ``densify``/``assimilate`` and any plugin's model:
+
+* one loop (:meth:`Trainer.fit`): next batch from the resumable sampler -> ``spec.loss`` ->
+  backward -> gradient clipping -> AdamW -> LR schedule (linear warm-up, cosine decay to
+  ``min_lr``) -> optional EMA of the weights;
+* one checkpoint format (``checkpoints/step-XXXXXX/``: the spec's files such as ``model.pt``,
+  ``ema.pt`` with EMA, ``trainer.pt`` with optimizer, schedule, EMA, RNGs, data position and
+  counters, ``model_config.json`` to rebuild the model), written atomically with ``latest`` and
+  ``best`` pointers; resume is exact (same weights and the same ``metrics.jsonl`` as an
+  uninterrupted run, lines written after the checkpoint are dropped and replayed);
+* one device choice (``train.device``), one metrics log, validation with early stopping,
+  ``max_time``;
+* DDP under ``torchrun`` for every spec (rank 0 writes files; the sampler shards by rank).
+
+Parallelism and memory techniques are applied to the model by the spec (``build_model``) or
+here as functions (DDP), switchable from the config, as in torchtitan.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from geoft.errors import GeoftError
+from geoft.io import atomic_directory, atomic_write_json, atomic_write_text, remove_partial_writes
+from geoft.training.checkpoint import (
+    CHECKPOINTS,
+    list_checkpoints,
+    prune_checkpoints,
+    read_model_config,
+    read_pointer,
+    set_pointer,
+    step_dir_name,
+)
+from geoft.training.config import TrainConfig
+from geoft.training.data import ResumableBatchSampler
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "geoft-checkpoint/2"
+
+
+# ---------------------------------------------------------------------------------------------
+# what a model adapter gives the engine
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class StepContext:
+    """Passed to :meth:`TrainSpec.loss`: where and when, and the RNGs to draw from (both are
+    saved in checkpoints, so draws resume exactly)."""
+
+    device: torch.device
+    step: int
+    training: bool
+    rng: np.random.Generator
+    generator: torch.Generator
+    rank: int = 0
+    world_size: int = 1
+
+
+@runtime_checkable
+class TrainSpec(Protocol):
+    """A model as the engine sees it. :class:`BaseSpec` gives defaults for the optional parts."""
+
+    #: short kind recorded in ``model_config.json["spec"]`` (e.g. ``aurora``, ``mlp``)
+    kind: str
+
+    def build_model(self, device: torch.device) -> torch.nn.Module:
+        """The bare model on ``device``, weights loaded, trainable parameters marked."""
+
+    def dataset(self, split: str) -> torch.utils.data.Dataset:
+        """Samples of ``split`` (``train``/``val``) by index; picklable (DataLoader workers)."""
+
+    def collate(self, samples: list[Any]) -> Any:
+        """A batch from samples (runs in the DataLoader worker)."""
+
+    def loss(self, module: torch.nn.Module, batch: Any, ctx: StepContext
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Scalar loss (differentiable when ``ctx.training``) and named parts to log."""
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able facts that rebuild the model without the data (``model_config.json``)."""
+
+
+class BaseSpec:
+    """Defaults for the optional parts of a :class:`TrainSpec`."""
+
+    kind = "model"
+    #: DDP ``find_unused_parameters`` (models that skip parameters on some steps)
+    find_unused_parameters = False
+
+    def training_module(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module ``loss`` calls (and DDP wraps); by default the model itself."""
+        return model
+
+    def param_groups(self, model: torch.nn.Module, lr: float) -> list[dict[str, Any]]:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "name": "all"}]
+
+    def export_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The plain state dict written as ``model.pt`` (and ``ema.pt``)."""
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    def save(self, model: torch.nn.Module, directory: Path) -> None:
+        """Write the model's files into a checkpoint directory (``model.pt`` by default)."""
+        torch.save(self.export_state(model), directory / "model.pt")
+
+    def restore(self, model: torch.nn.Module, directory: Path, device: torch.device) -> None:
+        """Load the training weights of a checkpoint back into ``model`` (resume)."""
+        state = torch.load(directory / "model.pt", map_location=device, weights_only=True)
+        model.load_state_dict(state, strict=True)
+
+    def check_resume(self, config: dict[str, Any], where: str) -> None:
+        """Raise :class:`GeoftError` when a checkpoint cannot continue this run."""
+        mine, theirs = self.config(), config
+        keys = [k for k in mine if k not in ("lineage", "versions") and k in theirs
+                and json.dumps(mine[k], sort_keys=True, default=str)
+                != json.dumps(theirs[k], sort_keys=True, default=str)]
+        if keys:
+            raise GeoftError(f"the checkpoint was made with a different {', '.join(keys)}",
+                             where=where, fix="use a fresh output directory, or train with "
+                                              "resume disabled")
+
+    def readme(self) -> str:
+        return ("# geoft checkpoint\n\n`model.pt` is a plain PyTorch `state_dict`; "
+                "`model_config.json` says how to rebuild the model (`spec` and its settings); "
+                "`ema.pt`, when present, holds the exponential moving average of the weights "
+                "(use it for inference).\n")
+
+    def config(self) -> dict[str, Any]:  # pragma: no cover - every spec defines it
+        raise NotImplementedError
+
+
+class IndexDataset(torch.utils.data.Dataset):
+    """Sample ``i`` is the integer ``i`` (specs that read their batch themselves, in
+    ``collate`` or ``loss``)."""
+
+    def __init__(self, n: int):
+        self.n = int(n)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return int(i)
+
+
+def collate_indices(samples: list[int]) -> np.ndarray:
+    return np.asarray(samples, np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# schedule, devices, processes, RNG
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class WarmupCosine:
+    """LR multiplier for optimizer step ``k`` (0-based): linear warm-up to 1 over
+    ``warmup`` steps, then cosine decay to ``floor`` at step ``total - 1``."""
+
+    warmup: int
+    total: int
+    floor: float
+
+    def __call__(self, k: int) -> float:
+        if k < self.warmup:
+            return (k + 1) / self.warmup
+        progress = min(1.0, (k - self.warmup) / max(1, self.total - self.warmup - 1))
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    created_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls) -> "Distributed":
+        """Join the process group when launched by torchrun with ``WORLD_SIZE`` > 1."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        created = False
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+            created = True
+        return cls(dist.get_rank(), dist.get_world_size(),
+                   int(os.environ.get("LOCAL_RANK", "0")), created)
+
+    def all_reduce(self, values: list[float], op: str = "sum", device=None) -> list[float]:
+        if self.world_size == 1:
+            return values
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return t.tolist()
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` (CUDA when visible, else CPU), ``cpu`` or ``cuda`` (the local rank's GPU)."""
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GeoftError(f"device is {name} but no CUDA device is visible", where="train.device",
+                         fix="use device: auto or cpu, or run on a GPU node")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the trainer
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Counters:
+    """Run counters saved in ``trainer.pt``."""
+
+    step: int = 0
+    best_val: float = math.inf
+    best_step: int | None = None
+    bad_validations: int = 0
+    elapsed: float = 0.0  # seconds of training in earlier processes (resume)
+    samples: int = 0  # training samples consumed (all ranks)
+
+
+@dataclass
+class _Window:
+    """Train-loss lines are means over the steps since the last line."""
+
+    loss: float = 0.0
+    parts: dict[str, float] = field(default_factory=dict)
+    n: int = 0
+    samples: int = 0
+    t0: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss: float, parts: dict[str, float], samples: int) -> None:
+        self.loss += loss
+        for k, v in parts.items():
+            self.parts[k] = self.parts.get(k, 0.0) + v
+        self.n += 1
+        self.samples += samples
+
+
+class Trainer:
+    """Everything a training run needs, built once; :meth:`fit` runs it.
+
+    ``Trainer(spec, config, out_dir)``: ``config`` is a :class:`TrainConfig` (or its dict).
+    """
+
+    def __init__(self, spec: TrainSpec, config: TrainConfig | dict | None,
+                 out_dir: str | os.PathLike, *, progress: bool = True,
+                 lineage: dict | None = None, description: str | None = None):
+        self.spec = spec
+        self.config = config if isinstance(config, TrainConfig) else \
+            TrainConfig.model_validate(config or {})
+        cfg = self.config
+        self.out_dir = Path(out_dir)
+        self.ckpt_root = self.out_dir / CHECKPOINTS
+        self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.progress = progress
+        self.description = description or f"training {spec.kind}"
+        self.lineage = dict(lineage or {})
+        self.dist = Distributed.from_environment()
+        self.device = resolve_device(cfg.device, self.dist.local_rank)
+        if cfg.cpu_threads is not None:
+            torch.set_num_threads(cfg.cpu_threads)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)  # initial weights follow the seed
+
+        # -- data --
+        self.train_set = spec.dataset("train")
+        if len(self.train_set) < 1:
+            raise GeoftError("no training samples", where=str(self.out_dir),
+                             fix="check the store's train split (and train.rollout_steps)")
+        self.sampler = ResumableBatchSampler(
+            len(self.train_set), cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed,
+            rank=self.dist.rank, world_size=self.dist.world_size)
+        self.loader = self._loader(self.train_set, batch_sampler=self.sampler)
+        self.val_set = spec.dataset("val")
+        n_val = len(self.val_set)
+        if cfg.val_batches is not None:
+            n_val = min(n_val, cfg.val_batches * cfg.batch_size * self.dist.world_size)
+        shard = list(range(self.dist.rank, n_val, self.dist.world_size))
+        self.val_loader = self._loader(torch.utils.data.Subset(self.val_set, shard),
+                                       batch_size=cfg.batch_size, shuffle=False)
+        self.has_validation = n_val > 0
+        self.total_steps = cfg.total_steps(len(self.sampler))
+        self._iterator = None
+
+        # -- model, optimizer, schedule, EMA --
+        self.model = spec.build_model(self.device)
+        self.module = spec.training_module(self.model)
+        self.train_module: torch.nn.Module = self.module
+        if self.dist.world_size > 1:
+            self.train_module = torch.nn.parallel.DistributedDataParallel(
+                self.module,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=getattr(spec, "find_unused_parameters", False))
+        groups = spec.param_groups(self.model, cfg.lr)
+        self.trainable = [p for g in groups for p in g["params"]]
+        if not self.trainable:
+            raise GeoftError("no trainable parameters", where="model.options",
+                             fix="unfreeze some parameters (e.g. lora.freeze_base: false)")
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, WarmupCosine(min(cfg.warmup_steps, self.total_steps),
+                                         self.total_steps, cfg.min_lr / cfg.lr))
+        self.ema = None
+        if cfg.ema_decay is not None:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self.trainable, decay=cfg.ema_decay, use_ema_warmup=True,
+                                power=cfg.ema_power)
+            self.ema.to(self.device)
+        self.rng = np.random.default_rng([cfg.seed, 1, self.dist.rank])
+        self.generator = torch.Generator(device=self.device).manual_seed(
+            cfg.seed + 7919 * self.dist.rank)
+        self.counters = Counters()
+        self._started = time.monotonic()
+
+    # -- construction helpers ---------------------------------------------------------------
+    def _loader(self, dataset, **kw) -> torch.utils.data.DataLoader:
+        workers = self.config.num_workers
+        return torch.utils.data.DataLoader(
+            dataset, collate_fn=self.spec.collate, num_workers=workers,
+            persistent_workers=workers > 0, pin_memory=self.device.type == "cuda",
+            # A private generator: creating iterators must not draw from the global RNG, or a
+            # resumed run would diverge from an uninterrupted one.
+            generator=torch.Generator().manual_seed(self.config.seed), **kw)
+
+    def context(self, training: bool = True) -> StepContext:
+        return StepContext(self.device, self.counters.step, training, self.rng, self.generator,
+                           self.dist.rank, self.dist.world_size)
+
+    # -- one step ------------------------------------------------------------------------------
+    def next_batch(self) -> Any:
+        """The next training batch, starting a new epoch when one runs out."""
+        if self._iterator is None:
+            self._iterator = iter(self.loader)
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            self.sampler.next_epoch()
+            self._iterator = iter(self.loader)
+            return next(self._iterator)
+
+    def compute_loss(self, batch: Any, module: torch.nn.Module | None = None,
+                     training: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.spec.loss(module if module is not None else self.train_module, batch,
+                              self.context(training))
+
+    def train_step(self, batch: Any) -> dict[str, Any]:
+        """Forward, loss, backward, clip, optimizer, scheduler and EMA step on one batch."""
+        self.train_module.train()
+        loss, parts = self.compute_loss(batch, self.train_module)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise GeoftError(f"the training loss became {value} at step {self.counters.step + 1}",
+                             where=str(self.out_dir),
+                             fix="lower the learning rate, keep gradient clipping on, and check "
+                                 "the store for extreme values")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = self.config.grad_clip if self.config.grad_clip else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.step(self.trainable)
+        return {"loss": value, "lr": lr, "grad_norm": float(grad_norm),
+                "loss_parts": {k: float(v) for k, v in parts.items()}}
+
+    def run_step(self, window: _Window) -> dict[str, Any]:
+        """Fetch a batch, train on it, record it: the body of the training loop."""
+        batch = self.next_batch()
+        metrics = self.train_step(batch)
+        if self.dist.world_size > 1:  # log the mean over ranks, not rank 0's shard
+            metrics["loss"] = self.dist.all_reduce([metrics["loss"]], device=self.device)[0] \
+                / self.dist.world_size
+        self.sampler.advance()
+        self.counters.step += 1
+        n = self.config.batch_size * self.dist.world_size
+        self.counters.samples += n
+        window.add(metrics["loss"], metrics["loss_parts"], n)
+        line = {"kind": "train", "step": self.counters.step, "epoch": self.sampler.epoch,
+                **metrics}
+        if self.counters.step % self.config.log_every == 0 or \
+                self.counters.step == self.total_steps:
+            now = time.perf_counter()
+            line = {**line, "loss": window.loss / window.n,
+                    "loss_parts": {k: v / window.n for k, v in window.parts.items()},
+                    "samples_per_s": round(window.samples / max(now - window.t0, 1e-9), 3),
+                    "seconds": round(self.elapsed(), 3)}
+            if self.ema is not None:
+                line["ema_decay"] = float(self.ema.cur_decay_value)
+            self._write_metrics(line)
+            window.__init__()
+        return line
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any]:
+        """Mean loss over the validation samples (this rank's shard, then all-reduced)."""
+        self.module.eval()
+        names: list[str] = []
+        sums: dict[str, float] = {}
+        total, count = 0.0, 0
+        for batch in self.val_loader:
+            loss, parts = self.spec.loss(self.module, batch, self.context(training=False))
+            n = _batch_len(batch)
+            total += float(loss) * n
+            count += n
+            for k, v in parts.items():
+                if k not in sums:
+                    names.append(k)
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+        reduced = self.dist.all_reduce([total, *[sums[k] for k in names], float(count)],
+                                       device=self.device)
+        self.module.train()
+        count = max(reduced[-1], 1.0)
+        return {"val_loss": reduced[0] / count,
+                "val_loss_parts": {k: reduced[1 + i] / count for i, k in enumerate(names)}}
+
+    # -- bookkeeping -----------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.counters.elapsed + time.monotonic() - self._started
+
+    def _write_metrics(self, line: dict[str, Any]) -> None:
+        if self.dist.is_main:
+            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(line) + "\n")
+
+    def model_config(self) -> dict[str, Any]:
+        return {**self.spec.config(), "spec": self.spec.kind, "format": CHECKPOINT_FORMAT,
+                "ema": self.ema is not None, "train": self.config.model_dump(mode="json"),
+                "lineage": self.lineage}
+
+    def trainer_state(self) -> dict[str, Any]:
+        counters = asdict(self.counters)
+        counters["elapsed"] = self.elapsed()
+        return {"counters": counters, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+                "rng": _rng_state(), "numpy_generator": self.rng.bit_generator.state,
+                "torch_generator": self.generator.get_state(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "world_size": self.dist.world_size}
+
+    def _ema_state(self) -> dict[str, torch.Tensor]:
+        """The model's exported state with the EMA weights swapped in."""
+        self.ema.store(self.trainable)
+        self.ema.copy_to(self.trainable)
+        try:
+            return self.spec.export_state(self.model)
+        finally:
+            self.ema.restore(self.trainable)
+
+    def save_checkpoint(self, *, best: bool = False) -> Path | None:
+        """Write ``checkpoints/step-XXXXXX`` atomically (rank 0 only) and move the pointers."""
+        if not self.dist.is_main:
+            return None
+        final = self.ckpt_root / step_dir_name(self.counters.step)
+        with atomic_directory(final) as tmp:
+            self.spec.save(self.model, tmp)
+            if self.ema is not None:
+                torch.save(self._ema_state(), tmp / "ema.pt")
+            torch.save(self.trainer_state(), tmp / "trainer.pt")
+            (tmp / "model_config.json").write_text(json.dumps(self.model_config(), indent=2,
+                                                              default=str))
+            (tmp / "README.md").write_text(self.spec.readme())
+        set_pointer(self.ckpt_root, "latest", final)
+        if best:
+            set_pointer(self.ckpt_root, "best", final)
+        prune_checkpoints(self.ckpt_root, self.config.keep_checkpoints)
+        return final
+
+    def resume(self) -> Path | None:
+        """Restore the newest checkpoint in ``out_dir`` (if any); returns its path."""
+        ckpt = read_pointer(self.ckpt_root, "latest")
+        if ckpt is None:
+            found = list_checkpoints(self.ckpt_root)
+            ckpt = found[-1] if found else None
+        if ckpt is None:
+            return None
+        config = read_model_config(ckpt)
+        if config.get("spec", self.spec.kind) != self.spec.kind:
+            raise GeoftError(f"the checkpoint is a {config.get('spec')!r} model, this run trains "
+                             f"{self.spec.kind!r}", where=str(ckpt),
+                             fix="use another output directory")
+        self.spec.check_resume(config, where=str(ckpt))
+        self.spec.restore(self.model, ckpt, self.device)
+        trainer = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(trainer["optimizer"])
+        self.scheduler.load_state_dict(trainer["scheduler"])
+        # A longer/shorter run than before: the schedule follows the new total.
+        self.scheduler.lr_lambdas = [WarmupCosine(min(self.config.warmup_steps, self.total_steps),
+                                                  self.total_steps,
+                                                  self.config.min_lr / self.config.lr)
+                                     ] * len(self.optimizer.param_groups)
+        if self.ema is not None and trainer.get("ema") is not None:
+            self.ema.load_state_dict(trainer["ema"])
+            self.ema.to(self.device)
+        self.sampler.load_state_dict(trainer["sampler"])
+        self.counters = Counters(**trainer["counters"])
+        _set_rng_state(trainer["rng"])
+        self.rng.bit_generator.state = trainer["numpy_generator"]
+        self.generator.set_state(trainer["torch_generator"].cpu()
+                                 if torch.is_tensor(trainer["torch_generator"])
+                                 else trainer["torch_generator"])
+        self._iterator = None
+        if self.dist.is_main:
+            self._truncate_metrics(self.counters.step)
+        log.info("resumed from %s (step %d)", ckpt, self.counters.step)
+        return ckpt
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric lines written after the checkpoint we resume from (they are replayed),
+        and a last line cut by the kill."""
+        if not self.metrics_path.exists():
+            return
+        kept = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                if line.strip() and json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue
+        atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self, *, resume: bool = True, stop_at: int | None = None) -> dict[str, Any]:
+        """Train to ``total_steps`` (or an early stop; ``stop_at`` ends after that step with a
+        checkpoint, as an interruption would); returns the run summary."""
+        cfg = self.config
+        resumed = self.resume() if resume else None
+        if not resume and list_checkpoints(self.ckpt_root):
+            raise GeoftError("output directory already has checkpoints", where=str(self.ckpt_root),
+                             fix="resume (the default), or choose another output directory")
+        if self.dist.is_main:
+            remove_partial_writes(self.ckpt_root)
+            if resumed is None and self.metrics_path.exists():
+                self.metrics_path.unlink()  # a fresh run: no stale lines from an aborted start
+        self._started = time.monotonic()
+        started_at, first_step = self.counters.elapsed, self.counters.step
+        last = self.total_steps if stop_at is None else min(self.total_steps, int(stop_at))
+        stop_reason = "steps" if stop_at is None or last == self.total_steps else "stop_at"
+        losses: list[float] = []
+        window = _Window()
+        from geoft.progress import progress_task
+
+        with progress_task(self.progress and self.dist.is_main, self.description,
+                           self.total_steps, completed=self.counters.step) as bar:
+            val_text = ""
+            while self.counters.step < last:
+                line = self.run_step(window)
+                losses.append(line["loss"])
+                step = self.counters.step
+                bar.update(completed=step, status=f"loss {line['loss']:.4f}{val_text}")
+                improved = False
+                if self.has_validation and (step % cfg.val_every == 0 or step == self.total_steps):
+                    val = self.validate()
+                    improved = val["val_loss"] < self.counters.best_val - cfg.early_stopping_min_delta
+                    if improved:
+                        self.counters.best_val, self.counters.best_step = val["val_loss"], step
+                        self.counters.bad_validations = 0
+                    else:
+                        self.counters.bad_validations += 1
+                    self._write_metrics({"kind": "val", "step": step, **val,
+                                         "best_val_loss": self.counters.best_val,
+                                         "seconds": round(self.elapsed(), 3)})
+                    val_text = f" val {val['val_loss']:.4f}"
+                stop = 0.0
+                if (cfg.early_stopping_patience is not None
+                        and self.counters.bad_validations >= cfg.early_stopping_patience):
+                    stop, stop_reason = 1.0, "early_stopping"
+                elif cfg.max_time is not None and \
+                        self.elapsed() - started_at >= cfg.max_time.total_seconds():
+                    stop, stop_reason = 1.0, "max_time"
+                stop = self.dist.all_reduce([stop], op="max", device=self.device)[0]
+                if (step % cfg.checkpoint_every == 0 or improved or stop or step == last):
+                    self.save_checkpoint(best=improved)
+                if stop:
+                    break
+        seconds = self.elapsed()
+        run = self.elapsed() - started_at
+        steps_run = self.counters.step - first_step
+        summary = {
+            "steps": self.counters.step, "total_steps": self.total_steps,
+            "steps_run": steps_run, "stop_reason": stop_reason,
+            "loss_first": losses[0] if losses else None,
+            "loss_last": float(np.mean(losses[-max(1, min(len(losses), cfg.log_every)):]))
+            if losses else None,
+            "samples_per_s": round(steps_run * cfg.batch_size * self.dist.world_size
+                                   / max(run, 1e-9), 3) if steps_run else None,
+            "best_val_loss": None if math.isinf(self.counters.best_val) else self.counters.best_val,
+            "best_step": self.counters.best_step,
+            "latest_checkpoint": _str(read_pointer(self.ckpt_root, "latest")),
+            "best_checkpoint": _str(read_pointer(self.ckpt_root, "best")),
+            "resumed_from": _str(resumed), "metrics": str(self.metrics_path),
+            "seconds": round(seconds, 3), "device": str(self.device),
+            "world_size": self.dist.world_size, "out_dir": str(self.out_dir),
+        }
+        if self.dist.is_main:
+            atomic_write_json(self.out_dir / "summary.json", summary)
+        return summary
+
+    def close(self) -> None:
+        if self.dist.created_group:
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def _batch_len(batch: Any) -> int:
+    if isinstance(batch, dict) and "t" in batch:
+        return len(batch["t"])
+    if isinstance(batch, dict):
+        first = next(iter(batch.values()))
+        return len(first)
+    return len(batch)
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def train(spec: TrainSpec, config: TrainConfig | dict | None, out_dir: str | os.PathLike, *,
+          progress: bool = True, resume: bool = True, lineage: dict | None = None,
+          stop_at: int | None = None, description: str | None = None) -> dict[str, Any]:
+    """Train ``spec`` with ``config`` into ``out_dir`` (resuming from its newest checkpoint
+    unless ``resume=False``); returns the summary (also ``out_dir/summary.json``)."""
+    trainer = Trainer(spec, config, out_dir, progress=progress, lineage=lineage,
+                      description=description)
+    try:
+        return trainer.fit(resume=resume, stop_at=stop_at)
+    finally:
+        trainer.close()
+
+
+def load_checkpoint(checkpoint: str | os.PathLike, *, prefer: str = "best"
+                    ) -> tuple[Path, dict[str, Any]]:
+    """``(checkpoint directory, model_config)`` from a step directory, a pointer, a
+    ``checkpoints`` folder or a run directory."""
+    from geoft.training.checkpoint import resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint, prefer=prefer)
+    return path, read_model_config(path)
+
+
+def weights_file(checkpoint_dir: Path, *, ema: bool = True) -> Path:
+    """``ema.pt`` when the checkpoint has one and ``ema``, else ``model.pt``."""
+    if ema and (checkpoint_dir / "ema.pt").is_file():
+        return checkpoint_dir / "ema.pt"
+    return checkpoint_dir / "model.pt"
+
+
+__all__ = ["BaseSpec", "CHECKPOINT_FORMAT", "Distributed", "IndexDataset", "StepContext",
+           "TrainSpec", "Trainer", "WarmupCosine", "collate_indices", "load_checkpoint",
+           "resolve_device", "train", "weights_file"]
