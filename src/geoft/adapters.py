@@ -89,6 +89,38 @@ class AuroraModel:
         return forecast(model, store, init_indices, lead_steps, progress=progress)
 
 
+class MLPModel:
+    """A multilayer perceptron for prepared tables (features -> targets)."""
+
+    summary = "multilayer perceptron for prepared tables (rows of features -> targets)"
+    layouts = ("table",)
+
+    @property
+    def Options(self):  # noqa: N802
+        from geoft.models.mlp import MLPOptions
+
+        return MLPOptions
+
+    @property
+    def TrainConfig(self):  # noqa: N802
+        from geoft.models.mlp import MLPTrainConfig
+
+        return MLPTrainConfig
+
+    def finetune(self, store_path: Path, options, train_config, out_dir: Path, *,
+                 progress: bool = True, resume: bool = True, lineage: dict | None = None) -> dict:
+        from geoft.models.mlp import finetune
+
+        return finetune(store_path, options, train_config, out_dir, progress=progress,
+                        resume=resume, lineage=lineage)
+
+    def predict_table(self, checkpoint_dir: Path, store, split: str, *, progress: bool = True,
+                      device: str = "auto"):
+        from geoft.models.mlp import predict_table
+
+        return predict_table(checkpoint_dir, store, split, progress=progress, device=device)
+
+
 def _dataset_of(loaded):
     from geoft.plugins import get_plugin_manager
     from geoft.stages import instance
@@ -152,5 +184,6 @@ class ScoreBasedAssimilation(_Reconstructor):
 
 
 AURORA = AuroraModel()
+MLP = MLPModel()
 DENSIFY = DiffusionDensify()
 SDA = ScoreBasedAssimilation()

@@ -19,7 +19,9 @@ def geoft_datasets():
 @hookimpl
 def geoft_models():
     return {"aurora": Ref("geoft.adapters:AURORA",
-                          summary="Microsoft Aurora (any size/class), full or LoRA fine-tuning")}
+                          summary="Microsoft Aurora (any size/class), full or LoRA fine-tuning"),
+            "mlp": Ref("geoft.adapters:MLP",
+                       summary="multilayer perceptron for prepared tables (features -> targets)")}
 
 
 @hookimpl
