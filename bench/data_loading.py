@@ -47,19 +47,21 @@ def main(argv=None) -> int:
     import torch
 
     from geoft.testing import make_tiny_store
+    from geoft.models.aurora import AuroraSpec
     from geoft.training.data import collate_windows
-    from geoft.training.loop import Trainer
+    from geoft.training.engine import Trainer
 
     if args.threads:
         torch.set_num_threads(args.threads)
     tmp = tempfile.TemporaryDirectory(prefix="geoft-bench-")
     store_path = args.store or make_tiny_store(Path(tmp.name) / "store.zarr", n_time=60,
                                                n_lat=args.grid[0], n_lon=args.grid[1])
-    trainer = Trainer(store_path, {"architecture": "custom", "size": SIZES[args.size]},
+    spec = AuroraSpec(store_path, {"architecture": "custom", "size": SIZES[args.size]},
                       {"steps": 10**6, "batch_size": args.batch_size, "device": args.device,
                        "rollout_steps": args.rollout_steps, "num_workers": 0},
-                      Path(tmp.name) / "run", progress=False)
-    dataset, adapter = trainer.train_set, trainer.adapter
+                      Path(tmp.name) / "run")
+    trainer = Trainer(spec, spec.train_config, Path(tmp.name) / "run", progress=False)
+    dataset, adapter = trainer.train_set, spec.adapter
     rng = np.random.default_rng(0)
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
 

@@ -52,8 +52,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
+    from geoft.models.aurora import AuroraSpec
     from geoft.testing import make_tiny_store
-    from geoft.training.loop import Trainer
+    from geoft.training.engine import Trainer
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -66,9 +67,9 @@ def main(argv=None) -> int:
                     "val_every": 10**9, "checkpoint_every": 10**9}
     if args.num_workers is not None:
         train_config["num_workers"] = args.num_workers
-    trainer = Trainer(store_path, model_options, train_config, Path(tmp.name) / "run",
-                      progress=False)
-    adapter, model, device = trainer.adapter, trainer.model, trainer.device
+    spec = AuroraSpec(store_path, model_options, train_config, Path(tmp.name) / "run")
+    trainer = Trainer(spec, spec.train_config, Path(tmp.name) / "run", progress=False)
+    adapter, model, device = spec.adapter, trainer.model, trainer.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     # -- the minimal loop: pre-built batches, a few lines of PyTorch --------------------------
@@ -99,8 +100,12 @@ def main(argv=None) -> int:
         optimizer.step()
         loss.item()  # geoft logs the loss every step: same host sync
 
+    from geoft.training.engine import _Window
+
+    window = _Window()
+
     def geoft_step() -> None:
-        trainer.run_step()
+        trainer.run_step(window)
 
     def timed(step, n: int) -> list[float]:
         times = []
