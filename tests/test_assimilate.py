@@ -123,16 +123,33 @@ def test_assimilate_points_beats_prior_mean(store, prior, tmp_path):
     summary = A.assimilate(store, cfg_for(figures=True), out, tmp_path, progress=False)
     table = pd.DataFrame(summary["evaluation"])
     rmse = table.pivot(index="channel", columns="method", values="rmse")
-    # the observed variable, on the pixels that were NOT observed
-    assert rmse.loc["zos", "sda"] < 0.8 * rmse.loc["zos", "prior_mean"], rmse
-    # unobserved variables (currents) are reconstructed and scored too
+    # Bands below: this test's assimilation repeated with cfg.seed = 0..11 (observations and
+    # sampler noise; the same trained prior), mean +- std over the 12 runs:
+    #   hidden-pixel RMSE SDA / prior mean: zos 0.40 +- 0.10, thetao:0 0.45 +- 0.09,
+    #   uo 0.49 +- 0.10, vo 0.46 +- 0.09 (all of the tiny store's fields share one pattern,
+    #   so the unobserved ones are inferred through the prior);
+    #   spread-skill (every channel) 0.59 to 2.27, log std 0.45;
+    #   observation consistency (of the ensemble mean) 0.43 +- 0.10.
+    # the observed variable, on the pixels that were NOT observed (mean + 4 std: 0.78)
+    assert rmse.loc["zos", "sda"] < 0.78 * rmse.loc["zos", "prior_mean"], rmse
+    # unobserved variables are reconstructed through the prior (largest mean + 4 std: 0.88)
     assert set(rmse.index) == set(VARIABLES)
     assert np.isfinite(rmse.to_numpy()).all()
+    for channel in ("thetao:0", "uo", "vo"):
+        assert rmse.loc[channel, "sda"] < 0.88 * rmse.loc[channel, "prior_mean"], rmse
     sda = table[table["method"] == "sda"]
+    # Spread-skill of 4 members on one case of a 250-step CPU prior is inherently wide: a
+    # factor 1.57 per std (log std 0.45), so even 4 std in log space around the measured
+    # geometric mean 1.08 is [0.18, 6.6]; [0.2, 5] (about 3.6 std) is as narrow as the
+    # measurement allows without more members or cases.
     assert sda["spread_skill"].between(0.2, 5).all() and sda["crps"].gt(0).all()
     consistency = summary["observation_consistency"][0]
     assert consistency["n_obs"] == round(0.2 * PreparedStore.open(store).valid().sum())
-    assert 0.2 < consistency["consistency_std"] < 3.0
+    # std((A(ensemble mean) - y) / sigma_y) is below 1 by design: even the exact posterior
+    # mean leaves residuals of covariance R (A C A^T + R)^-1 R < R. A rough estimate for this
+    # store is 0.45: its own pixel noise (~0.1 z) is twice the observation noise (0.05), so
+    # the posterior mean keeps ~80% of each innovation. Band: measured mean +- 4 std.
+    assert 0.05 < consistency["consistency_std"] < 0.81
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "assimilate.nc", "evaluation.csv", "evaluation.json", "evaluation.md", "figures"]
     st = PreparedStore.open(store)
@@ -178,6 +195,23 @@ def test_assimilate_from_observation_table(store, prior, tmp_path):
     assert summary["mode"] == "observations"
     assert pd.Timestamp(summary["times"][0]) == st.times[i]
     assert "evaluation" in summary  # the time is in the store: scored against its truth
+    # The observations moved the analysis onto them: at the observed pixels the analysis
+    # (ensemble mean) is compared with the observed values and so is the prior mean (the
+    # train climatology the prior would give without observations), in metres.
+    _, fields = open_fields(store, VARIABLES, where="test")
+    climatology = fields.denormalise(np.load(out / "climatology.npy"))[0]
+    with xr.open_dataset(summary["path"]) as ds:
+        observed = ds["zos_observed"].values[0].astype(bool)
+        analysis, values = ds["zos"].values[0], ds["zos_obs"].values[0]
+    assert observed.sum() == len(set(pix))
+    np.testing.assert_allclose(values[observed], truth[observed], rtol=1e-5)
+    misfit = np.sqrt(np.mean((analysis - values)[observed] ** 2))
+    prior_misfit = np.sqrt(np.mean((climatology - values)[observed] ** 2))
+    # Measured with pixel seeds and cfg.seed 0..11 (the same prior): analysis misfit
+    # 0.0055 +- 0.0011 m (about the 0.005 m error), prior-mean misfit 0.082 +- 0.005 m,
+    # ratio 0.067 +- 0.016; bounds at the measured mean + 4 std.
+    assert misfit < 0.010, (misfit, prior_misfit)
+    assert misfit < 0.13 * prior_misfit, (misfit, prior_misfit)
 
 
 def _bad_table(tmp_path, **override) -> Path:

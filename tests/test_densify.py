@@ -255,6 +255,74 @@ def test_densify_samplers_clamp_and_repaint(store, trained, tmp_path):
     with xr.open_dataset(repaint["path"]) as ds:
         valid = PreparedStore.open(store).valid()
         assert np.isfinite(ds["zos"].values[:, valid]).all()
+        # RePaint's last step re-imposes the known region noised to alpha_bar = 1, i.e. the
+        # observations themselves: every member (so the mean) ends on them (float32 units)
+        observed = ds["zos_observed"].values.astype(bool)
+        assert observed.any()
+        np.testing.assert_allclose(ds["zos"].values[observed], ds["zos_truth"].values[observed],
+                                   atol=1e-5)
+
+
+def test_repaint_ends_on_the_observations_and_propagates_them(store, trained):
+    """What RePaint guarantees, on the trained tiny network, with the conditioning channels
+    held fixed so that only the sampler's own use of ``known`` is tested:
+
+    * its final step (alpha_bar_prev = 1) sets every observed pixel of every member to the
+      observed value exactly: ``mask * known + (1 - mask) * x``, the known part's noise
+      being scaled by ``sqrt(1 - 1) = 0``;
+    * the known region enters the noisy state the network sees at every step, so changing one
+      observed value changes the hidden pixels around it (same noise: only that value differs);
+    * control: plain DDIM never reads ``known`` (bit-identical output), so the dependence is
+      RePaint's re-imposition, not the conditioning channels.
+    """
+    model_dir, _ = trained
+    cfg = tiny_cfg(sampler="repaint", ddim_steps=6, repaint_jump_length=2,
+                   repaint_jump_n_sample=2)
+    _, fields, truth, mask, static = _osse_case(store, cfg)
+    model, _ = D._load_model(model_dir, cfg, fields)
+    valid = torch.as_tensor(fields.valid)
+    cond = D.conditioning(truth[None], mask[None], static)[0]
+    known = truth * mask
+
+    def run(known, sampler="repaint"):
+        return D.sample_conditional(model, cond, known, mask, cfg.model_copy(
+            update={"sampler": sampler}), members=3,
+            generator=torch.Generator().manual_seed(0), valid=valid)
+
+    base = run(known)
+    seen = mask.bool()
+    assert seen.any() and not seen[~valid].any()
+    assert torch.equal(base[:, seen], known.expand_as(base)[:, seen])
+    assert torch.isfinite(base).all() and (base[:, ~valid] == 0).all()
+
+    # an observed zos pixel with hidden ocean pixels around it, moved by +2 std
+    c = 0
+    hidden = ~seen[c] & valid[c]
+    iy, ix = next((int(i), int(j)) for i, j in torch.nonzero(seen[c]).tolist()
+                  if hidden[max(i - 1, 0):i + 2, max(j - 1, 0):j + 2].sum() >= 4)
+    moved = known.clone()
+    moved[c, iy, ix] += 2.0
+    changed = run(moved)
+    assert torch.equal(changed[:, c, iy, ix], moved[c, iy, ix].expand(3))  # ends on the new value
+    near = torch.zeros_like(hidden)
+    near[max(iy - 2, 0):iy + 3, max(ix - 2, 0):ix + 3] = True
+    far = hidden & ~near
+    far[max(iy - 6, 0):iy + 7, max(ix - 6, 0):ix + 7] = False
+    near &= hidden
+    shift = (changed - base)[:, c].abs()
+    near_shift, far_shift = float(shift[:, near].mean()), float(shift[:, far].mean())
+    print(f"\nRePaint: +2 std at observed pixel {(iy, ix)} moves hidden pixels within 2 by "
+          f"{near_shift:.4f}, beyond 6 by {far_shift:.5f} (z units)")
+    # Measured for this pixel over generator seeds 0-19 (same trained network): near
+    # 0.042 +- 0.005 (min 0.035), far 0.0012 +- 0.0001 (near/far >= 23 in every seed). The
+    # first bound is the mean - 4.4 std; a sampler that ignored `known` gives exactly 0. The
+    # second (locality, not a guarantee of RePaint but of a small-receptive-field UNet) keeps
+    # a 4x margin below the smallest measured ratio.
+    assert near_shift > 0.02
+    assert near_shift > 5 * far_shift
+
+    ddim = run(known, "ddim")
+    assert torch.equal(ddim, run(moved, "ddim"))
 
 
 def test_evaluation_table_and_figures(store, trained, tmp_path):

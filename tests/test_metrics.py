@@ -300,21 +300,49 @@ def test_fair_crps_matches_numpy_formula():
 
 
 def test_spread_skill_near_one_for_calibrated_and_below_for_underdispersive():
+    """Truth and members are independent draws from one distribution around ``centre``, so
+    E[ensemble variance (ddof=1)] = 1 and E[(ensemble mean - truth)^2] = 1 + 1/M: the ratio
+    sqrt((M+1)/M) sqrt(spread) / skill is 1 in expectation. With M = 3 members the factor is
+    sqrt(4/3) = 1.155 and ddof=1 vs 0 is sqrt(3/2) = 1.22, so both are visible.
+
+    Measured over 100 seeds (100-199) with this setup (3 members, 16 x 32 x 32 points):
+    ratio 0.9996 +- 0.0068 (min 0.981, max 1.017), matching the delta-method std
+    0.5 sqrt(3 / N) = 0.0068 for N = 16384; the band +-0.03 is 4.4 std. Without the
+    sqrt((M+1)/M) factor the same cases give 0.866 +- 0.006 (20 std below the band), with
+    ddof=0 instead of 1 0.816 +- 0.006 (27 std below). The under-dispersive ensemble
+    (deviations x 0.4: spread 0.16, skill 1 + 0.16/3) is expected at sqrt(4/3) 0.4 /
+    sqrt(1 + 0.16/3) = 0.4500 and measured 0.4499 +- 0.0031: band +-0.015 (4.8 std)."""
     rng = np.random.default_rng(6)
-    n_members, shape = 8, (20, 24, 24)
+    n_members, shape = 3, (16, 32, 32)
     centre = rng.normal(scale=3.0, size=shape)
     coords = {"time": pd.date_range("2020", periods=shape[0], freq="D"),
               "lat": np.linspace(-30, 30, shape[1]), "lon": np.linspace(0, 60, shape[2])}
     dims = ("time", "lat", "lon")
-    # Truth and members are independent draws from the same distribution around `centre`.
     truth = xr.DataArray(centre + rng.normal(size=shape), dims=dims, coords=coords)
     draws = centre + rng.normal(size=(n_members,) + shape)
     ensemble = xr.DataArray(draws, dims=("member",) + dims, coords=coords)
     ratio = float(metrics.spread_skill(ensemble, truth))
-    assert ratio == pytest.approx(1.0, abs=0.05)
+    assert ratio == pytest.approx(1.0, abs=0.03)
     narrow = centre + 0.4 * (draws - centre)
     narrow_ratio = float(metrics.spread_skill(ensemble.copy(data=narrow), truth))
-    assert narrow_ratio < 0.6
+    # spread 0.4^2, skill 1 + 0.16 / 3: sqrt(4/3) * 0.4 / sqrt(1 + 0.16 / 3)
+    expected_narrow = np.sqrt(4 / 3) * 0.4 / np.sqrt(1 + 0.16 / 3)
+    assert narrow_ratio == pytest.approx(expected_narrow, abs=0.015)
+
+
+def test_spread_skill_matches_numpy_formula():
+    # weighted (band areas x mask) spatial means per time, then the time mean, of the ddof=1
+    # member variance and of the squared ensemble-mean error; sqrt((M+1)/M) sqrt(ratio)
+    forecast, truth, ocean = make_fields()
+    rng = np.random.default_rng(11)
+    members = truth.values[None] + rng.normal(scale=0.7, size=(3,) + truth.shape) + 0.2
+    ens = xr.DataArray(members, dims=("member",) + truth.dims, coords=truth.coords)
+    w = numpy_band_weights(truth.lat.values)[:, None] * ocean.values
+    spread = ((w * members.var(axis=0, ddof=1)).sum((-2, -1)) / w.sum()).mean()
+    skill = ((w * (members.mean(axis=0) - truth.values) ** 2).sum((-2, -1)) / w.sum()).mean()
+    expected = np.sqrt(4 / 3) * np.sqrt(spread / skill)
+    got = float(metrics.spread_skill(ens, truth, mask=ocean))
+    assert got == pytest.approx(expected, rel=1e-10)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from geoft.diffusion import obs
+from geoft.diffusion import sda as sda_module
 from geoft.diffusion.baselines import gaussian_posterior
 from geoft.diffusion.schedule import VPSchedule
-from geoft.diffusion.sda import GaussianRandomField, sample_prior, sda_sample
+from geoft.diffusion.sda import GaussianRandomField, guided_noise, sample_prior, sda_sample
 from geoft.errors import GeoftError
 
 
@@ -45,6 +46,90 @@ def test_exact_eps_is_the_dense_gaussian_noise_prediction():
         dense = sigma * np.linalg.solve(mu**2 * cov + sigma**2 * np.eye(64),
                                         x_t[b].numpy().reshape(-1))
         np.testing.assert_allclose(eps[b], dense, rtol=1e-8, atol=1e-10)
+
+
+def _dense_guided_noise(cov, a, x_t, y, var_y, gamma, mu, sigma, keep=None):
+    """eps~ = eps - sigma grad log p(y | x_t) of the SDA likelihood, written out with dense
+    float64 linear algebra for the GRF prior, independently of geoft's autograd path:
+    eps = sigma S^-1 x_t with S = mu^2 C + sigma^2 I, so x0_hat = (x_t - sigma eps) / mu =
+    M x_t with the symmetric M = (I - sigma^2 S^-1) / mu (then K = diag(keep) on land), and
+    grad_x log p = M K A^T D (y - A K M x_t) with D = diag(1 / (var_y + gamma (sigma/mu)^2))."""
+    n = cov.shape[0]
+    s_inv = np.linalg.inv(mu**2 * cov + sigma**2 * np.eye(n))
+    m = (np.eye(n) - sigma**2 * s_inv) / mu
+    k = np.eye(n) if keep is None else np.diag(keep.astype(np.float64))
+    km = k @ m
+    d = 1.0 / (var_y + gamma * (sigma / mu) ** 2)
+    eps = sigma * s_inv @ x_t
+    grad = km.T @ a.T @ (d * (y - a @ km @ x_t))
+    return eps - sigma * grad
+
+
+@pytest.mark.parametrize("with_land", [False, True])
+def test_guided_noise_is_the_closed_form_gaussian_posterior_noise(with_land):
+    """guided_noise (what sda_sample integrates) against the closed form: exact GRF eps,
+    point observations with per-observation errors (one pixel seen twice), gamma = 0.1 and
+    sigma/mu from 0.044 to 29, i.e. far from 1 on both sides, where gamma (sigma/mu)^2 and a
+    wrong gamma (sigma/mu) differ by the factor sigma/mu (23x smaller to 29x larger)."""
+    n, gamma = 8, 0.1
+    grf = GaussianRandomField(n, kappa=1.0)
+    cov = grf.covariance()
+    schedule = VPSchedule()
+    rng = np.random.default_rng(4)
+    keep_np = np.ones((1, n, n), dtype=bool)
+    if with_land:
+        keep_np[0, :, :2] = False  # a western coast: x0_hat is zeroed there
+    iy, ix = rng.integers(0, n, 12), rng.integers(2, n, 12)
+    # one pixel seen twice (two independent errors), and two pixels of the coast columns: on
+    # land (with_land) x0_hat is zeroed, so their observations see 0 and pull nothing
+    iy, ix = np.append(iy, [iy[0], 5, 2]), np.append(ix, [ix[0], 0, 1])
+    operator = obs.PointObservations(np.zeros(iy.size, int), iy, ix)
+    a = operator.matrix((1, n, n))
+    y = rng.standard_normal(iy.size)
+    var_y = rng.uniform(0.05, 0.3, iy.size) ** 2
+    keep_t = torch.as_tensor(keep_np, dtype=torch.float64)[None] if with_land else None
+    ratios = []
+    for t_value in (0.02, 0.1, 0.3, 0.7, 0.9):
+        t = torch.full((2,), t_value, dtype=torch.float64)
+        mu, sigma = float(schedule.mu(t[0])), float(schedule.sigma(t[0]))
+        ratios.append(sigma / mu)
+        x_t = torch.randn(2, 1, n, n, dtype=torch.float64,
+                          generator=torch.Generator().manual_seed(int(100 * t_value)))
+        got = guided_noise(grf.eps_fn(schedule), x_t, t, mu, sigma, operator,
+                           torch.as_tensor(y)[None], torch.as_tensor(var_y)[None], gamma,
+                           keep=keep_t).numpy().reshape(2, -1)
+        for b in range(2):
+            dense = _dense_guided_noise(cov, a, x_t[b].numpy().reshape(-1), y, var_y, gamma,
+                                        mu, sigma, keep_np.reshape(-1) if with_land else None)
+            # Deterministic, float64 throughout: measured max |got - dense| / max |dense| is
+            # <= 2e-15 at every t here, so 1e-10 is pure round-off headroom. The break
+            # gamma (sigma/mu)^2 -> gamma (sigma/mu) moves eps~ by 0.7% (t = 0.9) to 53%
+            # (t = 0.1) of max |eps~| (measured), 1e8 times the tolerance.
+            scale = np.abs(dense).max()
+            np.testing.assert_allclose(got[b], dense, rtol=0, atol=1e-10 * scale,
+                                       err_msg=f"t={t_value}, sigma/mu={sigma / mu:.3g}")
+    assert min(ratios) < 0.1 and max(ratios) > 10  # both regimes were exercised
+
+
+def test_sda_sample_integrates_guided_noise(monkeypatch):
+    # the closed-form check above covers sda_sample only if sda_sample really calls it
+    calls = []
+    real = sda_module.guided_noise
+
+    def spy(*args, **kwargs):
+        calls.append(args[3:5])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sda_module, "guided_noise", spy)
+    grf = GaussianRandomField(8, kappa=1.0)
+    operator = obs.random_points((8, 8), 0.2, np.random.default_rng(0))
+    sda_sample(grf.eps_fn(), (2, 1, 8, 8), operator, np.zeros(operator.n_obs), 0.1, steps=3,
+               corrections=1, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 3 * 2  # one predictor + one corrector evaluation per step
+    schedule = VPSchedule()
+    mu1, sigma1 = calls[0]
+    assert mu1 == pytest.approx(float(schedule.mu(torch.tensor(1.0, dtype=torch.float64))))
+    assert sigma1 == pytest.approx(float(schedule.sigma(torch.tensor(1.0, dtype=torch.float64))))
 
 
 def test_grf_samples_have_the_stated_covariance():
@@ -85,25 +170,45 @@ def test_prior_sampling_reproduces_the_grf_variance_and_spectrum():
     grf = GaussianRandomField(n, kappa=1.5)
     samples = sample_prior(grf.eps_fn(), (64, 1, n, n), steps=128,
                            generator=torch.Generator().manual_seed(0)).double().numpy()[:, 0]
-    # unit marginal variance (64 members x 1024 correlated pixels: a few % sampling noise)
+    # Bands from this test run with generator seeds 0, 1000, ..., 19000 (20 seeds):
+    # variance 1.032 +- 0.044 and mean 0.002 +- 0.036 (64 members x 1024 correlated pixels):
+    # the exact value 1 (0) +- 3.5 (4) std.
     assert 0.85 < samples.var() < 1.15
     assert abs(samples.mean()) < 0.15
-    # the spectrum, band by band: smooth scales and fine scales both right
+    # the spectrum, band by band: smooth scales and fine scales both right. Measured ratios
+    # to the GRF spectrum (same 20 seeds), bands at measured mean +- 4 std:
+    #   k 0-2: 1.034 +- 0.074, k 2-5: 1.027 +- 0.034, k 5-10: 1.026 +- 0.012,
+    #   k 10-23: 1.165 +- 0.008.
+    # The fine-scale excess is the unadjusted-Langevin bias of the corrector at the default
+    # tau = 0.5 (step h ~ tau sigma^2 inflates a noise-dominated mode's variance by up to
+    # 1 / (1 - tau / 2) = 1.33 at every level): it stays at 1.16 with 512 or 2048 steps, and
+    # goes to 1.014 with tau = 0.1 and 0.996 with tau = 0.02 (512 steps), and to 0.995
+    # without corrector (1024 steps). Its band therefore runs from the exact value - 4 std to
+    # the measured value + 4 std.
     kr, power = _radial_power(samples, n)
-    for lo, hi in [(0, 2), (2, 5), (5, 10), (10, 23)]:
+    limits = {(0, 2): (0.74, 1.33), (2, 5): (0.89, 1.165), (5, 10): (0.975, 1.075),
+              (10, 23): (0.97, 1.2)}
+    for (lo, hi), (low, high) in limits.items():
         band = (kr >= lo) & (kr < hi)
         ratio = power[band].sum() / grf.spectrum[band].sum()
-        assert 0.75 < ratio < 1.3, (lo, hi, ratio)
+        assert low < ratio < high, (lo, hi, ratio)
 
 
 def test_sda_ensemble_matches_the_exact_posterior():
     """THE correctness test: exact prior score, 5% random observations with noise 0.05 on a
     64x64 GRF, 32 members, default sampler settings (256 steps, 1 correction, gamma 1e-2).
 
-    Pooled over 4 truths: the ensemble mean's hidden-pixel RMSE is within 5% of the exact
+    Pooled over 4 truths: the ensemble mean's hidden-pixel RMSE is within 5.3% of the exact
     posterior mean's (32 members alone cost sqrt(1 + 1/32) ~ 1.6%), the ensemble mean is the
-    exact posterior mean up to sampling noise, and the spread matches: spread-skill and
-    ensemble/posterior variance ratios in [0.8, 1.25].
+    exact posterior mean up to about twice the sampling noise, and the spread matches.
+
+    Bands from this test repeated 10 times (seed sets k = 0..9: truths 4k..4k+3, with
+    their observation and sampler seeds shifted alike; k = 0 is the test), mean +- std:
+    RMSE ratio 1.032 +- 0.005, spread-skill 0.932 +- 0.018, ensemble/posterior variance
+    0.913 +- 0.006, mean gap / sampling noise 1.99 +- 0.08. The sampler is slightly
+    under-dispersed at gamma = 1e-2 (module docstring), so each two-sided band runs from the
+    measured mean - 4 std to the exact-sampler value (1, or sqrt(1 + 1/32) for the RMSE
+    ratio) + 4 std or the measured mean + 4 std, whichever is larger.
     """
     n, members, sigma_y = 64, 32, 0.05
     grf = GaussianRandomField(n, kappa=3.0)
@@ -139,11 +244,11 @@ def test_sda_ensemble_matches_the_exact_posterior():
           f"(ratio {rmse_sda / rmse_oracle:.3f}), spread-skill {spread_skill:.3f}, "
           f"ensemble/posterior variance {variance_ratio:.3f}, mean gap / sampling noise "
           f"{mean_gap_in_sampling_noise:.2f}, {elapsed:.1f} s")
-    assert 0.4 < rmse_oracle < 0.7  # the problem is neither trivial nor hopeless
-    assert rmse_sda <= 1.05 * rmse_oracle
-    assert 0.8 <= spread_skill <= 1.25
-    assert 0.8 <= variance_ratio <= 1.25
-    assert mean_gap_in_sampling_noise < 3.0
+    assert 0.4 < rmse_oracle < 0.7  # the problem is neither trivial nor hopeless (0.548 +- 0.015)
+    assert rmse_oracle <= rmse_sda <= 1.053 * rmse_oracle  # nothing beats the exact posterior
+    assert 0.86 <= spread_skill <= 1.07
+    assert 0.89 <= variance_ratio <= 1.03
+    assert mean_gap_in_sampling_noise < 2.35  # exact sampling: 1
 
 
 def test_guidance_pulls_samples_to_the_observations():
@@ -161,9 +266,14 @@ def test_guidance_pulls_samples_to_the_observations():
     y_t = torch.as_tensor(y)
     consistency = ((operator(posterior) - y_t) / sigma_y).std().item()
     prior_consistency = ((operator(prior) - y_t) / sigma_y).std().item()
-    # a posterior sample misses y by the observation noise: std((A x - y) / sigma_y) ~ 1
-    assert 0.8 < consistency < 1.25, consistency
-    assert prior_consistency > 3.0, prior_consistency
+    # An exact posterior sample misses y by exactly the observation noise on average over
+    # truths and noise: Cov(y - A x) = R S^-1 R + A P A^T = R (S = A C A^T + R, P the posterior
+    # covariance), so std((A x - y) / sigma_y) = 1. A prior sample misses by
+    # sqrt(2 + sigma_y^2) / sigma_y = 4.8 (unit-variance field and truth). Measured with
+    # truth/observation/sampler seeds 7 + 1000 k, 7 + 1000 k, 1000 k for k = 0..19:
+    # consistency 0.963 +- 0.033 (min 0.90, max 1.02), prior 4.57 +- 0.22; bands +- 4 std.
+    assert 0.83 < consistency < 1.10, consistency
+    assert 3.7 < prior_consistency < 5.5, prior_consistency
 
 
 def test_sda_through_a_coarse_grained_operator():
@@ -179,8 +289,15 @@ def test_sda_through_a_coarse_grained_operator():
                           generator=torch.Generator().manual_seed(12)).double().numpy()
     rmse = np.sqrt(((ensemble.mean(0) - truth) ** 2).mean())
     rmse_oracle = np.sqrt(((mean - truth) ** 2).mean())
-    assert rmse <= 1.08 * rmse_oracle, (rmse, rmse_oracle)
-    assert 0.75 < ensemble.var(0, ddof=1).mean() / var.mean() < 1.33
+    variance_ratio = ensemble.var(0, ddof=1).mean() / var.mean()
+    mean_gap = ((ensemble.mean(0) - mean) ** 2).mean() / (var.mean() / members)
+    # Measured over 16 seed sets (truth and observation seeds 11 + 1000 k, sampler 12 + 1000 k,
+    # k = 0..15): RMSE ratio 1.024 +- 0.010 (exact sampling: sqrt(1 + 1/32) = 1.016),
+    # variance ratio 1.045 +- 0.021, mean gap / sampling noise 1.06 +- 0.08 (exact: 1);
+    # bands at the measured mean +- 4 std.
+    assert rmse <= 1.063 * rmse_oracle, (rmse, rmse_oracle)
+    assert 0.96 < variance_ratio < 1.13, variance_ratio
+    assert mean_gap < 1.37, mean_gap
 
 
 def test_land_is_held_at_zero_and_the_ocean_still_assimilates():
@@ -197,7 +314,12 @@ def test_land_is_held_at_zero_and_the_ocean_still_assimilates():
     assert torch.all(ensemble[:, :, ~torch.as_tensor(valid)] == 0)
     assert torch.isfinite(ensemble).all()
     misfit = (operator(ensemble.double()) - torch.as_tensor(y)).abs().mean().item()
-    assert misfit < 0.3  # prior misfit would be ~1.1 (unit variance)
+    # Exact posterior samples: E|A x - y| = sigma_y sqrt(2 / pi) = 0.080 (see the consistency
+    # test above); a prior sample ~1.1. Measured (seeds 2 + 1000 k, 3 + 1000 k, k = 0..19):
+    # 0.0996 +- 0.0032 (64 steps with sigma_y = 0.1 prior std: the stiff corrector misses y by
+    # 1.25 sigma_y, module docstring). Band: from just below the exact value to the
+    # measured mean + 4 std.
+    assert 0.075 < misfit < 0.113, misfit
 
 
 def test_sampler_is_reproducible_and_chunks_members():

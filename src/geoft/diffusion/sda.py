@@ -14,7 +14,7 @@ likelihood of the noisy state is approximated by the Gaussian
 whose extra variance ``gamma (sigma/mu)^2`` stands for the error of ``x0_hat`` at noise level
 ``t`` (Rozet & Louppe's ``Sigma_t ~ gamma sigma^2/mu^2 I``). Its gradient (autograd through
 ``A`` and ``eps_fn``) gives the posterior score, i.e. the guided noise
-``eps~ = eps - sigma * grad_x log p(y | x_t)``.
+``eps~ = eps - sigma * grad_x log p(y | x_t)`` (:func:`guided_noise`).
 
 Sampler. ``steps`` exponential-integrator (DDIM-like) predictor steps from ``t = 1`` to 0,
 ``x <- r x + (sigma(t-d) - r sigma(t)) eps~`` with ``r = mu(t-d)/mu(t)``, each followed by
@@ -80,6 +80,33 @@ def _land_keep(x_mask, shape: Sequence[int], device, dtype) -> torch.Tensor | No
     return keep.to(dtype)[None]
 
 
+def guided_noise(eps_fn: EpsFn, x: torch.Tensor, t: torch.Tensor, mu: float, sigma: float,
+                 operator: "ObservationOperator", y: torch.Tensor, var_y: torch.Tensor,
+                 gamma: float, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """The guided noise prediction ``eps~ = eps - sigma * grad_x log p(y | x_t)`` of SDA.
+
+    ``x`` ``(B, C, H, W)``: the noisy state at time ``t`` ``(B,)`` with ``mu = mu(t)``,
+    ``sigma = sigma(t)`` (floats); ``y`` observed values and ``var_y`` their error variances,
+    each broadcastable to the operator's output ``(B, M)`` (e.g. ``(1, M)``); ``gamma``: the
+    likelihood's variance inflation. The likelihood is the Gaussian of the module docstring,
+    ``log p(y | x_t) ~ -1/2 sum_m (y_m - A(x0_hat)_m)^2 / (var_y,m + gamma (sigma/mu)^2)``
+    with ``x0_hat = (x_t - sigma eps_fn(x_t, t)) / mu`` (times ``keep``, the float land mask
+    ``(1, C, H, W)``, when given), differentiated by autograd through ``A`` and ``eps_fn``.
+    Returns ``eps~`` detached, shaped like ``x``.
+    """
+    with torch.enable_grad():
+        x_in = x.detach().requires_grad_(True)
+        eps = eps_fn(x_in, t)
+        x0 = (x_in - sigma * eps) / mu
+        if keep is not None:
+            x0 = x0 * keep
+        err = y - operator(x0)
+        var = var_y + gamma * (sigma / mu) ** 2
+        log_p = -0.5 * (err.square() / var).sum()
+        (grad,) = torch.autograd.grad(log_p, x_in)
+    return (eps - sigma * grad).detach()
+
+
 def sda_sample(eps_fn: EpsFn, shape: Sequence[int], operator: "ObservationOperator | None",
                y: torch.Tensor | np.ndarray | None,
                sigma_y: torch.Tensor | np.ndarray | float | None,
@@ -141,21 +168,11 @@ def sda_sample(eps_fn: EpsFn, shape: Sequence[int], operator: "ObservationOperat
     def guided_eps(x: torch.Tensor, i: int) -> torch.Tensor:
         """eps~ at time index ``i`` for the state ``x`` (B, C, H, W)."""
         t = torch.full((x.shape[0],), float(times[i]), dtype=dtype, device=device)
-        mu, sigma = mus[i], sigmas[i]
         if not guided:
             with torch.no_grad():
                 return eps_fn(x, t)
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            eps = eps_fn(x_in, t)
-            x0 = (x_in - sigma * eps) / mu
-            if keep is not None:
-                x0 = x0 * keep
-            err = y_t - operator(x0)
-            var = var_y + gamma * (sigma / mu) ** 2
-            log_p = -0.5 * (err.square() / var).sum()
-            (grad,) = torch.autograd.grad(log_p, x_in)
-        return (eps - sigma * grad).detach()
+        return guided_noise(eps_fn, x, t, mus[i], sigmas[i], operator, y_t, var_y, gamma,
+                            keep=keep)
 
     members = []
     with _progress_bar(math.ceil(shape[0] / chunk) * steps, "SDA sampling", progress) as advance:
