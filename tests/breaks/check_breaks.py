@@ -47,8 +47,8 @@ BREAKS: tuple[Break, ...] = (
           ("tests/test_evaluate.py",)),
     Break("skill vs persistence with its sign flipped",
           "src/geoft/evaluate.py",
-          "(1 - model / ref)",
-          "(model / ref - 1)",
+          "((model - ref) / (perfect - ref))",
+          "((ref - model) / (perfect - ref))",
           ("tests/test_evaluate.py",)),
     Break("climatology baseline one day late",
           "src/geoft/baselines.py",
@@ -56,17 +56,17 @@ BREAKS: tuple[Break, ...] = (
           '(store.times[idx.values.ravel()] + np.timedelta64(1, "D")).day_of_year.values',
           ("tests/test_evaluate.py",)),
     Break("roll-out fine-tuning computes the loss on one step only",
-          "src/geoft/training/loop.py",
+          "src/geoft/models/aurora.py",
           "for k, pred in enumerate(preds):",
           "for k, pred in enumerate(preds[:1]):",
           ("tests/test_training.py::test_rollout_loss_and_gradients_equal_explicit_forward_calls",)),
     Break("rollout_grad: last ignored",
-          "src/geoft/training/loop.py",
+          "src/geoft/models/aurora.py",
           'preds = module(batch, cfg.rollout_steps, cfg.rollout_grad == "last")',
           "preds = module(batch, cfg.rollout_steps, False)",
           ("tests/test_training.py::test_rollout_loss_and_gradients_equal_explicit_forward_calls",)),
     Break("metrics.jsonl not trimmed back to the checkpoint on resume",
-          "src/geoft/training/loop.py",
+          "src/geoft/training/engine.py",
           "self._truncate_metrics(self.counters.step)",
           "pass",
           ("tests/test_training.py::test_exact_resume_after_kill",)),
@@ -101,6 +101,8 @@ def _copy_project(dest: Path) -> None:
 def run_break(brk: Break, *, verbose: bool = False) -> tuple[str, float, str]:
     """Apply ``brk`` in a copy of the project and run its tests: ``(status, seconds, tail)``
     with status ``CAUGHT``, ``SURVIVED`` or ``stale``."""
+    if not (REPO / brk.file).is_file():
+        return "stale", 0.0, f"{brk.file} does not exist any more"
     source = (REPO / brk.file).read_text()
     count = source.count(brk.old)
     if count != 1:
