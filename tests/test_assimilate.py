@@ -226,11 +226,13 @@ def _bad_table(tmp_path, **override) -> Path:
 def test_bad_inputs_raise_one_line_errors_and_write_nothing(store, prior, tmp_path):
     out, _ = prior
     target = tmp_path / "result"
+    # nothing observed is refused when the section is validated (recipe validate), not later
+    with pytest.raises(GeoftError, match="say what is observed"):
+        A.load_config({**cfg_for().model_dump(), "observe": []})
     cases = [
         (cfg_for(observe=[{"variable": "so:0", "operator": "points"}]), "not a prior channel"),
         (cfg_for(observe=[{"variable": "zos", "operator": "points", "fraction": 0.0}]),
          "empty"),
-        (cfg_for(observe=[]), "no observations configured"),
         (cfg_for(observations={"table": str(_bad_table(tmp_path, lat=60.0))}),
          "outside the grid"),
         (cfg_for(observations={"table": str(_bad_table(tmp_path, value="nan"))}), "NaN value"),

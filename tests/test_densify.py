@@ -19,8 +19,9 @@ from geoft.diffusion import densify as D
 from geoft.diffusion.masks import (MASK_KINDS, MaskChoice, MaskSampler, argo_profiles,
                                    cloud_blobs, observation_mask, random_pixels,
                                    satellite_tracks)
-from geoft.diffusion.unet import (DiffusionTrainer, list_checkpoints,
-                                  make_unet, masked_mse)
+from geoft.diffusion.unet import DiffusionSpec, make_unet, masked_mse
+from geoft.training.checkpoint import list_checkpoints, read_model_config
+from geoft.training.engine import Trainer
 from geoft.errors import GeoftError
 from geoft.store import PreparedStore
 from geoft.testing import make_tiny_store
@@ -162,18 +163,22 @@ def test_training_reduces_loss(trained):
     assert all(r["samples_per_s"] > 0 for r in records)
     assert records[-1]["loss"] < 0.7 * records[0]["loss"], [r["loss"] for r in records]
     assert summary["step"] == 60
-    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-00000040.pt",
-                                                                     "step-00000060.pt"]
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-000040",
+                                                                     "step-000060"]
+    assert {p.name for p in (out / "checkpoints/step-000060").iterdir()} >= {
+        "model.pt", "ema.pt", "trainer.pt", "model_config.json"}
 
 
-def _trainer(tmp: Path, fields, idx, steps: int) -> DiffusionTrainer:
+def _trainer(tmp: Path, fields, idx, steps: int) -> Trainer:
+    """The densify model on the training engine, as train_densifier sets it up."""
     cfg = tiny_cfg(steps=steps, checkpoint_every=3, log_every=1)
     torch.manual_seed(123)  # same initial weights for every trainer
     model, kwargs = D.build_model(3, D.static_channels(fields, True).shape[0],
                                   fields.shape[1:], cfg.model)
-    objective = D.ConditionalObjective(fields, idx, cfg, torch.device("cpu"))
-    return DiffusionTrainer(model, objective, len(idx), D._trainer_settings(cfg), tmp,
-                            model_kwargs=kwargs, progress=False)
+    spec = DiffusionSpec("diffusion-densify", model, kwargs,
+                         lambda device: D.ConditionalObjective(fields, idx, cfg, device),
+                         len(idx), {"channels": fields.names})
+    return Trainer(spec, D.engine_config(cfg), tmp, progress=False)
 
 
 def test_exact_resume_after_interruption(store, tmp_path):
@@ -182,21 +187,23 @@ def test_exact_resume_after_interruption(store, tmp_path):
     st, fields = D.open_fields(store, VARIABLES, where="test")
     idx = st.indices("train")
     straight = _trainer(tmp_path / "a", fields, idx, 7)
-    straight.train(resume=False)
+    straight.fit(resume=False)
     first = _trainer(tmp_path / "b", fields, idx, 7)
-    first.train(stop_at=3)
-    # an interrupted write leaves only a temporary file, which resume must ignore
-    (tmp_path / "b" / "checkpoints" / ".step-00000006.pt.x.partial").write_bytes(b"junk")
+    first.fit(stop_at=3)
+    # an interrupted write leaves only a temporary directory, which resume must ignore
+    (tmp_path / "b" / "checkpoints" / ".step-000006.partial-1-x").mkdir()
     resumed = _trainer(tmp_path / "b", fields, idx, 7)
-    summary = resumed.train()
-    assert summary["resumed_from"].endswith("step-00000003.pt")
+    summary = resumed.fit()
+    assert summary["resumed_from"].endswith("step-000003")
     assert summary["steps_run"] == 4
+    assert not list((tmp_path / "b" / "checkpoints").glob(".*partial*"))
     for (name, a), b in zip(straight.model.state_dict().items(),
                             resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
     for a, b in zip(straight.ema.shadow_params, resumed.ema.shadow_params):
         assert torch.equal(a, b)
-    assert straight.position == resumed.position == 7 * 8
+    assert straight.counters.samples == resumed.counters.samples == 7 * 8
+    assert straight.sampler.state_dict() == resumed.sampler.state_dict()
     assert straight.optimizer.state_dict()["state"][0]["exp_avg"].equal(
         resumed.optimizer.state_dict()["state"][0]["exp_avg"])
     log_a = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
@@ -409,7 +416,7 @@ def test_resume_after_sigkill_matches_straight_run(store, tmp_path):
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
             done = list_checkpoints(killed_dir / "checkpoints")
-            if done and int(done[-1].name[5:13]) >= 15:
+            if done and int(done[-1].name[5:]) >= 15:
                 break
             time.sleep(0.02)
         assert proc.poll() is None, "training finished before it could be killed"
@@ -418,19 +425,26 @@ def test_resume_after_sigkill_matches_straight_run(store, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    interrupted_at = int(list_checkpoints(killed_dir / "checkpoints")[-1].name[5:13])
+    interrupted_at = int(list_checkpoints(killed_dir / "checkpoints")[-1].name[5:])
     assert 15 <= interrupted_at < 200
     resumed = D.train_densifier(store, cfg, killed_dir, progress=False)
     assert resumed["resumed_from"] and resumed["steps_run"] == 200 - interrupted_at
     straight_dir = tmp_path / "straight"
     D.train_densifier(store, cfg, straight_dir, progress=False)
-    a = torch.load(list_checkpoints(killed_dir / "checkpoints")[-1], weights_only=False)
-    b = torch.load(list_checkpoints(straight_dir / "checkpoints")[-1], weights_only=False)
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    for x, y in zip(a["ema"]["shadow_params"], b["ema"]["shadow_params"]):
-        assert torch.equal(x, y)
-    assert a["data_position"] == b["data_position"] == 200 * cfg.batch_size
+    last_a = list_checkpoints(killed_dir / "checkpoints")[-1]
+    last_b = list_checkpoints(straight_dir / "checkpoints")[-1]
+    for name in ("model.pt", "ema.pt"):
+        a = torch.load(last_a / name, weights_only=True)
+        b = torch.load(last_b / name, weights_only=True)
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
+    ta = torch.load(last_a / "trainer.pt", weights_only=False)
+    tb = torch.load(last_b / "trainer.pt", weights_only=False)
+    assert ta["counters"]["samples"] == tb["counters"]["samples"] == 200 * cfg.batch_size
+    assert ta["sampler"] == tb["sampler"]
+    log_a = [json.loads(x) for x in (killed_dir / "metrics.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x) for x in (straight_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in log_a] == [(r["step"], r["loss"]) for r in log_b]
 
 
 # -- land, conditioning and the first guess (the demo's warm bias and coast artifacts) --------
@@ -585,7 +599,7 @@ def test_first_guess_model_trains_and_samples_residuals(store, tmp_path):
     follows the checkpoint (not the current config), clamping ends on the observations."""
     cfg = tiny_cfg(first_guess="linear", steps=20, checkpoint_every=20)
     D.train_densifier(store, cfg, tmp_path / "m", progress=False)
-    state = torch.load(list_checkpoints(tmp_path / "m" / "checkpoints")[-1], weights_only=False)
+    state = read_model_config(list_checkpoints(tmp_path / "m" / "checkpoints")[-1])
     assert state["meta"]["first_guess"] == "linear"
     scale = state["meta"]["residual_scale"]
     assert len(scale) == len(VARIABLES) and all(0 < s < 2 for s in scale)

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
 
-from geoft.diffusion.densify import TableObservations, UNetOptions
+from geoft.diffusion.config import DiffusionTraining, TableObservations, UNetOptions  # noqa: F401
+from geoft.schema import Strict
 from geoft.errors import GeoftError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,11 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
 DIVERGED_Z = 50.0
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SDAOptions(_Strict):
+class SDAOptions(Strict):
     """The SDA sampler: ``steps`` predictor steps, ``corrections`` Langevin corrector steps per
     predictor step of size ``tau``, and the likelihood's variance inflation ``gamma``."""
 
@@ -52,7 +49,7 @@ class SDAOptions(_Strict):
     gamma: float = Field(1e-2, ge=0)
 
 
-class ObservedVariable(_Strict):
+class ObservedVariable(Strict):
     """An OSSE observation of one channel (a name from ``variables``).
 
     ``operator``: ``points`` (a ``fraction`` of the ocean pixels, random), ``tracks``
@@ -71,55 +68,38 @@ class ObservedVariable(_Strict):
     noise: float = Field(0.05, gt=0)
 
 
-class AssimilateConfig(_Strict):
-    """The recipe's ``assimilate:`` section.
-
-    ``variables``: the prior's channels (``"zos"``, ``"thetao:0"``, ...; a bare level variable
-    means all its levels). ``observe``: OSSE observations of some of them; or ``observations``
-    for an observation file (``time, lat, lon, variable, [level,] value, error``).
-    """
+class AssimilateConfig(DiffusionTraining):
+    """The recipe's ``assimilate:`` section: the shared diffusion training settings of the
+    prior (:class:`~geoft.diffusion.config.DiffusionTraining`: ``variables``, network,
+    optimisation), the SDA sampler, and what is observed: ``observe`` (OSSE observations of
+    some channels) or ``observations`` (an observation file: ``time, lat, lon, variable,
+    [level,] value, error``)."""
 
     method: str = "sda"
-    variables: list[str] = Field(default_factory=lambda: ["zos", "thetao:0", "so:0"],
-                                 min_length=1)
-    latlon: bool = True
-    # what the network predicts: "v" (velocity; its x0 estimate stays bounded where mu(t) ~
-    # 1e-3) or plain "epsilon"; eps_fn always returns epsilon (see unet.eps_from_v)
-    parameterization: Literal["v", "epsilon"] = "v"
-    model: UNetOptions = Field(default_factory=UNetOptions)
-    # training of the prior
     steps: int = Field(4000, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(1e-2, ge=0)
-    warmup_steps: int = Field(100, ge=0)
-    grad_clip: float = Field(1.0, ge=0)
-    ema_decay: float = Field(0.999, gt=0, le=1)
-    checkpoint_every: int = Field(250, ge=1)
-    log_every: int = Field(25, ge=1)
-    cache: bool = True
     # sampling
     sampler: SDAOptions = Field(default_factory=SDAOptions)
     members: int = Field(8, ge=1)
     sample_batch: int | None = Field(None, ge=1)
     # observations
-    observe: list[ObservedVariable] = Field(
-        default_factory=lambda: [ObservedVariable(variable="zos", operator="tracks",
-                                                  fraction=0.1)])
+    observe: list[ObservedVariable] = Field(default_factory=list)
     observations: TableObservations | None = None
     # evaluation
     eval_split: Literal["train", "val", "test"] = "test"
     n_samples: int = Field(4, ge=1)
     keep_members: bool = False
     figures: bool = True
-    seed: int = 0
-    device: str = "auto"
-    cpu_threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU "
-                                    "(1 is fastest for small models on a busy 2-core machine)")
+
+    @model_validator(mode="after")
+    def _observed(self) -> "AssimilateConfig":
+        if not self.observe and self.observations is None:
+            raise ValueError("say what is observed: observe (OSSE, e.g. [{variable: zos, "
+                             "operator: tracks}]) or observations (a table file)")
+        return self
 
 
 def load_config(cfg: AssimilateConfig | dict | None) -> AssimilateConfig:
-    from geoft.diffusion import validate_section
+    from geoft.schema import validate_section
 
     return validate_section(AssimilateConfig, cfg, "assimilate")
 
@@ -175,16 +155,6 @@ def build_prior(n_channels: int, n_static: int, field_shape, options: UNetOption
     return PaddedUNet(UNet2DModel(**kwargs), tuple(field_shape)), kwargs
 
 
-def _trainer_settings(cfg: AssimilateConfig):
-    from geoft.diffusion.unet import TrainerSettings
-
-    return TrainerSettings(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                           weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
-                           grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay,
-                           checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
-                           seed=cfg.seed, device=cfg.device)
-
-
 def train_climatology(fields: "StoreFields", indices: np.ndarray) -> np.ndarray:
     """Per-pixel mean ``(C, H, W)`` z-score over ``indices`` (the prior's mean, a baseline)."""
     total = np.zeros(fields.shape, np.float64)
@@ -197,12 +167,12 @@ def train_prior(store_path, cfg: AssimilateConfig | dict | None, out_dir, *,
                 progress: bool = True, resume: bool = True,
                 stop_at: int | None = None) -> dict[str, Any]:
     """Train the unconditional prior on the train split (resumable, see
-    :class:`~geoft.diffusion.unet.DiffusionTrainer`). Also writes ``climatology.npy`` (the
+    :mod:`geoft.training.engine`). Also writes ``climatology.npy`` (the
     per-pixel train mean in z-scores, the reference the analysis must beat) and
     ``config.json`` to ``out_dir``. Returns the trainer summary."""
     from geoft.diffusion.densify import open_fields, static_channels
-    from geoft.diffusion.unet import (DiffusionTrainer, atomic_write_bytes_via,
-                                      atomic_write_text, pick_device)
+    from geoft.diffusion.unet import DiffusionSpec, train_diffusion
+    from geoft.io import atomic_write, atomic_write_json
 
     cfg = load_config(cfg)
     store, fields = open_fields(store_path, cfg.variables, where="assimilate.variables",
@@ -213,23 +183,22 @@ def train_prior(store_path, cfg: AssimilateConfig | dict | None, out_dir, *,
 
     torch.manual_seed(cfg.seed)  # initial weights follow the seed: runs are reproducible
     model, kwargs = build_prior(fields.shape[0], static.shape[0], fields.shape[1:], cfg.model)
-    device = pick_device(cfg.device)
     meta = {"stage": "assimilate", "config": cfg.model_dump(mode="json"),
             "channels": fields.names, "store": str(Path(store_path).resolve()),
             "n_static": int(static.shape[0]), "schedule": {"kind": "vp-cosine", "eta": 1e-3}}
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.json", json.dumps(meta, indent=2))
+    atomic_write_json(out_dir / "config.json", meta)
     clim_path = out_dir / "climatology.npy"
     if not clim_path.exists() or not resume:
         clim = train_climatology(fields, train_idx)
-        atomic_write_bytes_via(clim_path, lambda p: np.save(open(p, "wb"), clim))
-    objective = PriorObjective(fields, train_idx, cfg.latlon, device, cfg.parameterization)
-    trainer = DiffusionTrainer(model, objective,
-                               len(train_idx), _trainer_settings(cfg), out_dir,
-                               model_kwargs=kwargs, meta=meta, progress=progress,
-                               description="assimilate: training prior")
-    summary = trainer.train(resume=resume, stop_at=stop_at)
+        atomic_write(clim_path, lambda p: np.save(open(p, "wb"), clim))
+    spec = DiffusionSpec(
+        "diffusion-prior", model, kwargs,
+        lambda device: PriorObjective(fields, train_idx, cfg.latlon, device,
+                                      cfg.parameterization),
+        len(train_idx), meta)
+    summary = train_diffusion(spec, cfg, out_dir, progress=progress, resume=resume,
+                              stop_at=stop_at, description="assimilate: training prior")
     summary["channels"] = fields.names
     summary["n_train"] = int(len(train_idx))
     return summary
@@ -375,7 +344,8 @@ def assimilate(store_path, cfg: AssimilateConfig | dict | None, checkpoint_dir, 
     from geoft.diffusion.densify import (_eval_indices, ensemble_dataset, open_fields,
                                          write_netcdf_atomic)
     from geoft.diffusion.sda import sda_sample
-    from geoft.diffusion.unet import load_trained, make_progress
+    from geoft.diffusion.unet import load_trained
+    from geoft.progress import progress_task
 
     cfg = load_config(cfg)
     store, fields = open_fields(store_path, cfg.variables, where="assimilate.variables",
@@ -425,15 +395,14 @@ def assimilate(store_path, cfg: AssimilateConfig | dict | None, checkpoint_dir, 
     s = cfg.sampler
     ensembles = []
     t0 = _time.perf_counter()
-    with make_progress(progress) as bar:
-        task = bar.add_task(f"assimilate: SDA x {cfg.members}", total=len(cases), status="")
+    with progress_task(progress, f"assimilate: SDA x {cfg.members}", len(cases)) as bar:
         for case in cases:
             ens = sda_sample(eps_fn, (cfg.members,) + fields.shape, case["operator"], case["y"],
                              case["sigma_y"], steps=s.steps, corrections=s.corrections,
                              tau=s.tau, gamma=s.gamma, generator=generator, progress=False,
                              x_mask=fields.valid, batch_size=cfg.sample_batch, device=device)
             ensembles.append(ens.cpu().numpy().astype(np.float32))
-            bar.advance(task)
+            bar.advance()
     seconds = _time.perf_counter() - t0
     members_z = np.stack(ensembles)  # (T, M, C, H, W)
     max_abs_z = float(np.max(np.abs(members_z))) if np.isfinite(members_z).all() else np.inf
@@ -554,7 +523,7 @@ def _coarse_channel(operator, k: int) -> bool:
 def _write_evaluation(evaluation, out_dir: Path, store, fields, cases, members_z, truth_z,
                       figures: bool) -> dict[str, Any]:
     from geoft.diffusion.densify import _markdown_table, _units, plot_panels
-    from geoft.diffusion.unet import atomic_write_text
+    from geoft.io import atomic_write_text
 
     table, consistency = evaluation
     markdown = (_markdown_table(table) + "\n\nObservation consistency "

@@ -35,7 +35,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, model_validator
+
+from geoft.diffusion.config import (  # noqa: F401 - re-exported
+    DiffusionTraining,
+    MaskOptions,
+    TableObservations,
+    UNetOptions,
+    engine_config,
+)
 
 from geoft.errors import GeoftError
 
@@ -53,101 +61,19 @@ BASELINES = ("nearest", "linear", "kriging", "dineof")
 # ------------------------------------------------------------------------------------------
 # configuration (the recipe's `densify:` section)
 # ------------------------------------------------------------------------------------------
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class UNetOptions(_Strict):
-    """Size of the diffusers ``UNet2DModel``: one resolution level per entry of
-    ``block_out_channels`` (the field is padded to a multiple of ``2**(levels-1)``)."""
-
-    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64], min_length=1)
-    layers_per_block: int = Field(1, ge=1)
-    attention: bool = False
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-
-
-class MaskOptions(_Strict):
-    """One way of observing for training pairs (and the OSSE): ``kind`` (pixels, tracks,
-    clouds, argo), ``occlusion`` = share of pixels hidden, a value or a ``[low, high]`` range
-    drawn uniformly per training pair; ``channels``: indices into ``variables`` this kind
-    observes (default all); ``eval_occlusion``: the occlusion of the OSSE test masks
-    (default the middle of the range)."""
-
-    kind: Literal["pixels", "tracks", "clouds", "argo"]
-    occlusion: float | tuple[float, float] = (0.5, 0.95)
-    channels: list[int] | None = None
-    eval_occlusion: float | None = None
-
-    @field_validator("occlusion")
-    @classmethod
-    def _check_occlusion(cls, v):
-        low, high = (v, v) if isinstance(v, (int, float)) else v
-        if not (0.0 <= low <= high < 1.0):
-            raise ValueError("occlusion must satisfy 0 <= low <= high < 1")
-        return v
-
-    @field_validator("eval_occlusion")
-    @classmethod
-    def _check_eval(cls, v):
-        if v is not None and not 0.0 <= v < 1.0:
-            raise ValueError("eval_occlusion must lie in [0, 1)")
-        return v
-
-    @property
-    def occlusion_range(self) -> tuple[float, float]:
-        o = self.occlusion
-        return (float(o), float(o)) if isinstance(o, (int, float)) else (float(o[0]), float(o[1]))
-
-    @property
-    def test_occlusion(self) -> float:
-        if self.eval_occlusion is not None:
-            return float(self.eval_occlusion)
-        low, high = self.occlusion_range
-        return 0.5 * (low + high)
-
-
-class TableObservations(_Strict):
-    """Observation-file mode: ``table`` (CSV/parquet with time, lat, lon, variable, [level,]
-    value, error in physical units); ``times`` to reconstruct (default: every distinct time in
-    the table); observations within ``time_window`` of a time are used for it."""
-
-    table: str
-    times: list[str] | None = None
-    time_window: str = "12h"
-
-
-class DensifyConfig(_Strict):
-    """The recipe's ``densify:`` section.
-
-    ``variables``: channels, ``"zos"`` (surface variable), ``"thetao:K"`` (level index ``K``,
-    0 = top, of a level variable) or ``"thetao"`` (all levels).
-    """
+class DensifyConfig(DiffusionTraining):
+    """The recipe's ``densify:`` section: the shared diffusion training settings
+    (:class:`~geoft.diffusion.config.DiffusionTraining`: ``variables``, network, optimisation)
+    plus the observation masks, the sampler and the evaluation."""
 
     method: str = "diffusion-densify"
-    variables: list[str] = Field(default_factory=lambda: ["thetao:0"], min_length=1)
     masks: list[MaskOptions] = Field(
         default_factory=lambda: [MaskOptions(kind="clouds", occlusion=(0.3, 0.95)),
                                  MaskOptions(kind="pixels", occlusion=(0.8, 0.99))],
         min_length=1)
     eval_mask: MaskOptions | None = None  # the OSSE mask; default: the first of `masks`
     eval_noise: float = Field(0.0, ge=0.0)  # OSSE observation noise, in standard deviations
-    latlon: bool = True  # lat/lon feature channels as conditioning
-    model: UNetOptions = Field(default_factory=UNetOptions)
-    # training
-    steps: int = Field(2000, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(1e-2, ge=0)
-    warmup_steps: int = Field(100, ge=0)
-    grad_clip: float = Field(1.0, ge=0)
-    ema_decay: float = Field(0.999, gt=0, le=1)
-    checkpoint_every: int = Field(250, ge=1)
-    log_every: int = Field(25, ge=1)
     train_timesteps: int = Field(1000, ge=10)
-    # what the network predicts: "v" (velocity, exposed to the schedulers as epsilon; robust
-    # without clip_sample) or plain "epsilon"; see unet.eps_from_v
-    parameterization: Literal["v", "epsilon"] = "v"
     # "linear": the network generates the residual of a linear interpolation of the
     # observations (scaled to unit RMS) and sees that first guess as a conditioning channel;
     # the reconstruction is first guess + residual. "none": it generates the field itself.
@@ -155,7 +81,6 @@ class DensifyConfig(_Strict):
     # demo, a data-loading cost on large grids).
     first_guess: Literal["none", "linear"] = "none"
     beta_schedule: Literal["linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
-    cache: bool = True  # keep read samples in memory (only if the selection fits 2 GiB)
     # reconstruction
     sampler: Literal["ddim", "repaint", "ddim+clamp"] = "ddim"
     ddim_steps: int = Field(50, ge=1)
@@ -175,10 +100,6 @@ class DensifyConfig(_Strict):
     # kriging solves a max_obs^2 system per frame and channel (a random subset beyond it)
     kriging_max_obs: int = Field(2000, ge=10)
     figures: bool = True
-    seed: int = 0
-    device: str = "auto"
-    cpu_threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU "
-                                    "(1 is fastest for small models on a busy 2-core machine)")
 
     @model_validator(mode="after")
     def _check(self):
@@ -192,7 +113,7 @@ class DensifyConfig(_Strict):
 
 
 def load_config(cfg: DensifyConfig | dict | None) -> DensifyConfig:
-    from geoft.diffusion import validate_section
+    from geoft.schema import validate_section
 
     return validate_section(DensifyConfig, cfg, "densify")
 
@@ -262,16 +183,6 @@ def _mask_sampler(cfg: DensifyConfig, n_channels: int):
         choices.append(MaskChoice(m.kind, m.occlusion_range,
                                   None if m.channels is None else tuple(m.channels)))
     return MaskSampler(choices)
-
-
-def _trainer_settings(cfg):
-    from geoft.diffusion.unet import TrainerSettings
-
-    return TrainerSettings(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                           weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
-                           grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay,
-                           checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
-                           seed=cfg.seed, device=cfg.device)
 
 
 # ------------------------------------------------------------------------------------------
@@ -388,7 +299,7 @@ class ConditionalObjective:
     """
 
     def __init__(self, fields: "StoreFields", train_indices: np.ndarray, cfg: DensifyConfig,
-                 device):
+                 device, *, residual_scale: np.ndarray | None = None):
         import torch
 
         self.fields = fields
@@ -401,8 +312,9 @@ class ConditionalObjective:
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(device)
         self.parameterization = cfg.parameterization
         self.first_guess = cfg.first_guess
-        self.residual_scale = (estimate_residual_scale(fields, self.train_indices, cfg)
-                               if cfg.first_guess == "linear" else None)
+        if cfg.first_guess == "linear" and residual_scale is None:
+            residual_scale = estimate_residual_scale(fields, self.train_indices, cfg)
+        self.residual_scale = residual_scale if cfg.first_guess == "linear" else None
 
     def __call__(self, model, idx, rng, generator):
         import torch
@@ -460,7 +372,8 @@ def train_densifier(store_path, cfg: DensifyConfig | dict | None, out_dir, *,
     continues from the newest checkpoint exactly. ``stop_at`` stops after that step (as an
     interruption would). Returns the trainer summary (steps, losses, samples/s, checkpoint).
     """
-    from geoft.diffusion.unet import DiffusionTrainer, atomic_write_text, pick_device
+    from geoft.diffusion.unet import DiffusionSpec, train_diffusion
+    from geoft.io import atomic_write_json
 
     cfg = load_config(cfg)
     store, fields = open_fields(store_path, cfg.variables, where="densify.variables",
@@ -472,20 +385,23 @@ def train_densifier(store_path, cfg: DensifyConfig | dict | None, out_dir, *,
     torch.manual_seed(cfg.seed)  # initial weights follow the seed: runs are reproducible
     model, kwargs = build_model(fields.shape[0], static.shape[0], fields.shape[1:], cfg.model,
                                 first_guess=cfg.first_guess != "none")
-    device = pick_device(cfg.device)
-    objective = ConditionalObjective(fields, train_idx, cfg, device)
+    # the residual scale is a training-set statistic: computed once, before the engine runs
+    residual_scale = (estimate_residual_scale(fields, np.asarray(train_idx), cfg)
+                      if cfg.first_guess == "linear" else None)
     meta = {"stage": "densify", "config": cfg.model_dump(mode="json"),
             "channels": fields.names, "store": str(Path(store_path).resolve()),
             "n_static": int(static.shape[0]), "first_guess": cfg.first_guess,
-            "residual_scale": (None if objective.residual_scale is None
-                               else [float(v) for v in objective.residual_scale])}
+            "residual_scale": (None if residual_scale is None
+                               else [float(v) for v in residual_scale])}
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.json", json.dumps(meta, indent=2))
-    trainer = DiffusionTrainer(model, objective, len(train_idx), _trainer_settings(cfg), out_dir,
-                               model_kwargs=kwargs, meta=meta, progress=progress,
-                               description="densify: training")
-    summary = trainer.train(resume=resume, stop_at=stop_at)
+    atomic_write_json(out_dir / "config.json", meta)
+    spec = DiffusionSpec(
+        "diffusion-densify", model, kwargs,
+        lambda device: ConditionalObjective(fields, train_idx, cfg, device,
+                                            residual_scale=residual_scale),
+        len(train_idx), meta)
+    summary = train_diffusion(spec, cfg, out_dir, progress=progress, resume=resume,
+                              stop_at=stop_at, description="densify: training")
     summary["channels"] = fields.names
     summary["n_train"] = int(len(train_idx))
     return summary
@@ -707,7 +623,7 @@ def densify(store_path, cfg: DensifyConfig | dict | None, checkpoint_dir, out_di
     import torch
 
     from geoft.diffusion.masks import observation_mask
-    from geoft.diffusion.unet import make_progress
+    from geoft.progress import progress_task
 
     cfg = load_config(cfg)
     store, fields = open_fields(store_path, cfg.variables, where="densify.variables",
@@ -746,9 +662,8 @@ def densify(store_path, cfg: DensifyConfig | dict | None, checkpoint_dir, out_di
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     members_out = []
     t0 = _time.perf_counter()
-    with make_progress(progress) as bar:
-        task = bar.add_task(f"densify: {cfg.sampler} x {cfg.members}", total=len(cases),
-                            status="")
+    with progress_task(progress, f"densify: {cfg.sampler} x {cfg.members}",
+                       len(cases)) as bar:
         for case in cases:
             known = torch.as_tensor(case["known"], device=device)
             mask = torch.as_tensor(case["mask"], device=device, dtype=known.dtype)
@@ -763,7 +678,7 @@ def densify(store_path, cfg: DensifyConfig | dict | None, checkpoint_dir, out_di
                                      valid=valid, first_guess=first_guess,
                                      residual_scale=info["meta"].get("residual_scale"))
             members_out.append(ens.cpu().numpy())
-            bar.advance(task)
+            bar.advance()
     seconds = _time.perf_counter() - t0
     members_z = np.stack(members_out)  # (T, M, C, H, W)
     keep = cfg.keep_members if cfg.keep_members is not None else mode == "osse"
@@ -808,9 +723,9 @@ def _network_evals(cfg: DensifyConfig) -> int:
 # ------------------------------------------------------------------------------------------
 def write_netcdf_atomic(ds: "xr.Dataset", path) -> Path:
     """``ds.to_netcdf`` through a temporary sibling file renamed into place."""
-    from geoft.diffusion.unet import atomic_write_bytes_via
+    from geoft.io import atomic_write
 
-    return atomic_write_bytes_via(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4"))
+    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4"))
 
 
 def _grid_coords(store) -> tuple[tuple[str, str], dict[str, Any]]:
@@ -1019,7 +934,8 @@ def evaluate_reconstruction(store_path, cfg: DensifyConfig | dict | None, recons
     import pandas as pd
     import xarray as xr
 
-    from geoft.diffusion.unet import atomic_write_text, make_progress
+    from geoft.io import atomic_write_text
+    from geoft.progress import progress_task
 
     cfg = load_config(cfg)
     store, fields = open_fields(store_path, cfg.variables, where="densify.variables",
@@ -1055,13 +971,12 @@ def evaluate_reconstruction(store_path, cfg: DensifyConfig | dict | None, recons
     rng = np.random.default_rng(cfg.seed)
     dx_km = _grid_dx_km(store)
     methods: dict[str, np.ndarray] = {"diffusion": mean}
-    with make_progress(progress) as bar:
-        task = bar.add_task("densify: baselines", total=len(cfg.baselines), status="")
+    with progress_task(progress, "densify: baselines", len(cfg.baselines)) as bar:
         for name in cfg.baselines:
             z = _run_baseline(name, known_z, observed, valid, history, rng,
                               kriging_max_obs=cfg.kriging_max_obs)
             methods[name] = fields.denormalise(np.nan_to_num(z))
-            bar.advance(task)
+            bar.advance()
     rows = []
     for k, name in enumerate(fields.names):
         for method, pred in methods.items():
@@ -1127,7 +1042,7 @@ def plot_panels(panels: dict[str, np.ndarray | None], path, *, title: str, units
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from geoft.diffusion.unet import atomic_write_bytes_via
+    from geoft.io import atomic_write
 
     items = [(k, v) for k, v in panels.items() if v is not None]
     ref = panels.get("truth")
@@ -1146,7 +1061,7 @@ def plot_panels(panels: dict[str, np.ndarray | None], path, *, title: str, units
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes_via(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
     plt.close(fig)
     return path
 

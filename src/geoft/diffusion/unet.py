@@ -1,18 +1,16 @@
-"""The denoising network and the resumable training loop shared by ``densify`` (conditional
-model) and ``assimilate`` (unconditional prior).
+"""The denoising network and the training spec shared by ``densify`` (conditional model) and
+``assimilate`` (unconditional prior).
 
 * :func:`make_unet` builds a diffusers :class:`~diffusers.UNet2DModel` wrapped in
   :class:`PaddedUNet`, which pads ``(H, W)`` up to a multiple of ``2**(levels - 1)`` and crops the
-  output back, so ocean boxes of any size (36x72, 37x73, ...) go through the down/up sampling.
+  output back, so boxes of any size (36x72, 37x73, ...) go through the down/up sampling.
 * :class:`StoreFields` reads chosen channels of a prepared store lazily, one time index at a
   time, z-scored with the store's train statistics (invalid points are 0 = the train mean).
-* :class:`DiffusionTrainer` runs AdamW + a diffusers :class:`~diffusers.training_utils.EMAModel`
-  with warm-up, writes atomic checkpoints (model, EMA, optimizer, LR schedule, RNG states, step,
-  data position) to ``out_dir/checkpoints/`` and ``metrics.jsonl``, and resumes exactly after a
-  kill: ``N`` steps straight give the same weights as ``k`` steps, a kill, and ``N - k`` more.
-
-The objective (what a batch is and what loss it gives) is passed in, so the same loop trains
-epsilon-prediction DDPM models and continuous-time VP score models.
+* :class:`DiffusionSpec` is how both models train through the one training engine
+  (:mod:`geoft.training.engine`: AdamW, warm-up + cosine, EMA, atomic checkpoints, exact
+  resume); the objective (what a batch is and what loss it gives) is passed in, so the same
+  spec trains epsilon-prediction DDPM models and continuous-time VP score models.
+  :func:`load_trained` rebuilds a trained network (EMA weights) from a checkpoint.
 """
 
 from __future__ import annotations
@@ -20,11 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-import sys
-import tempfile
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -34,69 +28,13 @@ from torch import nn
 
 from geoft.errors import GeoftError
 
-CHECKPOINT_FORMAT = 1
-_CKPT_RE = re.compile(r"^step-(\d{8})\.pt$")
-
-
-# ------------------------------------------------------------------------------------------
-# atomic file writing (a killed process never leaves something that looks finished)
-# ------------------------------------------------------------------------------------------
-def _temp_sibling(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-def atomic_write_bytes_via(path: str | os.PathLike, writer: Callable[[Path], Any]) -> Path:
-    """Call ``writer(tmp_path)`` on a temporary sibling of ``path``, then rename it to ``path``.
-
-    The rename is atomic on one file system, so readers see the old file or the whole new one.
-    """
-    path = Path(path)
-    tmp = _temp_sibling(path)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes_via(path, lambda p: p.write_text(text))
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    return atomic_write_bytes_via(path, lambda p: torch.save(obj, p))
-
-
-# ------------------------------------------------------------------------------------------
-# progress
-# ------------------------------------------------------------------------------------------
-def make_progress(enabled: bool = True):
-    """A rich progress bar (geoft.progress.make_progress when the project has one); disabled when
-    ``enabled`` is False or the terminal is not interactive. Tasks take a ``status`` field."""
-    try:  # the project's shared helper, when present
-        from geoft.progress import make_progress as _project_progress  # type: ignore
-
-        return _project_progress(enabled)
-    except Exception:  # noqa: BLE001 - fall back to rich directly
-        pass
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
-                    MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                    TextColumn("{task.fields[status]}"),
-                    disable=not (enabled and sys.stdout.isatty()))
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """The training engine's device choice (:func:`geoft.training.engine.resolve_device`)."""
+    from geoft.training.engine import resolve_device
+
+    return resolve_device(device)
 
 
 # ------------------------------------------------------------------------------------------
@@ -352,273 +290,141 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -
 
 
 # ------------------------------------------------------------------------------------------
-# training loop
+# training through the engine
 # ------------------------------------------------------------------------------------------
-@dataclass
-class TrainerSettings:
-    """Optimisation settings (steps are optimizer steps; ``batch_size`` samples each)."""
-
-    steps: int = 2000
-    batch_size: int = 16
-    lr: float = 2e-4
-    weight_decay: float = 1e-2
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    ema_power: float = 0.75  # EMA warm-up: decay = 1 - (1 + step)^-power, capped at ema_decay
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 25
-    seed: int = 0
-    device: str = "auto"
-
-
-#: ``loss_fn(model, indices, rng, generator) -> scalar loss``: build the batch of the training
+#: ``objective(model, indices, rng, generator) -> scalar loss``: build the batch of the training
 #: samples at ``indices`` (positions in the training set), drawing any randomness (masks, noise,
 #: times) from ``rng`` (numpy) and ``generator`` (torch, on the model's device).
-LossFn = Callable[[PaddedUNet, np.ndarray, np.random.Generator, torch.Generator], torch.Tensor]
+LossFn = Callable[[nn.Module, np.ndarray, np.random.Generator, torch.Generator], torch.Tensor]
 
 
-class DiffusionTrainer:
-    """AdamW + EMA training with exact resume.
+class DiffusionSpec:
+    """A diffusion model as the training engine sees it: ``model`` (built by the caller,
+    seeded), ``make_objective(device) -> LossFn`` (the objective needs the device for its
+    constant tensors), ``n_samples`` training samples by index; ``meta`` (JSON: the stage
+    config, channels, ...) travels in ``model_config.json`` so inference can rebuild the
+    model from the checkpoint alone."""
 
-    The data order is a fresh permutation of the ``n_samples`` training samples per epoch,
-    derived from ``(seed, epoch)``, so the position in the stream (a sample count) is all the
-    checkpoint needs to continue the same order. The numpy and torch RNGs that draw masks, noise
-    and times, and torch's global RNG (dropout), are saved and restored too.
+    find_unused_parameters = False
 
-    ``meta`` is stored in every checkpoint (JSON-able: the stage config, channels, model kwargs)
-    so inference can rebuild the model from the checkpoint alone.
-    """
-
-    def __init__(self, model: PaddedUNet, loss_fn: LossFn, n_samples: int,
-                 settings: TrainerSettings, out_dir: str | os.PathLike, *,
-                 model_kwargs: dict[str, Any], meta: dict[str, Any] | None = None,
-                 progress: bool = True, description: str = "training"):
-        from diffusers.optimization import get_cosine_schedule_with_warmup
-        from diffusers.training_utils import EMAModel
-
-        if n_samples < 1:
-            raise GeoftError("no training samples", where=str(out_dir),
-                             fix="check the store's train split")
-        self.settings = settings
-        self.device = pick_device(settings.device)
-        self.model = model.to(self.device)
-        self.loss_fn = loss_fn
-        self.n_samples = int(n_samples)
-        self.out_dir = Path(out_dir)
-        self.ckpt_dir = self.out_dir / "checkpoints"
-        self.metrics_path = self.out_dir / "metrics.jsonl"
+    def __init__(self, kind: str, model: "PaddedUNet", model_kwargs: dict[str, Any],
+                 make_objective: Callable[[torch.device], LossFn], n_samples: int,
+                 meta: dict[str, Any]):
+        self.kind = kind
+        self._model = model
         self.model_kwargs = dict(model_kwargs)
-        self.meta = dict(meta or {})
-        self.progress = progress
-        self.description = description
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.lr,
-                                           weight_decay=settings.weight_decay)
-        self.lr_scheduler = get_cosine_schedule_with_warmup(
-            self.optimizer, num_warmup_steps=min(settings.warmup_steps, settings.steps),
-            num_training_steps=settings.steps)
-        self.ema = EMAModel(self.model.parameters(), decay=settings.ema_decay,
-                            use_ema_warmup=True, power=settings.ema_power)
-        self.ema.to(self.device)
-        self.step = 0
-        self.position = 0  # samples consumed from the epoch-permutation stream
-        self.rng = np.random.default_rng([settings.seed, 1])
-        self.generator = torch.Generator(device=self.device).manual_seed(settings.seed)
-        torch.manual_seed(settings.seed)
+        self.make_objective = make_objective
+        self.n_samples = int(n_samples)
+        self.meta = dict(meta)
+        self.objective: LossFn | None = None
 
-    # -- data order ---------------------------------------------------------------------------
-    def batch_indices(self, position: int, size: int) -> np.ndarray:
-        """Training-sample positions ``position .. position + size`` of the epoch stream."""
-        out = []
-        for p in range(position, position + size):
-            epoch, offset = divmod(p, self.n_samples)
-            perm = self._perm(epoch)
-            out.append(perm[offset])
-        return np.asarray(out, np.int64)
+    def build_model(self, device: torch.device) -> nn.Module:
+        self.objective = self.make_objective(device)
+        return self._model.to(device)
 
-    def _perm(self, epoch: int) -> np.ndarray:
-        cached = getattr(self, "_perm_cache", None)
-        if cached is None or cached[0] != epoch:
-            perm = np.random.default_rng([self.settings.seed, 7, epoch]).permutation(self.n_samples)
-            self._perm_cache = (epoch, perm)
-        return self._perm_cache[1]
+    def training_module(self, model: nn.Module) -> nn.Module:
+        return model
 
-    # -- checkpoints --------------------------------------------------------------------------
-    def checkpoints(self) -> list[Path]:
-        return list_checkpoints(self.ckpt_dir)
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "name": "all"}]
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "step": self.step,
-            "data_position": self.position,
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": self.lr_scheduler.state_dict(),
-            "numpy_rng": self.rng.bit_generator.state,
-            "torch_generator": self.generator.get_state(),
-            "torch_global_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "model_kwargs": self.model_kwargs,
-            "field_shape": list(self.model.field_shape),
-            "settings": asdict(self.settings),
-            "meta": self.meta,
-        }
+    def dataset(self, split: str):
+        from geoft.training.engine import IndexDataset
 
-    def save_checkpoint(self) -> Path:
-        path = self.ckpt_dir / f"step-{self.step:08d}.pt"
-        atomic_torch_save(self.state(), path)
-        for old in self.checkpoints()[:-max(1, self.settings.keep_checkpoints)]:
-            old.unlink(missing_ok=True)
-        return path
+        return IndexDataset(self.n_samples if split == "train" else 0)
 
-    def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        same_channels = state.get("meta", {}).get("channels") == self.meta.get("channels")
-        if state.get("model_kwargs") != self.model_kwargs or not same_channels:
+    def collate(self, samples: list[int]) -> np.ndarray:
+        return np.asarray(samples, np.int64)
+
+    def loss(self, module: nn.Module, indices: np.ndarray, ctx) -> tuple[torch.Tensor, dict]:
+        return self.objective(module, indices, ctx.rng, ctx.generator), {}
+
+    def config(self) -> dict[str, Any]:
+        return {"model_kwargs": self.model_kwargs,
+                "field_shape": list(self._model.field_shape), "meta": self.meta}
+
+    def export_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    def save(self, model: nn.Module, directory: Path) -> None:
+        torch.save(self.export_state(model), directory / "model.pt")
+
+    def restore(self, model: nn.Module, directory: Path, device: torch.device) -> None:
+        model.load_state_dict(torch.load(directory / "model.pt", map_location=device,
+                                         weights_only=True))
+
+    def check_resume(self, config: dict[str, Any], where: str) -> None:
+        if config.get("model_kwargs") != json.loads(json.dumps(self.model_kwargs)) or \
+                config.get("meta", {}).get("channels") != self.meta.get("channels"):
             raise GeoftError("checkpoint was trained with a different model configuration "
-                             "or variables", where=str(path),
+                             "or variables", where=where,
                              fix="use a fresh output directory, or train with resume disabled")
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.ema.to(self.device)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        self.rng.bit_generator.state = state["numpy_rng"]
-        self.generator.set_state(state["torch_generator"].cpu())
-        torch.set_rng_state(state["torch_global_rng"].cpu())
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-        self.step = int(state["step"])
-        self.position = int(state["data_position"])
 
-    def _truncate_metrics(self) -> None:
-        """Drop metric lines past the resumed step (written after the last checkpoint)."""
-        if not self.metrics_path.exists():
-            return
-        keep = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= self.step:
-                    keep.append(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by the kill
-        atomic_write_text(self.metrics_path, "".join(k + "\n" for k in keep))
-
-    # -- the loop ------------------------------------------------------------------------------
-    def train(self, *, resume: bool = True, stop_at: int | None = None) -> dict[str, Any]:
-        """Train to ``settings.steps`` (or stop after step ``stop_at``, as a kill would, having
-        checkpointed there). Returns a summary dict with the final step, losses and timings."""
-        s = self.settings
-        resumed_from = None
-        if resume and self.checkpoints():
-            resumed_from = self.checkpoints()[-1]
-            self.load_checkpoint(resumed_from)
-            self._truncate_metrics()
-        elif not resume:
-            for old in self.checkpoints():
-                old.unlink()
-            self.metrics_path.unlink(missing_ok=True)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        last = s.steps if stop_at is None else min(s.steps, int(stop_at))
-        losses: list[float] = []
-        window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
-        t_start = time.perf_counter()
-        first_step = self.step
-        self.model.train()
-        with make_progress(self.progress) as bar, self.metrics_path.open("a") as metrics:
-            task = bar.add_task(self.description, total=s.steps, completed=self.step, status="")
-            while self.step < last:
-                idx = self.batch_indices(self.position, s.batch_size)
-                loss = self.loss_fn(self.model, idx, self.rng, self.generator)
-                if not torch.isfinite(loss):
-                    raise GeoftError(f"the training loss became {loss.item()} at step "
-                                     f"{self.step}", where=str(self.out_dir),
-                                     fix="lower lr, or check the store for extreme values")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if s.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
-                self.optimizer.step()
-                self.lr_scheduler.step()
-                self.ema.step(self.model.parameters())
-                self.step += 1
-                self.position += s.batch_size
-                value = float(loss.detach())
-                losses.append(value)
-                window_loss += value
-                window_n += 1
-                if self.step % s.log_every == 0 or self.step == last:
-                    now = time.perf_counter()
-                    rate = window_n * s.batch_size / max(now - window_t0, 1e-9)
-                    record = {"step": self.step, "loss": window_loss / window_n,
-                              "lr": self.lr_scheduler.get_last_lr()[0],
-                              "ema_decay": self.ema.cur_decay_value,
-                              "samples_per_s": rate, "elapsed_s": now - t_start}
-                    metrics.write(json.dumps(record) + "\n")
-                    metrics.flush()
-                    bar.update(task, status=f"loss {record['loss']:.4f}  {rate:.1f} samples/s")
-                    window_loss, window_n, window_t0 = 0.0, 0, now
-                if self.step % s.checkpoint_every == 0 or self.step == last:
-                    self.save_checkpoint()
-                bar.update(task, completed=self.step)
-        elapsed = time.perf_counter() - t_start
-        trained = self.step - first_step
-        return {
-            "step": self.step, "steps_run": trained,
-            "resumed_from": str(resumed_from) if resumed_from else None,
-            "loss_first": losses[0] if losses else None,
-            "loss_last": float(np.mean(losses[-max(1, min(len(losses), s.log_every)):]))
-            if losses else None,
-            "samples_per_s": trained * s.batch_size / elapsed if trained else None,
-            "seconds": elapsed, "checkpoint": str(self.checkpoints()[-1]) if self.checkpoints()
-            else None, "out_dir": str(self.out_dir),
-        }
+    def readme(self) -> str:
+        return ("# geoft checkpoint (diffusion)\n\n`model.pt` (weights) and `ema.pt` (their "
+                "exponential moving average, used for sampling) are state dicts of "
+                "`geoft.diffusion.unet.PaddedUNet(diffusers.UNet2DModel(**model_kwargs), "
+                "field_shape)` with `model_kwargs` and `field_shape` from `model_config.json`; "
+                "or simply `geoft.diffusion.unet.load_trained(this_dir)`.\n")
 
 
-def list_checkpoints(ckpt_dir: Path) -> list[Path]:
-    """Complete checkpoints in ``ckpt_dir``, oldest first (temporary partial files ignored)."""
-    if not ckpt_dir.is_dir():
-        return []
-    return sorted(p for p in ckpt_dir.iterdir() if _CKPT_RE.match(p.name))
+def train_diffusion(spec: DiffusionSpec, cfg, out_dir: str | os.PathLike, *, progress: bool,
+                    resume: bool, stop_at: int | None = None, description: str = "training"
+                    ) -> dict[str, Any]:
+    """Train ``spec`` with the engine (settings from the diffusion section ``cfg``)."""
+    from geoft.diffusion.config import engine_config
+    from geoft.training.engine import Trainer
+
+    trainer = Trainer(spec, engine_config(cfg), out_dir, progress=progress,
+                      description=description)
+    try:
+        summary = trainer.fit(resume=resume, stop_at=stop_at)
+    finally:
+        trainer.close()
+    summary["step"] = summary["steps"]
+    summary["checkpoint"] = summary["latest_checkpoint"]
+    return summary
 
 
 def latest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path:
-    """The newest checkpoint under ``checkpoint_dir`` (a training output dir, its
-    ``checkpoints/`` folder, or a checkpoint file)."""
+    """The newest checkpoint directory under ``checkpoint_dir`` (a training output dir, its
+    ``checkpoints/`` folder, or a checkpoint directory)."""
+    from geoft.training.checkpoint import list_checkpoints, read_pointer
+
     path = Path(checkpoint_dir)
-    if path.is_file():
+    if (path / "model_config.json").is_file():
         return path
     for folder in (path / "checkpoints", path):
-        found = list_checkpoints(folder)
-        if found:
-            return found[-1]
+        found = read_pointer(folder, "latest") or (list_checkpoints(folder) or [None])[-1]
+        if found is not None:
+            return found
     raise GeoftError("no trained checkpoint found", where=str(path),
                      fix="train first (geoft densify/assimilate --train), or point at the "
                          "training output directory")
 
 
 def load_trained(checkpoint_dir: str | os.PathLike, *, device: str = "auto", ema: bool = True
-                 ) -> tuple[PaddedUNet, dict[str, Any]]:
+                 ) -> tuple["PaddedUNet", dict[str, Any]]:
     """Rebuild the network from the newest checkpoint, with EMA weights (``ema=True``) in eval
-    mode. Returns ``(model, state_without_weights)`` where the state holds ``meta``, ``step``,
-    ``model_kwargs`` and ``settings``."""
+    mode. Returns ``(model, info)`` where ``info`` holds ``meta``, ``step``, ``model_kwargs``,
+    ``train`` settings, ``field_shape`` and ``path``."""
     from diffusers import UNet2DModel
+
+    from geoft.training.checkpoint import STEP_DIR, read_model_config
+    from geoft.training.engine import weights_file
 
     path = latest_checkpoint(checkpoint_dir)
     dev = pick_device(device)
-    state = torch.load(path, map_location=dev, weights_only=False)
-    model = PaddedUNet(UNet2DModel(**state["model_kwargs"]), tuple(state["field_shape"]))
-    model.load_state_dict(state["model"])
-    if ema:
-        shadow = state["ema"]["shadow_params"]
-        with torch.no_grad():
-            for p, s in zip(model.parameters(), shadow):
-                p.copy_(s.to(p.device))
+    config = read_model_config(path)
+    if "model_kwargs" not in config:
+        raise GeoftError("not a diffusion checkpoint", where=str(path),
+                         fix="point at a densify/assimilate training directory")
+    model = PaddedUNet(UNet2DModel(**config["model_kwargs"]), tuple(config["field_shape"]))
+    state = torch.load(weights_file(path, ema=ema), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
     model.to(dev).eval()
-    info = {k: v for k, v in state.items()
-            if k in ("meta", "step", "model_kwargs", "settings", "field_shape")}
-    info["path"] = str(path)
+    step = STEP_DIR.match(path.name)
+    info = {"meta": config.get("meta", {}), "step": int(step.group(1)) if step else None,
+            "model_kwargs": config["model_kwargs"], "settings": config.get("train", {}),
+            "field_shape": config["field_shape"], "path": str(path)}
     return model, info

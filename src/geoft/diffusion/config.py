@@ -1,0 +1,116 @@
+"""Recipe schema pieces shared by ``densify`` and ``assimilate`` (import-light: pydantic only):
+the UNet size, observation masks, observation files, and the training settings both diffusion
+models train with through the one training engine (:func:`engine_config`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from geoft.schema import Strict
+
+
+class UNetOptions(Strict):
+    """Size of the diffusers ``UNet2DModel``: one resolution level per entry of
+    ``block_out_channels`` (the field is padded to a multiple of ``2**(levels-1)``)."""
+
+    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64], min_length=1)
+    layers_per_block: int = Field(1, ge=1)
+    attention: bool = False
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class MaskOptions(Strict):
+    """One way of observing for training pairs (and the OSSE): ``kind`` (pixels, tracks,
+    clouds, argo), ``occlusion`` = share of pixels hidden, a value or a ``[low, high]`` range
+    drawn uniformly per training pair; ``channels``: indices into ``variables`` this kind
+    observes (default all); ``eval_occlusion``: the occlusion of the OSSE test masks
+    (default the middle of the range)."""
+
+    kind: Literal["pixels", "tracks", "clouds", "argo"]
+    occlusion: float | tuple[float, float] = (0.5, 0.95)
+    channels: list[int] | None = None
+    eval_occlusion: float | None = None
+
+    @field_validator("occlusion")
+    @classmethod
+    def _check_occlusion(cls, v):
+        low, high = (v, v) if isinstance(v, (int, float)) else v
+        if not (0.0 <= low <= high < 1.0):
+            raise ValueError("occlusion must satisfy 0 <= low <= high < 1")
+        return v
+
+    @field_validator("eval_occlusion")
+    @classmethod
+    def _check_eval(cls, v):
+        if v is not None and not 0.0 <= v < 1.0:
+            raise ValueError("eval_occlusion must lie in [0, 1)")
+        return v
+
+    @property
+    def occlusion_range(self) -> tuple[float, float]:
+        o = self.occlusion
+        return (float(o), float(o)) if isinstance(o, (int, float)) else (float(o[0]), float(o[1]))
+
+    @property
+    def test_occlusion(self) -> float:
+        if self.eval_occlusion is not None:
+            return float(self.eval_occlusion)
+        low, high = self.occlusion_range
+        return 0.5 * (low + high)
+
+
+class TableObservations(Strict):
+    """Observation-file mode: ``table`` (CSV/parquet with time, lat, lon, variable, [level,]
+    value, error in physical units); ``times`` to reconstruct (default: every distinct time in
+    the table); observations within ``time_window`` of a time are used for it."""
+
+    table: str
+    times: list[str] | None = None
+    time_window: str = "12h"
+
+
+class DiffusionTraining(Strict):
+    """Settings every diffusion model of geoft trains with (densify's conditional model,
+    assimilate's prior): the channels, the network, and the engine's optimisation settings
+    (AdamW, warm-up + cosine, gradient clipping, EMA of the weights, checkpoints, the log).
+
+    ``variables``: channels, ``"zos"`` (surface variable), ``"thetao:K"`` (level index ``K``,
+    0 = top, of a level variable) or ``"thetao"`` (all levels); required, no default.
+    """
+
+    variables: list[str] = Field(min_length=1)
+    latlon: bool = True  # lat/lon feature channels as conditioning
+    model: UNetOptions = Field(default_factory=UNetOptions)
+    # what the network predicts: "v" (velocity; bounded x0 estimates at every noise level) or
+    # plain "epsilon"; samplers always receive epsilon (see unet.eps_from_v)
+    parameterization: Literal["v", "epsilon"] = "v"
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    ema_decay: float = Field(0.999, gt=0, le=1)
+    checkpoint_every: int = Field(250, ge=1)
+    log_every: int = Field(25, ge=1)
+    cache: bool = True  # keep read samples in memory (only if the selection fits 2 GiB)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cpu_threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU "
+                                    "(1 is fastest for small models on a busy 2-core machine)")
+
+
+def engine_config(cfg: DiffusionTraining):
+    """The training engine's :class:`~geoft.training.config.TrainConfig` for a diffusion
+    section: no validation split (the score is the reconstruction's evaluation), the two
+    newest checkpoints kept, data read in the training process (samples are cached)."""
+    from geoft.training.config import TrainConfig
+
+    return TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                       weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
+                       grad_clip=cfg.grad_clip or None, ema_decay=cfg.ema_decay,
+                       checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+                       keep_checkpoints=2, num_workers=0, seed=cfg.seed, device=cfg.device,
+                       cpu_threads=cfg.cpu_threads, val_every=10**9)
