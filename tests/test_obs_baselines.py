@@ -10,6 +10,7 @@ import torch
 from geoft.diffusion import baselines, obs
 from geoft.diffusion.sda import GaussianRandomField
 from geoft.errors import GeoftError
+from geoft.grid import LatLonGrid
 
 
 # -- operators -----------------------------------------------------------------------------
@@ -112,7 +113,7 @@ def _table(**overrides):
 
 def test_table_maps_rows_to_pixels_and_normalises():
     op, y, sigma_y, report = obs.observations_from_table(
-        _table(), LAT, LON, ["sst", "zos"], time="2020-01-01T12:00",
+        _table(), LatLonGrid(LAT, LON), ["sst", "zos"], time="2020-01-01T12:00",
         stats={"sst": (10.0, 2.0), "zos": (0.1, 0.1)})
     assert report["n_outside_time_window"] == 1 and report["n_used"] == 3
     np.testing.assert_array_equal(op.channel_idx, [0, 0, 1])
@@ -133,7 +134,7 @@ def test_table_from_csv_and_parquet_with_levels(tmp_path):
     frame.to_csv(csv, index=False)
     frame.to_parquet(parquet, engine="pyarrow")
     for path in (csv, parquet):
-        op, y, sigma_y, report = obs.observations_from_table(path, LAT, LON, variables,
+        op, y, sigma_y, report = obs.observations_from_table(path, LatLonGrid(LAT, LON), variables,
                                                              stats=stats)
         np.testing.assert_array_equal(op.channel_idx, [1, 3])
         np.testing.assert_allclose(y, [1.0, 2.0])
@@ -144,11 +145,11 @@ def test_table_from_csv_and_parquet_with_levels(tmp_path):
 def test_table_land_points_are_dropped_and_counted():
     valid = np.ones((6, 4), dtype=bool)
     valid[0, 0] = False  # the first row's pixel
-    _, y, _, report = obs.observations_from_table(_table(), LAT, LON, ["sst", "zos"],
+    _, y, _, report = obs.observations_from_table(_table(), LatLonGrid(LAT, LON), ["sst", "zos"],
                                                   valid_mask=valid)
     assert report["n_dropped_invalid"] == 1 and y.size == 3
     with pytest.raises(GeoftError, match="all 4 observation.*land"):
-        obs.observations_from_table(_table(), LAT, LON, ["sst", "zos"],
+        obs.observations_from_table(_table(), LatLonGrid(LAT, LON), ["sst", "zos"],
                                     valid_mask=np.zeros((6, 4), dtype=bool))
 
 
@@ -163,7 +164,7 @@ def test_table_land_points_are_dropped_and_counted():
 ])
 def test_table_bad_input_names_the_problem(overrides, message):
     with pytest.raises(GeoftError, match=message) as info:
-        obs.observations_from_table(_table(**overrides), LAT, LON, ["sst", "zos"])
+        obs.observations_from_table(_table(**overrides), LatLonGrid(LAT, LON), ["sst", "zos"])
     assert "observation table" in str(info.value)
 
 
@@ -171,22 +172,22 @@ def test_table_file_errors_name_file_line_and_columns(tmp_path):
     path = tmp_path / "argo.csv"
     _table(value=[1.0, 2.0, np.nan, 4.0]).to_csv(path, index=False)
     with pytest.raises(GeoftError, match=r"argo\.csv.*first at line 4"):
-        obs.observations_from_table(path, LAT, LON, ["sst", "zos"])
+        obs.observations_from_table(path, LatLonGrid(LAT, LON), ["sst", "zos"])
     _table().drop(columns=["error", "lat"]).to_csv(path, index=False)
     with pytest.raises(GeoftError, match=r"argo\.csv.*lacks column\(s\) lat, error"):
-        obs.observations_from_table(path, LAT, LON, ["sst", "zos"])
+        obs.observations_from_table(path, LatLonGrid(LAT, LON), ["sst", "zos"])
     _table().iloc[:0].to_csv(path, index=False)
     with pytest.raises(GeoftError, match="no rows"):
-        obs.observations_from_table(path, LAT, LON, ["sst", "zos"])
+        obs.observations_from_table(path, LatLonGrid(LAT, LON), ["sst", "zos"])
     with pytest.raises(GeoftError, match="does not exist"):
-        obs.observations_from_table(tmp_path / "missing.csv", LAT, LON, ["sst"])
+        obs.observations_from_table(tmp_path / "missing.csv", LatLonGrid(LAT, LON), ["sst"])
     with pytest.raises(GeoftError, match=r"no observation within .* covers 2020-01-01"):
-        obs.observations_from_table(_table(), LAT, LON, ["sst", "zos"], time="2021-06-01")
+        obs.observations_from_table(_table(), LatLonGrid(LAT, LON), ["sst", "zos"], time="2021-06-01")
     with pytest.raises(GeoftError, match=r"level matching none of 0.494, 10, 100"):
         obs.observations_from_table(
             pd.DataFrame({"lat": [41.0], "lon": [281.0], "variable": ["thetao"],
                           "level": [500.0], "value": [4.0], "error": [0.1]}),
-            LAT, LON, {"thetao": [0.494, 10.0, 100.0]})
+            LatLonGrid(LAT, LON), {"thetao": [0.494, 10.0, 100.0]})
 
 
 # -- baselines on a Gaussian random field --------------------------------------------------

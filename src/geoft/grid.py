@@ -204,10 +204,26 @@ class Grid:
                              fix="check the grid's coordinates and CRS")
         return xr.DataArray(w / w.mean(), dims=self.dims, name="cell_area_weight")
 
+    def cell_radius_km(self) -> np.ndarray:
+        """Half the diagonal of each cell (km, grid ``shape``): a point farther than this from
+        its nearest cell centre lies outside the grid. Point sets: half the distance to the
+        nearest other point times sqrt(2) (the half-diagonal of a square cell of that size)."""
+        from scipy.spatial import cKDTree
+
+        glat, glon = (a.ravel() for a in self.lat_lon_points())
+        if self.size < 2:
+            return np.full(self.shape, np.inf)
+        _, nn = cKDTree(unit_vectors(glat, glon)).query(unit_vectors(glat, glon), k=2)
+        d = haversine_km(glat, glon, glat[nn[:, 1]], glon[nn[:, 1]])
+        return (d * np.sqrt(2) / 2).reshape(self.shape)
+
     # -- lookup -------------------------------------------------------------------------------
-    def nearest(self, lat, lon, *, max_km: float | None = None) -> Nearest:
+    def nearest(self, lat, lon, *, max_km: float | None = None,
+                inside: bool = False) -> Nearest:
         """Nearest grid cell of each point (exact on the sphere). With ``max_km``, points
-        farther than that get index -1 (``flat`` -1, distance kept)."""
+        farther than that get index -1 (``flat`` -1, distance kept); with ``inside``, points
+        farther from their nearest cell centre than the cell's half-diagonal
+        (:meth:`cell_radius_km`) do."""
         from scipy.spatial import cKDTree
 
         lat = np.asarray(lat, np.float64).ravel()
@@ -221,6 +237,10 @@ class Grid:
         dist = haversine_km(lat, lon, glat[flat], glon[flat])
         if max_km is not None:
             flat = np.where(dist <= max_km, flat, -1)
+        if inside:
+            radius = self.cell_radius_km().ravel()
+            flat = np.where((flat >= 0) & (dist <= radius[np.maximum(flat, 0)] * (1 + 1e-9)),
+                            flat, -1)
         index = tuple(np.where(flat >= 0, i, -1) for i in
                       np.unravel_index(np.maximum(flat, 0), self.shape))
         return Nearest(index, flat, dist)
@@ -256,6 +276,13 @@ class LatLonGrid(Grid):
             np.ones(1)
         return EARTH_RADIUS_KM**2 * band[:, None] * width[None, :]
 
+    def cell_radius_km(self) -> np.ndarray:
+        dy = EARTH_RADIUS_KM * np.abs(np.diff(np.deg2rad(_edges(self._lat))))
+        dlon = np.abs(np.diff(np.deg2rad(_edges(self._lon)))) if self._lon.size > 1 else \
+            np.full(1, np.pi)
+        dx = EARTH_RADIUS_KM * np.cos(np.deg2rad(self._lat))[:, None] * dlon[None, :]
+        return 0.5 * np.hypot(dx, dy[:, None])
+
 
 class ProjectedGrid(Grid):
     """A grid on a map projection: dims ``(y, x)`` in projection coordinates, 2-D lat/lon, the
@@ -283,6 +310,19 @@ class ProjectedGrid(Grid):
         scale = np.asarray(factors.areal_scale, np.float64)
         return dy[:, None] * dx[None, :] / scale / 1e6
 
+    def cell_radius_km(self) -> np.ndarray:
+        """Half-diagonal of each cell on the ground: projected sides divided by the linear
+        scale factor (the square root of the areal scale: exact for conformal projections)."""
+        from pyproj import Proj
+
+        to_m = _axis_metres(self.crs)
+        dx = np.abs(np.diff(_edges(self.x))) * to_m
+        dy = np.abs(np.diff(_edges(self.y))) * to_m
+        factors = Proj(self.crs).get_factors(np.where(self._lon > 180, self._lon - 360, self._lon),
+                                             self._lat)
+        k = np.sqrt(np.asarray(factors.areal_scale, np.float64))
+        return 0.5 * np.hypot(dx[None, :], dy[:, None]) / k / 1e3
+
     def describe(self) -> str:
         name = getattr(self.crs, "name", "projected")
         return f"{super().describe()} ({name})"
@@ -300,6 +340,11 @@ class PointGrid(Grid):
 
     def cell_areas_km2(self) -> np.ndarray | None:
         return self.area
+
+    def cell_radius_km(self) -> np.ndarray:
+        if self.area is not None:
+            return np.sqrt(self.area / 2.0)
+        return super().cell_radius_km()
 
 
 def _axis_metres(crs) -> float:

@@ -132,7 +132,9 @@ class PriorObjective:
 
         from geoft.diffusion.unet import masked_mse, v_target
 
-        x0 = torch.as_tensor(self.fields.read_many(self.train_indices[idx]), device=self.device)
+        times = self.train_indices[idx]
+        x0 = torch.as_tensor(self.fields.read_many(times), device=self.device)
+        weight = torch.as_tensor(self.fields.valid_many(times), device=self.device)
         t = torch.rand(x0.shape[0], generator=generator, device=self.device)
         eps = torch.randn(x0.shape, generator=generator, device=self.device)
         x_t, _ = self.schedule.perturb(x0, t, eps)
@@ -140,7 +142,7 @@ class PriorObjective:
         out = model(torch.cat([x_t, static], dim=1), self.schedule.unet_timestep(t))
         target = (v_target(x0, eps, self.schedule.mu(t), self.schedule.sigma(t))
                   if self.parameterization == "v" else eps)
-        return masked_mse(out, target, self.valid[None])
+        return masked_mse(out, target, weight)  # land and gaps never count
 
 
 def build_prior(n_channels: int, n_static: int, field_shape, options: UNetOptions):
@@ -232,7 +234,7 @@ def prior_eps_fn(model, fields: "StoreFields", latlon: bool, parameterization: s
 # observations
 # ------------------------------------------------------------------------------------------
 def _osse_operator(fields: "StoreFields", cfg: AssimilateConfig, truth: np.ndarray,
-                   rng: np.random.Generator):
+                   rng: np.random.Generator, truth_valid: np.ndarray | None = None):
     """``(operator, y, sigma_y, observed_pixels (C, H, W) bool, description)`` for one case."""
     from geoft.diffusion.masks import satellite_tracks
     from geoft.diffusion.obs import (CoarseGrain, PointObservations, Stack, random_points,
@@ -243,7 +245,8 @@ def _osse_operator(fields: "StoreFields", cfg: AssimilateConfig, truth: np.ndarr
     grid = fields.shape[1:]
     for spec in cfg.observe:
         c = _channel_index(fields, spec.variable)
-        valid = fields.valid[c]
+        # observe only where the truth exists (static mask, and gaps of gappy variables)
+        valid = (fields.valid if truth_valid is None else truth_valid)[c]
         if spec.operator == "coarse":
             try:
                 op = CoarseGrain(c, spec.factor, spec.smooth, valid_mask=valid)
@@ -309,7 +312,7 @@ def _table_cases(store, fields: "StoreFields", obs: TableObservations):
     cases = []
     for when in times:
         op, y, sigma_y, report = observations_from_table(
-            obs.table, store.lat, store.lon, mapping, time=when, valid_mask=fields.valid[perm],
+            obs.table, store.grid, mapping, time=when, valid_mask=fields.valid[perm],
             stats=stats, time_window=obs.time_window)
         op = PointObservations(perm[op.channel_idx], op.iy, op.ix)
         match = np.flatnonzero(store.times == pd.Timestamp(when))
@@ -372,9 +375,11 @@ def assimilate(store_path, cfg: AssimilateConfig | dict | None, checkpoint_dir, 
         for i in _eval_indices(store, cfg):
             rng = np.random.default_rng([cfg.seed, 13, int(i)])
             truth = fields.read(int(i))
-            op, y, sigma_y, observed, desc = _osse_operator(fields, cfg, truth, rng)
+            truth_valid = fields.valid_at(int(i))
+            op, y, sigma_y, observed, desc = _osse_operator(fields, cfg, truth, rng, truth_valid)
             cases.append({"time": store.times[int(i)], "operator": op, "y": y,
-                          "sigma_y": sigma_y, "observed": observed, "truth": truth,
+                          "sigma_y": sigma_y, "observed": observed,
+                          "truth": np.where(truth_valid, truth, np.nan),
                           "description": desc, "report": {}})
         mode = "osse"
     for case in cases:
@@ -483,7 +488,7 @@ def evaluate_assimilation(store, fields: "StoreFields", cases, members_z: np.nda
 
     times = np.asarray([c["time"] for c in cases], "datetime64[ns]")
     observed = np.stack([c["observed"] for c in cases])
-    hidden = (~observed) & fields.valid[None]
+    hidden = (~observed) & fields.valid[None] & np.isfinite(truth_z)  # gaps never count
     mean_phys = fields.denormalise(members_z.mean(axis=1))
     truth_phys = fields.denormalise(truth_z)
     clim_phys = fields.denormalise(np.broadcast_to(climatology_z, truth_z.shape))

@@ -321,8 +321,12 @@ class ConditionalObjective:
 
         from geoft.diffusion.unet import masked_mse, v_target
 
-        x0 = torch.as_tensor(self.fields.read_many(self.train_indices[idx]), device=self.device)
-        masks = np.stack([self.masks(self.fields.shape, rng, self.fields.valid) for _ in idx])
+        times = self.train_indices[idx]
+        x0 = torch.as_tensor(self.fields.read_many(times), device=self.device)
+        # observation masks only where the truth exists (the static mask, and gaps)
+        valid_b = self.fields.valid_many(times)
+        masks = np.stack([self.masks(self.fields.shape, rng, v) for v in valid_b])
+        weight = torch.as_tensor(valid_b, device=self.device)
         mask = torch.as_tensor(masks, device=self.device, dtype=x0.dtype)
         noise = torch.randn(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (x0.shape[0],),
@@ -344,7 +348,7 @@ class ConditionalObjective:
             target = v_target(target_field, noise, abar.sqrt(), (1 - abar).sqrt())
         else:
             target = noise
-        return masked_mse(pred, target, self.valid[None])
+        return masked_mse(pred, target, weight)
 
 
 def build_model(n_channels: int, n_static: int, field_shape, options: UNetOptions,
@@ -568,7 +572,7 @@ def _table_cases(store, fields: "StoreFields", obs: TableObservations | str | An
     cases = []
     for when in times:
         operator, y, sigma_y, report = observations_from_table(
-            table, store.lat, store.lon, mapping, time=when, valid_mask=valid_theirs,
+            table, store.grid, mapping, time=when, valid_mask=valid_theirs,
             stats=stats, time_window=window)
         channel = perm[operator.channel_idx]
         known = np.zeros(fields.shape, np.float64)
@@ -645,12 +649,14 @@ def densify(store_path, cfg: DensifyConfig | dict | None, checkpoint_dir, out_di
         for i in _eval_indices(store, cfg):
             rng = np.random.default_rng([cfg.seed, 11, int(i)])
             truth = fields.read(int(i))
+            truth_valid = fields.valid_at(int(i))  # OSSE observations only where truth exists
             mask = observation_mask(spec.kind, fields.shape, spec.test_occlusion, rng,
-                                    channels=spec.channels, valid=fields.valid)
+                                    channels=spec.channels, valid=truth_valid)
             noise = cfg.eval_noise * rng.standard_normal(fields.shape) if cfg.eval_noise else 0
             known = np.where(mask, truth + noise, 0.0).astype(np.float32)
             cases.append({"time": store.times[int(i)], "known": known, "mask": mask,
-                          "truth": truth, "report": {"kind": spec.kind,
+                          "truth": np.where(truth_valid, truth, np.nan),
+                          "report": {"kind": spec.kind,
                                                      "occlusion": spec.test_occlusion}})
         mode = "osse"
     for case in cases:
@@ -961,7 +967,7 @@ def evaluate_reconstruction(store_path, cfg: DensifyConfig | dict | None, recons
     members = (stack_channels(ds, fields, "_members")
                if f"{fields.channels[0].var}_members" in ds else None)
     valid = fields.valid
-    hidden = (~observed) & valid[None]
+    hidden = (~observed) & valid[None] & np.isfinite(truth)  # gaps in the truth never count
     known_z = np.nan_to_num(fields.normalise(np.nan_to_num(known_phys)))
     history = None
     if "dineof" in cfg.baselines and cfg.dineof_history:

@@ -436,8 +436,7 @@ def _row_label(rows: np.ndarray, offset: int) -> str:
     return f"line {first + offset}" if offset else f"row {first}"
 
 
-def observations_from_table(table: "pd.DataFrame | str | Path", lat: np.ndarray,
-                            lon: np.ndarray,
+def observations_from_table(table: "pd.DataFrame | str | Path", grid,
                             variables: Sequence[str] | Mapping[str, Sequence[float] | None],
                             time: Any = None, valid_mask: np.ndarray | None = None,
                             stats: Mapping[str, tuple[Any, Any]] | None = None, *,
@@ -449,7 +448,9 @@ def observations_from_table(table: "pd.DataFrame | str | Path", lat: np.ndarray,
     (degrees; lon in [0, 360) or [-180, 180)), ``variable``, ``value`` and ``error`` (the
     observation-error std), both in physical units; ``time`` when ``time`` is given; ``level``
     (same units as the grid's level coordinate) for variables with levels.
-    ``lat`` ``(H,)`` (increasing or decreasing), ``lon`` ``(W,)`` in [0, 360): the grid.
+    ``grid``: the store's :class:`geoft.grid.Grid` (any 2-D layout: lat/lon or projected); each
+    row goes to its nearest cell (exact on the sphere), and a row farther from that cell's
+    centre than its half-diagonal lies outside the grid.
     ``variables``: the field's channels, see :func:`channel_layout`.
     ``time``: keep rows within ``time_window`` of it (others are counted in the report).
     ``valid_mask``: ``(H, W)`` or ``(C, H, W)`` bool, True = valid (ocean); rows falling on
@@ -479,12 +480,9 @@ def observations_from_table(table: "pd.DataFrame | str | Path", lat: np.ndarray,
         raise GeoftError("observation table has no rows", where=source,
                          fix="add observations or point assimilate.observations at another file")
 
-    lat = np.asarray(lat, dtype=np.float64)
-    lon = np.asarray(lon, dtype=np.float64)
-    if lat.ndim != 1 or lon.ndim != 1:
-        raise GeoftError("observation files need a grid with 1-D lat/lon; projected "
-                         "(2-D lat/lon) grids are not supported", where=source,
-                         fix="assimilate on a regular lat/lon store")
+    if len(grid.shape) != 2:
+        raise GeoftError(f"observation files need a 2-D grid; the store is a {grid.describe()}",
+                         where=source, fix="reconstruct on a lat/lon or projected store")
     report: dict[str, Any] = {"source": source, "n_rows": n_rows}
 
     keep = np.ones(n_rows, dtype=bool)
@@ -545,14 +543,15 @@ def observations_from_table(table: "pd.DataFrame | str | Path", lat: np.ndarray,
                          f"{_row_label(rows[bad], line_offset)}", where=source,
                          fix="remove those rows or fill in the position")
     obs_lon = np.mod(obs_lon, 360.0)
-    iy, lat_inside = _nearest_index(lat, obs_lat, periodic=False)
-    ix, lon_inside = _nearest_index(np.mod(lon, 360.0), obs_lon, periodic=True)
-    outside = ~(lat_inside & lon_inside)
+    found = grid.nearest(obs_lat, obs_lon, inside=True)
+    iy, ix = (np.maximum(i, 0) for i in found.index)
+    outside = found.flat < 0
     if outside.any():
         first = np.flatnonzero(outside)[0]
+        glat, glon = grid.lat_lon_points()
         raise GeoftError(
-            f"{outside.sum()} observation(s) lie outside the grid (lat {lat.min():g} to "
-            f"{lat.max():g}, lon {lon.min():g} to {lon.max():g} degrees_east), first at "
+            f"{outside.sum()} observation(s) lie outside the grid (lat {glat.min():g} to "
+            f"{glat.max():g}, lon {glon.min():g} to {glon.max():g} degrees_east), first at "
             f"{_row_label(rows[outside], line_offset)} (lat {obs_lat[first]:g}, lon "
             f"{frame['lon'].iloc[first]})", where=source,
             fix="crop the table to the recipe's bbox or widen data.bbox")

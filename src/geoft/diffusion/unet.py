@@ -120,8 +120,12 @@ class StoreFields:
         self.mean = np.asarray(mean, np.float64)
         self.std = np.asarray(std, np.float64)
         self.valid = np.stack(valid)
+        self._gappy = set(getattr(store, "gappy_vars", ())) & set(self.names_vars())
         n_bytes = 4 * len(store.times) * int(np.prod(self.shape))
         self._cache: dict[int, np.ndarray] | None = {} if cache and n_bytes <= cache_bytes else None
+
+    def names_vars(self) -> list[str]:
+        return [c.var for c in self.channels]
 
     def _read_physical(self, index: int) -> np.ndarray:
         ds = self.store.ds
@@ -144,6 +148,23 @@ class StoreFields:
 
     def read_many(self, indices: Iterable[int]) -> np.ndarray:
         return np.stack([self.read(i) for i in indices])
+
+    def valid_at(self, index: int) -> np.ndarray:
+        """``(C, H, W)`` bool: where the channels hold real data at time ``index`` -- the
+        static mask, and for variables with gaps (gap policy ``keep``) their presence."""
+        if not self._gappy:
+            return self.valid
+        out = self.valid.copy()
+        for k, c in enumerate(self.channels):
+            if c.var in self._gappy:
+                present = self.store.present(c.var, int(index))
+                if c.level_index is not None:
+                    present = present[c.level_index]
+                out[k] &= present
+        return out
+
+    def valid_many(self, indices: Iterable[int]) -> np.ndarray:
+        return np.stack([self.valid_at(i) for i in indices])
 
     def normalise(self, physical: np.ndarray) -> np.ndarray:
         """Physical ``(..., C, H, W)`` -> z-scores with invalid points 0."""

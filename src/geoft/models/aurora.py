@@ -918,8 +918,9 @@ def forecast_loss(adapter: AuroraAdapter, preds: list, targets: dict[str, torch.
 
     ``preds[k]``: Aurora prediction for lead ``k+1`` (physical units, ``(B, 1, [C,] H, W)``);
     ``targets[var]``: ``(B, n_lead, [C,] H, W)`` physical units; ``masks[var]``: bool ``(H, W)``
-    or ``(C, H, W)``, True where a point counts. Per variable: mean error over valid points and
-    the batch; total: the ``weights``-weighted mean over variables (weight 1 by default).
+    or ``(C, H, W)`` (static), or ``(B, n_lead, [C,] H, W)`` (per sample and lead: gaps), True
+    where a point counts. Per variable: mean error over the points that count, over the batch;
+    total: the ``weights``-weighted mean over variables (weight 1 by default).
     Returns ``(total, {var: per-variable loss})``.
     """
     weights = weights or {}
@@ -932,7 +933,10 @@ def forecast_loss(adapter: AuroraAdapter, preds: list, targets: dict[str, torch.
             diff = p - t
             err = diff.abs() if kind == "mae" else diff.square()
             mask = masks[var]
-            n_valid = mask.sum() * err.shape[0]
+            if mask.dim() == err.dim() + 1:  # per sample and lead
+                mask = mask[:, k]
+            mask = mask.expand_as(err)
+            n_valid = mask.sum()
             term = torch.where(mask, err, torch.zeros((), dtype=err.dtype, device=err.device)
                                ).sum() / n_valid.clamp_min(1)
             per_var[var] = per_var[var] + term if var in per_var else term
@@ -1003,7 +1007,8 @@ class AuroraSpec:
                   else np.zeros(0, np.int64))
         return WindowDataset(self.store.path, starts, self.adapter.variables,
                              n_history=history, n_lead=lead,
-                             output_rows=self.adapter.output_shape[0])
+                             output_rows=self.adapter.output_shape[0],
+                             gappy=self.store.gappy_vars)
 
     def collate(self, samples):
         from geoft.training.data import collate_windows
@@ -1016,7 +1021,10 @@ class AuroraSpec:
         batch = self.adapter.batch_from_arrays(sample["inputs"], sample["t"])
         targets = {v: x.to(ctx.device, non_blocking=True) for v, x in sample["targets"].items()}
         preds = module(batch, cfg.rollout_steps, cfg.rollout_grad == "last")
-        total, per_var = forecast_loss(self.adapter, preds, targets, self.masks, kind=cfg.loss,
+        masks = dict(self.masks)
+        for v, present in sample.get("present", {}).items():  # gaps never count
+            masks[v] = present.to(ctx.device) & self.masks[v]
+        total, per_var = forecast_loss(self.adapter, preds, targets, masks, kind=cfg.loss,
                                        weights=cfg.variable_weights)
         return total, {v: x.detach() for v, x in per_var.items()}
 

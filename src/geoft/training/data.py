@@ -49,13 +49,15 @@ class WindowDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, store_path: str | Path, starts: Sequence[int], variables: Sequence[str],
-                 *, n_history: int = 2, n_lead: int = 1, output_rows: int | None = None):
+                 *, n_history: int = 2, n_lead: int = 1, output_rows: int | None = None,
+                 gappy: Sequence[str] = ()):
         self.store_path = str(store_path)
         self.starts = np.asarray(starts, dtype=np.int64)
         self.variables = tuple(variables)
         self.n_history = n_history
         self.n_lead = n_lead
         self.output_rows = output_rows
+        self.gappy = tuple(v for v in gappy if v in self.variables)
         self._ds: xr.Dataset | None = None
 
     def __len__(self) -> int:
@@ -82,13 +84,24 @@ class WindowDataset(torch.utils.data.Dataset):
             block = np.asarray(self.ds[v].isel(time=window).values, dtype=np.float32)
             inputs[v] = block[: self.n_history]
             targets[v] = np.ascontiguousarray(block[self.n_history:, ..., rows, :])
-        return {"t": t, "inputs": inputs, "targets": targets}
+        sample = {"t": t, "inputs": inputs, "targets": targets}
+        if self.gappy:  # where each target is real (gap policy keep): losses skip the gaps
+            from geoft.store import PRESENT_PREFIX
+
+            lead = slice(t + 1, t + self.n_lead + 1)
+            sample["present"] = {v: np.ascontiguousarray(np.asarray(
+                self.ds[PRESENT_PREFIX + v].isel(time=lead).values, bool)[..., rows, :])
+                for v in self.gappy}
+        return sample
 
 
 def collate_windows(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack samples: ``t`` -> ``(B,)`` int64 array; inputs/targets -> ``(B, T, ...)`` tensors."""
+    """Stack samples: ``t`` -> ``(B,)`` int64 array; inputs/targets (and the ``present`` masks
+    of variables with gaps) -> ``(B, T, ...)`` tensors."""
     out: dict[str, Any] = {"t": np.asarray([s["t"] for s in samples], dtype=np.int64)}
-    for part in ("inputs", "targets"):
+    for part in ("inputs", "targets", "present"):
+        if part not in samples[0]:
+            continue
         out[part] = {v: torch.from_numpy(np.stack([s[part][v] for s in samples]))
                      for v in samples[0][part]}
     return out
