@@ -117,3 +117,38 @@ def test_plugin_model_and_reconstructor_schemas_validate_their_sections(thirdpar
     with pytest.raises(RecipeError, match=r"densify\.valeu: unknown key"):
         load_recipe(DEMO, overrides=parse_overrides(["model.name=mean-model", "train={}", "model.options={}",
                                                      "densify={method: mean-fill, valeu: 2}"]))
+
+
+def test_aurora_checks_are_reported_at_the_recipe_line(tmp_path):
+    """Model constraints live in the model: Aurora's need for a level variable, its patch size
+    and its constructor arguments are reported by recipe validation with the recipe's line."""
+    path, line = _with(tmp_path, "    level_variables: [thetao, so, uo, vo]",
+                       "    level_variables: []")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    msg = str(err.value)
+    assert "data.options: Aurora needs at least one level variable" in msg
+    assert f"{path}:" in msg
+    path, line = _with(tmp_path, "  patch_size: 4\n  split:", "  patch_size: 6\n  split:")
+    with pytest.raises(RecipeError, match=rf"{path}:{line}: data.patch_size: 6 is not a multiple "
+                                          r"of the model's patch size 4"):
+        load_recipe(path)
+    path, line = _with(tmp_path, "    weights: {kind: random}",
+                       "    weights: {kind: random}\n    kwargs: {lora_rank: 4}")
+    with pytest.raises(RecipeError, match=r"model.options.kwargs: .*no constructor argument "
+                                          r"'lora_rank'"):
+        load_recipe(path)
+
+
+def test_recipe_without_a_model_validates_and_needs_none_for_densify(tmp_path):
+    """No default model: a densify-only recipe has no model section; a train section without a
+    model is an error at its line."""
+    import yaml
+
+    data = yaml.safe_load((REPO / "recipes" / "ocean-densify-demo.yaml").read_text())
+    assert "model" not in data
+    loaded = load_recipe(data=data)
+    assert loaded.recipe.model is None and "model" not in loaded.parts
+    data["train"] = {"steps": 3}
+    with pytest.raises(RecipeError, match="a train section needs a model section"):
+        load_recipe(data=data)

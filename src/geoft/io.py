@@ -10,6 +10,7 @@ Every geoft stage and plugin writes through these (public API for plugins, see
 * :func:`atomic_directory` -- the same for a directory (a checkpoint, a zarr store):
   ``with atomic_directory(path) as tmp: ...`` renames ``tmp`` to ``path`` only when the block
   finishes; an exception (or a kill) leaves ``path`` as it was.
+* :func:`replace_path` -- move a finished file or directory into place, swapping out an old one.
 * :func:`remove_partial_writes` -- delete what a killed writer left behind (``.NAME.partial-*``).
 * :func:`file_lock` -- an exclusive advisory lock (``fcntl.flock``) on ``PATH.lock``, so two
   processes never write the same output at once; a second process waits (or fails after
@@ -46,9 +47,11 @@ def _umask_mode(mode: int = 0o666) -> int:
     return mode & ~umask
 
 
-def atomic_write(path: str | os.PathLike, writer: Callable[[Path], Any]) -> Path:
+def atomic_write(path: str | os.PathLike, writer: Callable[[Path], Any], *,
+                 fsync: bool = False) -> Path:
     """Call ``writer(tmp_path)`` to write a temporary sibling of ``path``, then rename it to
-    ``path``. On any exception the temporary file is removed and ``path`` is untouched."""
+    ``path`` (``fsync``: flush the file to disk first). On any exception the temporary file is
+    removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_name(path)
@@ -56,6 +59,9 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Path], Any]) -> Path
         writer(tmp)
         if tmp.is_file():
             os.chmod(tmp, _umask_mode())
+            if fsync:
+                with open(tmp, "rb+") as handle:
+                    os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         if tmp.is_dir():
@@ -66,12 +72,27 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Path], Any]) -> Path
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda p: p.write_text(text))
+def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text), fsync=fsync)
 
 
-def atomic_write_json(path: str | os.PathLike, payload: Any, *, indent: int | None = 2) -> Path:
-    return atomic_write_text(path, json.dumps(payload, indent=indent, default=str))
+def atomic_write_json(path: str | os.PathLike, payload: Any, *, indent: int | None = 2,
+                      fsync: bool = False) -> Path:
+    return atomic_write_text(path, json.dumps(payload, indent=indent, default=str), fsync=fsync)
+
+
+def replace_path(written: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """Move a finished file or directory ``written`` to ``final``; an existing ``final`` is
+    renamed aside first and deleted only once the new one is in place."""
+    written, final = Path(written), Path(final)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}-{secrets.token_hex(3)}")
+        final.rename(old)
+        os.replace(written, final)
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+    else:
+        os.replace(written, final)
+    return final
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -93,13 +114,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}-{secrets.token_hex(3)}")
-        path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(path)
+    replace_path(tmp, path)
 
 
 def remove_partial_writes(folder: str | os.PathLike) -> list[Path]:

@@ -6,15 +6,15 @@ import glob
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from geoft.schema import Strict
 
 from geoft.errors import GeoftError
 from geoft.protocols import FetchResult
 
 
-class LocalFilesOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class LocalFilesOptions(Strict):
     paths: list[str] = Field(description="netCDF (.nc) or zarr (.zarr) files or globs")
     variables: list[str] | None = Field(None, description="keep only these variables")
 
@@ -69,9 +69,7 @@ class LocalFilesSource:
         return open_files(expand(options.paths), options.variables)
 
 
-class CanonicalOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CanonicalOptions(Strict):
     surface_variables: list[str] = Field(default_factory=list, description="(time, lat, lon) vars")
     level_variables: list[str] = Field(default_factory=list, description="(time, level, lat, lon) vars")
     rename: dict[str, str] = Field(default_factory=dict,

@@ -56,7 +56,9 @@ def test_ocean_dataset_errors_name_the_variable(raw):
         OceanDataset().to_canonical(ds, OceanOptions(level_variables=["salt"]))
     with pytest.raises(GeoftError, match="zos has no depth dimension"):
         OceanDataset().to_canonical(ds, OceanOptions(surface_variables=[], level_variables=["zos"]))
-    with pytest.raises(GeoftError, match="Aurora needs at least one depth-resolved"):
-        OceanDataset().to_canonical(ds, OceanOptions(level_variables=[]))
+    # surface-only data is a dataset of its own (Aurora's need for levels is Aurora's check)
+    surface = OceanDataset().to_canonical(ds, OceanOptions(level_variables=[]))
+    assert surface.attrs["geoft_level_vars"] == [] and "level" not in surface.dims
+    assert surface.attrs["geoft_surface_vars"] == ["zos"]
     with pytest.raises(GeoftError, match="no depth level left"):
         OceanDataset().to_canonical(ds, OceanOptions(max_depth=0.1))

@@ -116,7 +116,7 @@ class PriorObjective:
                  parameterization: str = "v"):
         import torch
 
-        from geoft.diffusion.densify import static_channels
+        from geoft.diffusion.reconstruction import static_channels
         from geoft.diffusion.schedule import VPSchedule
 
         self.fields = fields
@@ -172,7 +172,7 @@ def train_prior(store_path, cfg: AssimilateConfig | dict | None, out_dir, *,
     :mod:`geoft.training.engine`). Also writes ``climatology.npy`` (the
     per-pixel train mean in z-scores, the reference the analysis must beat) and
     ``config.json`` to ``out_dir``. Returns the trainer summary."""
-    from geoft.diffusion.densify import open_fields, static_channels
+    from geoft.diffusion.reconstruction import open_fields, static_channels
     from geoft.diffusion.unet import DiffusionSpec, train_diffusion
     from geoft.io import atomic_write, atomic_write_json
 
@@ -211,7 +211,7 @@ def prior_eps_fn(model, fields: "StoreFields", latlon: bool, parameterization: s
     the SDA likelihood gradient); always returns the noise prediction."""
     import torch
 
-    from geoft.diffusion.densify import static_channels
+    from geoft.diffusion.reconstruction import static_channels
     from geoft.diffusion.schedule import VPSchedule
     from geoft.diffusion.unet import eps_from_v
 
@@ -292,7 +292,7 @@ def _channel_index(fields: "StoreFields", name: str) -> int:
 def _table_cases(store, fields: "StoreFields", obs: TableObservations):
     import pandas as pd
 
-    from geoft.diffusion.densify import _channel_mapping
+    from geoft.diffusion.reconstruction import channel_mapping
     from geoft.diffusion.obs import PointObservations, _read_table, observations_from_table
 
     if obs.times:
@@ -308,7 +308,7 @@ def _table_cases(store, fields: "StoreFields", obs: TableObservations):
             raise GeoftError("observation table has unreadable times", where=source,
                              fix="write times as ISO 8601, e.g. 2020-01-31T12:00")
         times = sorted(set(parsed.dt.tz_localize(None)))
-    mapping, stats, perm = _channel_mapping(store, fields)
+    mapping, stats, perm = channel_mapping(store, fields)
     cases = []
     for when in times:
         op, y, sigma_y, report = observations_from_table(
@@ -344,7 +344,7 @@ def assimilate(store_path, cfg: AssimilateConfig | dict | None, checkpoint_dir, 
     import pandas as pd
     import torch
 
-    from geoft.diffusion.densify import (_eval_indices, ensemble_dataset, open_fields,
+    from geoft.diffusion.reconstruction import (eval_indices, ensemble_dataset, open_fields,
                                          write_netcdf_atomic)
     from geoft.diffusion.sda import sda_sample
     from geoft.diffusion.unet import load_trained
@@ -372,7 +372,7 @@ def assimilate(store_path, cfg: AssimilateConfig | dict | None, checkpoint_dir, 
         mode = "observations"
     else:
         cases = []
-        for i in _eval_indices(store, cfg):
+        for i in eval_indices(store, cfg):
             rng = np.random.default_rng([cfg.seed, 13, int(i)])
             truth = fields.read(int(i))
             truth_valid = fields.valid_at(int(i))
@@ -484,7 +484,7 @@ def evaluate_assimilation(store, fields: "StoreFields", cases, members_z: np.nda
     ``std((A(mean) - y) / sigma_y)`` and RMSE of ``A(mean) - y`` per case. Physical units."""
     import pandas as pd
 
-    from geoft.diffusion.densify import reconstruction_scores
+    from geoft.diffusion.reconstruction import reconstruction_scores
 
     times = np.asarray([c["time"] for c in cases], "datetime64[ns]")
     observed = np.stack([c["observed"] for c in cases])
@@ -527,13 +527,13 @@ def _coarse_channel(operator, k: int) -> bool:
 
 def _write_evaluation(evaluation, out_dir: Path, store, fields, cases, members_z, truth_z,
                       figures: bool) -> dict[str, Any]:
-    from geoft.diffusion.densify import _markdown_table, _units, plot_panels
+    from geoft.diffusion.reconstruction import channel_units, markdown_table, plot_panels
     from geoft.io import atomic_write_text
 
     table, consistency = evaluation
-    markdown = (_markdown_table(table) + "\n\nObservation consistency "
+    markdown = (markdown_table(table) + "\n\nObservation consistency "
                 "(std of normalised residuals, ~1 when the analysis fits the observations "
-                "to within their error):\n\n" + _markdown_table(consistency))
+                "to within their error):\n\n" + markdown_table(consistency))
     paths = {"csv": out_dir / "evaluation.csv", "markdown": out_dir / "evaluation.md",
              "json": out_dir / "evaluation.json"}
     atomic_write_text(paths["csv"], table.to_csv(index=False))
@@ -558,7 +558,7 @@ def _write_evaluation(evaluation, out_dir: Path, store, fields, cases, members_z
                       if spread is not None else None}
             figure_paths.append(str(plot_panels(
                 panels, out_dir / "figures" / f"{name.replace(':', '_')}.png",
-                title=f"{name} at {str(cases[0]['time'])[:16]}", units=_units(store, fields, k))))
+                title=f"{name} at {str(cases[0]['time'])[:16]}", units=channel_units(store, fields, k))))
     return {"evaluation": json.loads(table.to_json(orient="records")),
             "observation_consistency": json.loads(consistency.to_json(orient="records")),
             "evaluation_paths": {k: str(v) for k, v in paths.items()}, "figures": figure_paths}

@@ -42,7 +42,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
+
+from geoft.schema import Strict
 
 from geoft.errors import GeoftError
 from geoft.protocols import FetchResult
@@ -78,10 +80,9 @@ OFFLINE_FIX = (
 )
 
 
-class CopernicusOptions(BaseModel):
+class CopernicusOptions(Strict):
     """Options of ``geoft fetch copernicus`` and of a recipe's ``source.options``."""
 
-    model_config = ConfigDict(extra="forbid")
 
     dataset_id: str = Field(
         GLORYS_DAILY_DATASET_ID,
@@ -400,30 +401,17 @@ def _validate_file(path: Path, variables: list[str]) -> None:
 
 
 def _install(written: Path, final: Path) -> None:
-    """Move a checked file/zarr directory to its final name; an old final one goes only once the
-    new one is in place next to it (overwrite)."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        _remove_path(old)
-        final.rename(old)
-        os.replace(written, final)
-        _remove_path(old)
-    else:
-        os.replace(written, final)
+    """Move a checked file/zarr directory to its final name (an old one goes only once the new
+    one is in place)."""
+    from geoft.io import replace_path
+
+    replace_path(written, final)
 
 
 def _write_json_atomic(data: dict, path: Path) -> None:
-    """Write JSON through a unique sibling temp file and rename (readers never see half)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x") as handle:  # plain open: honours the umask, unlike mkstemp's 0600
-            json.dump(data, handle, indent=2, default=str)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from geoft.io import atomic_write_json
+
+    atomic_write_json(path, data, fsync=True)
 
 
 def expand_local_files(patterns: list[str]) -> list[Path]:

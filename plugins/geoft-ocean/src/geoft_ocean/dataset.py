@@ -12,20 +12,20 @@ from __future__ import annotations
 from typing import Annotated, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from geoft.schema import Strict
 
 from geoft.errors import GeoftError
 
 G = 9.80665
 
 
-class OceanOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    surface_variables: list[str] = Field(default_factory=lambda: ["zos"],
-                                         description="2-D variables, e.g. zos")
-    level_variables: list[str] = Field(default_factory=lambda: ["thetao"],
-                                       description="depth-resolved variables, e.g. thetao, so, uo, vo")
+class OceanOptions(Strict):
+    # plain defaults (not factories) so that `geoft recipe schema` shows them
+    surface_variables: list[str] = Field(["zos"], description="2-D variables, e.g. zos")
+    level_variables: list[str] = Field(["thetao"], description="depth-resolved variables, e.g. "
+                                       "thetao, so, uo, vo; [] for surface-only data")
     depths: Annotated[int, Field(ge=1)] | list[float] | None = Field(
         None, description="an int N keeps the N shallowest levels; a list keeps the levels "
                           "nearest to those depths (m); null keeps all")
@@ -36,8 +36,16 @@ class OceanDataset:
     summary: ClassVar[str] = "GLORYS layout (time, depth, latitude, longitude) -> levels + surface"
     Options: ClassVar[type[BaseModel]] = OceanOptions
 
+    def variables(self, options: OceanOptions) -> dict[str, list[str]]:
+        """The surface and level variables this dataset will produce (known before any data is
+        read, so a model can check a recipe: Aurora needs a level variable)."""
+        return {"surface": list(options.surface_variables),
+                "level": list(options.level_variables)}
+
     def to_canonical(self, raw, options: OceanOptions):
-        import xarray as xr
+        from geoft.lexicon import COPERNICUS_MARINE
+
+        raw = COPERNICUS_MARINE.rename(raw)  # provider names -> canonical (e.g. analysed_sst)
 
         wanted = list(options.surface_variables) + list(options.level_variables)
         missing = [v for v in wanted if v not in raw.data_vars]
@@ -46,10 +54,9 @@ class OceanDataset:
                 f"variable(s) {', '.join(missing)} not in the source data "
                 f"(it has {', '.join(sorted(map(str, raw.data_vars)))})",
                 where="data.options", fix="fix data.options.*_variables or fetch those variables")
-        if not options.level_variables:
-            raise GeoftError("no level variable: Aurora needs at least one depth-resolved "
-                             "variable (it treats depths as levels)",
-                             where="data.options.level_variables", fix="add e.g. thetao")
+        if not wanted:
+            raise GeoftError("no variables chosen", where="data.options",
+                             fix="list surface_variables and/or level_variables")
         rename = {k: v for k, v in {"latitude": "lat", "longitude": "lon", "depth": "level"}.items()
                   if k in raw.dims or k in raw.coords}
         ds = raw.rename(rename)
@@ -62,6 +69,12 @@ class OceanDataset:
                 raise GeoftError(f"{v} has no depth dimension; list it under surface_variables",
                                  where="data.options.level_variables")
         out = ds[wanted]
+        if not options.level_variables:  # surface-only data (e.g. an SST product)
+            out = out.drop_vars([c for c in ("level",) if c in out.coords])
+            out.attrs = dict(raw.attrs)
+            out.attrs["geoft_surface_vars"] = list(options.surface_variables)
+            out.attrs["geoft_level_vars"] = []
+            return out
         levels = out["level"].values
         keep = np.arange(levels.size)
         if options.max_depth is not None:

@@ -12,7 +12,9 @@ import json
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from geoft.schema import Strict
 
 from geoft.errors import GeoftError
 from geoft.protocols import FetchResult
@@ -20,9 +22,7 @@ from geoft.protocols import FetchResult
 PREFIX = "synthetic_glorys"
 
 
-class SyntheticOceanOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SyntheticOceanOptions(Strict):
     lon_min: float = Field(-19.0, description="western edge (degrees east)")
     lon_max: float = Field(-13.0, description="eastern edge (degrees east)")
     lat_min: float = Field(27.0, description="southern edge (degrees north)")
@@ -65,19 +65,17 @@ class SyntheticOceanSource:
                              where=str(out_dir),
                              fix="delete that directory or choose another workdir")
         out_dir.mkdir(parents=True, exist_ok=True)
-        from geoft.lineage import atomic_write_text
+        from geoft.io import atomic_write, atomic_write_json, atomic_write_text
 
         # the options go on disk before any month, so a killed run resumed with other
         # options is refused instead of mixing data
-        atomic_write_text(manifest, json.dumps({"options": request, "files": []}, indent=2))
+        atomic_write_json(manifest, {"options": request, "files": []})
         existing = sorted(out_dir.glob(f"{PREFIX}_*.nc"))
         ocean = self._model(options)
         files = ocean.write_netcdf_monthly(out_dir, prefix=PREFIX, progress=progress)
         statics = out_dir / "statics.nc"
         if not statics.exists():
-            tmp = out_dir / ".statics.nc.tmp"
-            ocean.statics().to_netcdf(tmp)
-            tmp.rename(statics)
+            atomic_write(statics, lambda tmp: ocean.statics().to_netcdf(tmp))
         atomic_write_text(manifest, json.dumps({"options": request,
                                                 "files": [p.name for p in files]}, indent=2))
         skipped = [{"file": p.name} for p in existing if p in files]

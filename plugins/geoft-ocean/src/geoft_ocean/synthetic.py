@@ -922,8 +922,10 @@ class SyntheticOcean:
         # stop simulating after the last month that needs writing
         last = max(i for i, flag in enumerate(todo) if flag)
         bounds, todo_run = bounds[: last + 1], todo[: last + 1]
-        with _progress_bar(progress, "synthetic ocean: months", len(bounds)) as advance:
-            segments = self._segments(bounds, todo_run, progress=advance)
+        from geoft.progress import progress_task
+
+        with progress_task(progress, "synthetic ocean: months", len(bounds)) as bar:
+            segments = self._segments(bounds, todo_run, progress=bar.advance)
             for path, dataset in zip(paths, segments):
                 if dataset is not None:
                     _write_netcdf_atomic(dataset, path)
@@ -949,37 +951,9 @@ def _netcdf_encoding(dataset: "xr.Dataset") -> dict[str, dict[str, Any]]:
 
 def _write_netcdf_atomic(dataset: "xr.Dataset", path: Path) -> None:
     """Write ``dataset`` to ``path`` through a temporary file in the same directory."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        dataset.to_netcdf(temporary, engine="netcdf4", format="NETCDF4",
-                          encoding=_netcdf_encoding(dataset))
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    from geoft.io import atomic_write
+
+    atomic_write(path, lambda tmp: dataset.to_netcdf(tmp, engine="netcdf4", format="NETCDF4",
+                                                     encoding=_netcdf_encoding(dataset)))
 
 
-class _progress_bar:
-    """A rich progress bar (shown only on a terminal) whose ``__enter__`` returns an
-    ``advance()`` callable, or ``None`` when disabled."""
-
-    def __init__(self, enabled: bool, description: str, total: int):
-        self.enabled, self.description, self.total = enabled, description, total
-        self._bar: Any = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        import sys
-
-        from rich.progress import Progress
-
-        self._bar = Progress(disable=not sys.stdout.isatty())
-        self._bar.__enter__()
-        task = self._bar.add_task(self.description, total=self.total)
-        return lambda: self._bar.advance(task)
-
-    def __exit__(self, *exc_info):
-        if self._bar is not None:
-            self._bar.__exit__(*exc_info)
-        return False
