@@ -387,7 +387,7 @@ def _source_fetch_command(name: str) -> click.Command:
             for r in result.requests:
                 click.echo(json.dumps(r, default=str))
         _finish({"stage": "fetch", "source": name, "out": str(out_dir), "dry_run": dry_run,
-                 "requests": len(result.requests), "files": len(result.files),
+                 "requests": result.requests, "files": len(result.files),
                  "skipped": len(result.skipped),
                  "seconds": round(__import__("time").perf_counter() - t, 2)}, json_, "fetch")
 

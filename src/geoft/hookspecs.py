@@ -56,7 +56,9 @@ def geoft_datasets():
 
     Return ``{name: Ref | class}``; the class follows :class:`geoft.protocols.Dataset`:
     ``summary``, ``Options`` (schema of ``data.options``) and ``to_canonical(raw, options)``
-    returning dims ``(time, [level,] lat, lon)`` with NaN where invalid.
+    returning an xarray Dataset with dims ``(time, [level,] *grid dims)`` in one of the grid
+    layouts (``lat, lon``; ``y, x`` with 2-D lat/lon and a CF grid mapping; ``point``), NaN
+    where data is missing, or a :class:`geoft.table.CanonicalTable` for tabular data.
     """
 
 
@@ -66,10 +68,17 @@ def geoft_models():
     ``geoft evaluate``.
 
     Return ``{name: Ref | object}``. The object has ``summary``, ``Options`` (schema of
-    ``model.options``), ``finetune(store_path, options, train_config, out_dir, *, progress,
-    resume, lineage) -> dict`` and ``forecast_from_checkpoint(checkpoint_dir, store, init_indices,
-    lead_steps, *, progress) -> xarray.Dataset`` with dims ``(init_time, lead, [level,] lat,
-    lon)`` in physical units.
+    ``model.options``), ``TrainConfig`` (schema of ``train``, usually extending
+    :class:`geoft.training.config.TrainConfig`), ``finetune(store_path, options, train_config,
+    out_dir, *, progress, resume, lineage) -> dict`` (train through the one engine,
+    :func:`geoft.training.engine.train` with a ``TrainSpec``), and
+    ``forecast_from_checkpoint(checkpoint_dir, store, init_indices, lead_steps, *, progress)
+    -> xarray.Dataset`` with dims ``(init_time, lead, [level,] *grid dims)`` in physical units
+    (models for tables: ``predict_table(checkpoint_dir, table_store, split, *, progress) ->
+    {target: array}``). Optional: ``layouts`` (store layouts it accepts),
+    ``shape_multiple(options)`` (what grid sizes must be multiples of) and
+    ``check_recipe(loaded) -> [(key path, problem, fix)]`` (its requirements, reported by
+    ``geoft recipe validate`` with the recipe's line).
     """
 
 
@@ -78,8 +87,12 @@ def geoft_metrics():
     """Register verification metrics, selectable in the recipe's ``evaluate.metrics``.
 
     Return ``{name: Ref | callable}``; the callable is ``metric(forecast, truth, *, weights,
-    mask, reduce_dims, time_dim, climatology)`` on xarray DataArrays and returns a DataArray with
-    ``reduce_dims`` (and ``time_dim``) reduced (see :data:`geoft.protocols.Metric`).
+    mask, reduce_dims, time_dim, climatology, reference)`` on xarray DataArrays (it may accept
+    a subset of the keywords: only those are passed) and returns a DataArray with
+    ``reduce_dims`` (and ``time_dim``) reduced (see :data:`geoft.protocols.Metric` and
+    ``docs/plugins.md``). ``metric.better = "lower" | "higher"`` puts it in the skill tables;
+    ``metric.needs_reference = True`` (with ``metric.reference = "persistence"``) makes
+    evaluation pass that baseline's forecast as ``reference``.
     """
 
 
@@ -89,7 +102,9 @@ def geoft_baselines():
     recipe's ``evaluate.baselines``).
 
     Return ``{name: Ref | callable}``; ``baseline(store, init_indices, lead_steps)`` returns an
-    xarray Dataset with dims ``(init_time, lead, [level,] lat, lon)`` in physical units.
+    xarray Dataset with dims ``(init_time, lead, [level,] *grid dims)`` in physical units; on
+    a prepared table it is called ``baseline(table_store, split=NAME)`` and returns
+    ``{target: array over the split's rows}``.
     """
 
 

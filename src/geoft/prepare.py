@@ -86,8 +86,9 @@ def _check_variables(canonical: xr.Dataset, surface_vars, level_vars, grid_dims,
         if set(canonical[v].dims) != set(want):
             raise GeoftError(f"variable {v!r} has dims {tuple(canonical[v].dims)}; expected "
                              f"{want}", where=where,
-                             fix="rename dims in the dataset (the canonical dataset has "
-                                 "data.options.rename) or list it as a surface/level variable")
+                             fix=f"give it dims {want} in the dataset plugin (with the built-in "
+                                 "canonical dataset: data.options.rename), or list it as a "
+                                 "surface/level variable")
     if level_vars and "level" not in canonical.dims:
         raise GeoftError("level variables but no level dimension", where=where)
 

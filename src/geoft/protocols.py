@@ -56,10 +56,15 @@ class Source(Protocol):
 @runtime_checkable
 class Dataset(Protocol):
     """Maps a source's raw layout onto the canonical layout that ``geoft prepare`` expects:
-    dims ``(time, [level,] lat, lon)`` named exactly so, lat/lon in degrees (any order, any lon
-    convention: prepare fixes them), NaN where data is invalid (land), CF attrs kept,
-    ``attrs["geoft_surface_vars"]``/``attrs["geoft_level_vars"]`` listing the dynamic
-    variables, optional static ``z`` ``(lat, lon)``."""
+    dims ``(time, [level,] *grid dims)`` in one of the layouts of :mod:`geoft.grid` (``lat,
+    lon``; ``y, x`` with 2-D lat/lon and a CF grid mapping; ``point``), lat/lon in degrees (any
+    order, any lon convention: prepare fixes them), NaN where data is missing, canonical names
+    with ``units`` (:mod:`geoft.lexicon`), ``attrs["geoft_surface_vars"]``/
+    ``attrs["geoft_level_vars"]`` listing the dynamic variables, optional statics (``lsm``,
+    ``z``, ...) and ``attrs["geoft_product"] = "observation"`` for data with real gaps; or a
+    :class:`geoft.table.CanonicalTable` for rows of features and targets. An optional
+    ``variables(options) -> {"surface": [...], "level": [...]}`` lets a model check a recipe
+    before any data is read."""
 
     Options: ClassVar[type["BaseModel"]]
     summary: ClassVar[str]
@@ -67,14 +72,17 @@ class Dataset(Protocol):
     def to_canonical(self, raw: "xr.Dataset", options: "BaseModel") -> "xr.Dataset": ...
 
 
-#: A metric: ``metric(forecast, truth, *, weights, mask, reduce_dims, climatology=None)``
-#: -> DataArray with ``reduce_dims`` reduced. ``weights`` broadcast against the data
-#: (WeatherBench 2 latitude weights); ``mask`` is True where points count.
+#: A metric: ``metric(forecast, truth, *, weights, mask, reduce_dims, time_dim, climatology,
+#: reference)`` -> DataArray with ``reduce_dims`` and ``time_dim`` reduced (see
+#: ``docs/plugins.md``, metrics, for the exact call). A metric may accept a subset of these
+#: keywords (only those are passed); attributes ``better`` (``"lower"``/``"higher"``),
+#: ``perfect`` and ``needs_reference``/``reference`` declare what a skill table needs.
 Metric = Callable[..., "xr.DataArray"]
 
 
 class Baseline(Protocol):
     """A reference forecast: ``baseline(store, init_indices, lead_steps)`` -> Dataset with
-    dims ``(init_time, lead, [level,] lat, lon)`` in physical units."""
+    dims ``(init_time, lead, [level,] *grid dims)`` in physical units (on a prepared table:
+    ``baseline(table_store, split=NAME)`` -> ``{target: array over the split's rows}``)."""
 
     def __call__(self, store: Any, init_indices: Sequence[int], lead_steps: int) -> "xr.Dataset": ...

@@ -79,18 +79,20 @@ class WindowDataset(torch.utils.data.Dataset):
         t = int(self.starts[i])
         window = slice(t - self.n_history + 1, t + self.n_lead + 1)
         inputs, targets = {}, {}
-        rows = slice(None, self.output_rows)
+        def crop(a):  # Aurora predicts one row less on some grids: the targets follow
+            return a if self.output_rows is None else a[..., : self.output_rows, :]
+
         for v in self.variables:
             block = np.asarray(self.ds[v].isel(time=window).values, dtype=np.float32)
             inputs[v] = block[: self.n_history]
-            targets[v] = np.ascontiguousarray(block[self.n_history:, ..., rows, :])
+            targets[v] = np.ascontiguousarray(crop(block[self.n_history:]))
         sample = {"t": t, "inputs": inputs, "targets": targets}
         if self.gappy:  # where each target is real (gap policy keep): losses skip the gaps
             from geoft.store import PRESENT_PREFIX
 
             lead = slice(t + 1, t + self.n_lead + 1)
-            sample["present"] = {v: np.ascontiguousarray(np.asarray(
-                self.ds[PRESENT_PREFIX + v].isel(time=lead).values, bool)[..., rows, :])
+            sample["present"] = {v: np.ascontiguousarray(crop(np.asarray(
+                self.ds[PRESENT_PREFIX + v].isel(time=lead).values, bool)))
                 for v in self.gappy}
         return sample
 

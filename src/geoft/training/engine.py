@@ -411,7 +411,8 @@ class Trainer:
         if self.ema is not None:
             self.ema.step(self.trainable)
         return {"loss": value, "lr": lr, "grad_norm": float(grad_norm),
-                "loss_parts": {k: float(v) for k, v in parts.items()}}
+                "loss_parts": {k: float(v.detach()) if torch.is_tensor(v) else float(v)
+                               for k, v in parts.items()}}
 
     def run_step(self, window: _Window) -> dict[str, Any]:
         """Fetch a batch, train on it, record it: the body of the training loop."""
@@ -455,7 +456,7 @@ class Trainer:
             for k, v in parts.items():
                 if k not in sums:
                     names.append(k)
-                sums[k] = sums.get(k, 0.0) + float(v) * n
+                sums[k] = sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) * n
         reduced = self.dist.all_reduce([total, *[sums[k] for k in names], float(count)],
                                        device=self.device)
         self.module.train()
