@@ -48,25 +48,6 @@ if TYPE_CHECKING:
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _progress_bar(total: int, description: str, enabled: bool):
-    """A progress context yielding ``advance()``: geoft's rich bar (silent when disabled or
-    when stderr is not a terminal)."""
-    from contextlib import contextmanager
-
-    from geoft.progress import make_progress
-
-    @contextmanager
-    def bar():
-        if not enabled:
-            yield lambda: None
-            return
-        with make_progress(enabled, transient=True) as progress:
-            task = progress.add_task(description, total=total, status="")
-            yield lambda: progress.advance(task)
-
-    return bar()
-
-
 def _land_keep(x_mask, shape: Sequence[int], device, dtype) -> torch.Tensor | None:
     """``x_mask`` ``(H, W)`` or ``(C, H, W)`` bool (True = valid) -> float ``(1, C, H, W)``."""
     if x_mask is None:
@@ -175,7 +156,10 @@ def sda_sample(eps_fn: EpsFn, shape: Sequence[int], operator: "ObservationOperat
                             keep=keep)
 
     members = []
-    with _progress_bar(math.ceil(shape[0] / chunk) * steps, "SDA sampling", progress) as advance:
+    from geoft.progress import progress_task
+
+    with progress_task(progress, "SDA sampling", math.ceil(shape[0] / chunk) * steps,
+                       transient=True) as bar:
         for start in range(0, shape[0], chunk):
             b = min(chunk, shape[0] - start)
             x = randn((b,) + shape[1:])
@@ -204,7 +188,7 @@ def sda_sample(eps_fn: EpsFn, shape: Sequence[int], operator: "ObservationOperat
                         f" with gamma={gamma:g}, steps={steps}, tau={tau:g}",
                         where="assimilate",
                         fix="raise assimilate.gamma (e.g. 0.1) or steps, or lower tau")
-                advance()
+                bar.advance()
             with torch.no_grad():
                 t0 = torch.zeros(b, dtype=dtype, device=device)
                 x0 = (x - sigmas[steps] * eps_fn(x, t0)) / mus[steps]

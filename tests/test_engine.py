@@ -1,0 +1,168 @@
+"""The one training engine, for every model kind geoft trains (Aurora, the densify model, the
+assimilation prior, the table MLP): a run stopped between checkpoints and resumed ends with the
+same weights, EMA, optimizer state and metrics log as an uninterrupted run; one checkpoint
+format; the schedule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from geoft.training.engine import Trainer, WarmupCosine
+
+TINY_AURORA = {"architecture": "custom",
+               "size": dict(encoder_depths=[1, 1], decoder_depths=[1, 1],
+                            encoder_num_heads=[1, 2], decoder_num_heads=[2, 1], embed_dim=16,
+                            num_heads=1, drop_rate=0.1)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    from geoft.testing import make_tiny_store
+
+    return make_tiny_store(tmp_path_factory.mktemp("engine") / "store.zarr", n_time=40)
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory) -> Path:
+    from geoft.recipe import DataSection
+    from geoft.table import CanonicalTable, prepare_table
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    frame = pd.DataFrame({"time": pd.Timestamp("2020-01-01")
+                          + pd.to_timedelta(rng.integers(0, 60, n), "D"),
+                          "lat": rng.uniform(30, 40, n), "lon": rng.uniform(250, 260, n),
+                          "skt": rng.normal(290, 5, n)})
+    frame["lst"] = frame["skt"] + 0.05 * (frame["skt"] - 290) ** 2 + rng.normal(0, 0.2, n)
+    data = DataSection.model_validate({"dataset": "x", "split": {
+        "train": ["2020-01-01", "2020-02-09"], "val": ["2020-02-10", "2020-02-19"],
+        "test": ["2020-02-20", "2020-02-29"]}})
+    path = tmp_path_factory.mktemp("table") / "table.parquet"
+    prepare_table(CanonicalTable(frame, features=["skt"], targets=["lst"],
+                                 units={"skt": "K", "lst": "K"}), data, path, progress=False)
+    return path
+
+
+def aurora_spec(store, out):
+    from geoft.models.aurora import AuroraSpec
+
+    cfg = dict(batch_size=2, lr=2e-3, warmup_steps=2, checkpoint_every=3, val_every=3, seed=3,
+               num_workers=0)
+    spec = AuroraSpec(store, TINY_AURORA, cfg, out)
+    return spec, spec.train_config
+
+
+def diffusion_spec(kind):
+    def make(store, out):
+        from geoft.diffusion import assimilate as A
+        from geoft.diffusion import densify as D
+        from geoft.diffusion.config import engine_config
+        from geoft.diffusion.reconstruction import open_fields, static_channels
+        from geoft.diffusion.unet import DiffusionSpec
+
+        variables = ["zos", "thetao:0"]
+        st, fields = open_fields(store, variables, where="test")
+        idx = st.indices("train")
+        n_static = static_channels(fields, True).shape[0]
+        torch.manual_seed(0)
+        if kind == "densify":
+            cfg = D.DensifyConfig(variables=variables, model={"block_out_channels": [8, 16]},
+                                  batch_size=4, warmup_steps=2, checkpoint_every=3, log_every=1)
+            model, kwargs = D.build_model(2, n_static, fields.shape[1:], cfg.model)
+            objective = lambda device: D.ConditionalObjective(fields, idx, cfg, device)  # noqa
+        else:
+            cfg = A.AssimilateConfig(variables=variables, model={"block_out_channels": [8, 16]},
+                                     batch_size=4, warmup_steps=2, checkpoint_every=3,
+                                     log_every=1, observe=[{"variable": "zos"}])
+            model, kwargs = A.build_prior(2, n_static, fields.shape[1:], cfg.model)
+            objective = lambda device: A.PriorObjective(fields, idx, True, device)  # noqa
+        spec = DiffusionSpec(f"diffusion-{kind}", model, kwargs, objective, len(idx),
+                             {"channels": fields.names})
+        return spec, engine_config(cfg)
+    return make
+
+
+def mlp_spec(table, out):
+    from geoft.models.mlp import TableMLPSpec
+
+    spec = TableMLPSpec(table, {"hidden": [16], "dropout": 0.1},
+                        dict(batch_size=64, lr=3e-3, warmup_steps=2, checkpoint_every=3,
+                             val_every=3, seed=1))
+    return spec, spec.train_config
+
+
+KINDS = {"aurora": aurora_spec, "densify": diffusion_spec("densify"),
+         "prior": diffusion_spec("prior"), "mlp": mlp_spec}
+
+
+def _metrics(run: Path) -> list[dict]:
+    drop = ("seconds", "samples_per_s")
+    return [{k: v for k, v in json.loads(line).items() if k not in drop}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_resume_between_checkpoints_is_exact_for_every_model_kind(kind, store, table, tmp_path):
+    """7 steps straight == 5 steps (the last checkpoint at 3, so steps 4-5 are replayed), then a
+    fresh process-like restart to 7: the same weights, optimizer state and metrics log."""
+    data = table if kind == "mlp" else store
+
+    def trainer(out):
+        spec, cfg = KINDS[kind](data, out)
+        return Trainer(spec, cfg.model_copy(update={"steps": 7}), out, progress=False)
+
+    straight = trainer(tmp_path / "a")
+    straight.fit(resume=False)
+    first = trainer(tmp_path / "b")
+    # as if killed after step 5: its metric lines exist, its checkpoint does not
+    original = first.save_checkpoint
+
+    def no_checkpoint_at_5(*, best=False):
+        return None if first.counters.step == 5 else original(best=best)
+
+    first.save_checkpoint = no_checkpoint_at_5
+    first.fit(stop_at=5)
+    assert [p.name for p in sorted((tmp_path / "b/checkpoints").glob("step-*"))] == \
+        ["step-000003"]
+    resumed = trainer(tmp_path / "b")
+    summary = resumed.fit()
+    assert summary["resumed_from"].endswith("step-000003") and summary["steps_run"] == 4
+    for name in ("model.pt", "ema.pt"):
+        a_path = tmp_path / "a/checkpoints/step-000007" / name
+        if not a_path.exists():
+            continue
+        a = torch.load(a_path, weights_only=True)
+        b = torch.load(tmp_path / "b/checkpoints/step-000007" / name, weights_only=True)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    opt_a = straight.optimizer.state_dict()["state"]
+    opt_b = resumed.optimizer.state_dict()["state"]
+    assert all(torch.equal(opt_a[k]["exp_avg"], opt_b[k]["exp_avg"]) for k in opt_a)
+    assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
+    files = {p.name for p in (tmp_path / "b/checkpoints/step-000007").iterdir()}
+    assert {"model.pt", "trainer.pt", "model_config.json", "README.md"} <= files
+    config = json.loads((tmp_path / "b/checkpoints/step-000007/model_config.json").read_text())
+    assert config["format"] == "geoft-checkpoint/2" and config["spec"]
+
+
+def test_warmup_cosine_schedule_values():
+    """Linear warm-up to 1 over 4 steps, then cosine to the floor at the last step."""
+    s = WarmupCosine(warmup=4, total=14, floor=0.1)
+    np.testing.assert_allclose([s(k) for k in range(4)], [0.25, 0.5, 0.75, 1.0])
+    # after warm-up: progress (k - 4) / 9, value 0.1 + 0.9 * 0.5 * (1 + cos(pi * progress))
+    np.testing.assert_allclose(s(4), 1.0)
+    np.testing.assert_allclose(s(13), 0.1)
+    np.testing.assert_allclose(s(8.5), 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 0.5)))
