@@ -97,6 +97,14 @@ def test_schema_includes_plugin_sections():
     assert "source:synthetic-ocean:Options" in plugin and "source:copernicus:Options" in plugin
     assert "model:aurora:TrainConfig" in plugin
     json.dumps(schema)
+    # every default is shown, also those made by factories (lists, nested option models)
+    ocean = plugin["dataset:ocean:Options"]["properties"]
+    assert ocean["surface_variables"]["default"] == ["zos"]
+    masks = plugin["reconstructor:diffusion-densify:Config"]["properties"]["masks"]["default"]
+    assert masks[0]["kind"] == "clouds"
+    aurora = plugin["model:aurora:Options"]["properties"]
+    assert aurora["weights"]["default"] == {"kind": "random"}
+    assert aurora["lora"]["default"]["engine"] == "none"
 
 
 def test_non_mapping_recipe_and_unknown_metric(tmp_path):

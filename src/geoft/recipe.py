@@ -414,7 +414,9 @@ def json_schema() -> dict[str, Any]:
     ``$defs`` and ``x-geoft-plugin-schemas``."""
     from geoft.plugins import get_plugin_manager
 
-    schema = Recipe.model_json_schema()
+    from geoft.schema import json_schema_with_defaults
+
+    schema = json_schema_with_defaults(Recipe)
     pm = get_plugin_manager()
     plugin_schemas: dict[str, dict] = {}
     for kind, attr in (("source", "Options"), ("dataset", "Options"), ("model", "Options"),
@@ -426,8 +428,9 @@ def json_schema() -> dict[str, Any]:
                 plugin_schemas[f"{kind}:{name}:{attr}"] = {"error": str(exc)}
                 continue
             if model is not None:
-                plugin_schemas[f"{kind}:{name}:{attr}"] = model.model_json_schema()
+                plugin_schemas[f"{kind}:{name}:{attr}"] = json_schema_with_defaults(model)
     for name in pm.names("recipe_section"):
-        plugin_schemas[f"section:{name}"] = pm.get("recipe_section", name).model_json_schema()
+        plugin_schemas[f"section:{name}"] = json_schema_with_defaults(
+            pm.get("recipe_section", name))
     schema["x-geoft-plugin-schemas"] = plugin_schemas
     return schema
