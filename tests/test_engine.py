@@ -57,13 +57,19 @@ def table(tmp_path_factory) -> Path:
     return path
 
 
-def aurora_spec(store, out):
+def aurora_spec(store, out, **extra):
     from geoft.models.aurora import AuroraSpec
 
     cfg = dict(batch_size=2, lr=2e-3, warmup_steps=2, checkpoint_every=3, val_every=3, seed=3,
-               num_workers=0)
+               num_workers=0, **extra)
     spec = AuroraSpec(store, TINY_AURORA, cfg, out)
     return spec, spec.train_config
+
+
+def aurora_replay_spec(store, out):
+    """Replay roll-out training: the buffer is state the checkpoint must carry."""
+    return aurora_spec(store, out, replay={"max_lead": 3, "buffer_size": 4,
+                                           "fresh_fraction": 0.3})
 
 
 def diffusion_spec(kind):
@@ -105,7 +111,8 @@ def mlp_spec(table, out):
     return spec, spec.train_config
 
 
-KINDS = {"aurora": aurora_spec, "densify": diffusion_spec("densify"),
+KINDS = {"aurora": aurora_spec, "aurora-replay": aurora_replay_spec,
+         "densify": diffusion_spec("densify"),
          "prior": diffusion_spec("prior"), "mlp": mlp_spec}
 
 

@@ -166,11 +166,21 @@ def _advance(batch, pred):
                     for k, v in pred.atmos_vars.items()})
 
 
+def _band_areas(lat):
+    """WB2 latitude-band areas sin(upper) - sin(lower), bounds at midpoints (by hand)."""
+    lat = np.asarray(lat, np.float64)
+    edges = np.concatenate([[lat[0] - (lat[1] - lat[0]) / 2], (lat[:-1] + lat[1:]) / 2,
+                            [lat[-1] + (lat[-1] - lat[-2]) / 2]])
+    return np.abs(np.diff(np.sin(np.deg2rad(edges))))
+
+
 def _hand_rollout_loss(store, model, batch, t, steps, *, grad_steps):
     """Masked MAE in normalised space summed over ``steps`` explicit forward calls, computed
     from the store's own arrays: truth at ``t + k + 1`` read straight from the store, the train
-    statistics from the store attrs, the valid masks from the store. Gradients flow only
+    statistics from the store attrs, the valid masks from the store, each point weighted by its
+    latitude band's area (the loss is area-weighted like evaluation). Gradients flow only
     through the steps listed in ``grad_steps``; other steps' predictions are detached."""
+    area = torch.as_tensor(_band_areas(store.lat), dtype=torch.float32)[:, None]
     total_per_var = {}
     for k in range(steps):
         with torch.set_grad_enabled(k in grad_steps):
@@ -184,7 +194,8 @@ def _hand_rollout_loss(store, model, batch, t, steps, *, grad_steps):
             std_t = torch.as_tensor(std, dtype=torch.float32).reshape(shape)
             err = ((p - mean_t) / std_t - (truth - mean_t) / std_t).abs()
             valid = torch.as_tensor(store.valid(var))
-            term = err[:, valid].mean()  # mean over the batch and the valid points
+            w = (valid * area).expand_as(err)  # area-weighted mean over batch and valid points
+            term = (err * w).sum() / w.sum()
             total_per_var[var] = total_per_var.get(var, 0) + term
         batch = _advance(batch, pred if k in grad_steps else pred.__class__(
             surf_vars={n: x.detach() for n, x in pred.surf_vars.items()},
@@ -396,3 +407,69 @@ def test_ddp_two_cpu_processes(store_path, tmp_path):
     assert ranks[0]["n_batches"] == -(-n_windows // 2) // 2  # each rank sees half the data
     assert (out / "checkpoints/step-000004/model.pt").exists()
     assert len([line for line in read_metrics(out) if line["kind"] == "train"]) == 4
+
+
+# -- per-step LoRA adapters and roll-out training with a replay buffer ---------------------------
+# the base trains too: a random-weight Aurora's output heads start at zero, so with a frozen
+# base no gradient would ever reach an adapter
+LORA_ALL = {**MODEL, "lora": {"engine": "aurora", "freeze_base": False},
+            "kwargs": {"lora_mode": "all", "lora_steps": 3}}
+
+
+def _adapter_norms(model) -> list[float]:
+    """sum |lora_B| of each roll-out step's adapter (B starts at zero: > 0 = trained)."""
+    sums = [0.0, 0.0, 0.0]
+    for name, p in model.named_parameters():
+        if ".loras." in name and name.endswith("lora_B"):
+            step = int(name.split(".loras.")[1].split(".")[0])
+            sums[step] += float(p.detach().abs().sum())
+    return sums
+
+
+@pytest.mark.parametrize("replay", [False, True], ids=["one-step", "replay"])
+def test_replay_trains_every_adapter_that_evaluation_uses(store_path, tmp_path, replay):
+    """With lora_mode all, lead k runs adapter k. One-step training trains adapter 0 only
+    (adapters 1 and 2 stay exactly zero); replay roll-out training with max_lead 3 trains all
+    three, one model step per training step."""
+    cfg = dict(steps=24, batch_size=2, lr=5e-3, val_every=100, checkpoint_every=100,
+               num_workers=0, seed=0)
+    if replay:
+        cfg["replay"] = {"max_lead": 3, "buffer_size": 8, "fresh_fraction": 0.3}
+    spec = AuroraSpec(store_path, LORA_ALL, cfg, tmp_path / "run")
+    trainer = Trainer(spec, spec.train_config, tmp_path / "run", progress=False)
+    trainer.fit()
+    norms = _adapter_norms(trainer.model)
+    if replay:
+        assert all(n > 0 for n in norms), norms
+        steps = [line["loss_parts"]["replay_step"] for line in read_metrics(tmp_path / "run")
+                 if line["kind"] == "train"]
+        assert {0.0, 1.0, 2.0} <= set(steps)  # every lead was trained from the buffer
+    else:
+        assert norms[0] > 0 and norms[1] == 0 and norms[2] == 0, norms
+
+
+def test_recipe_that_would_evaluate_untrained_adapters_fails_validation(tmp_path):
+    """lora_mode all + one-step training + 5 evaluated leads: refused at validation, naming
+    train and the fix; the same recipe with replay up to the evaluated lead validates."""
+    import yaml
+
+    from geoft.errors import RecipeError
+    from geoft.recipe import load_recipe
+
+    from pathlib import Path as _P
+
+    demo = yaml.safe_load((_P(__file__).resolve().parents[1] / "recipes/ocean-demo.yaml")
+                          .read_text())
+    demo["model"]["options"]["lora"] = {"engine": "aurora"}
+    demo["model"]["options"]["kwargs"] = {"lora_mode": "all"}
+    with pytest.raises(RecipeError) as err:
+        load_recipe(data=demo)
+    msg = str(err.value)
+    assert "lora_mode 'all'" in msg and "evaluate.lead_steps 5" in msg
+    assert "leads 2, 3, 4, 5" in msg and "replay: {max_lead: 5}" in msg
+    demo["train"]["replay"] = {"max_lead": 5}
+    assert load_recipe(data=demo).parts["train"].replay.max_lead == 5
+    demo["model"]["options"]["kwargs"] = {"lora_mode": "from_second"}
+    del demo["train"]["replay"]
+    with pytest.raises(RecipeError, match="from_second"):
+        load_recipe(data=demo)

@@ -56,6 +56,7 @@ class AuroraModel:
                              f"{data.patch_size} is not a multiple of the model's patch size "
                              f"{patch}", f"set data.patch_size: {patch} (or leave it out: the "
                                          "model's patch size is used)"))
+        problems += _lora_problems(options, loaded)
         dataset = _dataset_of(loaded)
         declared = getattr(dataset, "variables", None)
         if callable(declared):
@@ -119,6 +120,37 @@ class MLPModel:
         from geoft.models.mlp import predict_table
 
         return predict_table(checkpoint_dir, store, split, progress=progress, device=device)
+
+
+def _lora_problems(options, loaded) -> list[tuple[tuple, str, str]]:
+    """A recipe must not evaluate per-step LoRA adapters it never trains: with Aurora's
+    ``lora_mode: all`` lead k uses adapter k (up to ``lora_steps``), with ``from_second`` leads
+    2+ share one adapter that step 1 never touches."""
+    mode, lora_steps = options.lora_layout()
+    train = loaded.parts.get("train")
+    if mode not in ("all", "from_second") or train is None:
+        return []
+    lead = loaded.recipe.evaluate.lead_steps
+    trained = train.trained_rollout_steps()
+    if mode == "all":
+        used = set(range(min(lead, lora_steps)))
+        missing = sorted(used - trained)
+        what = (f"lora_mode 'all' keeps one adapter per roll-out step: evaluate.lead_steps "
+                f"{lead} uses the adapters of leads 1-{min(lead, lora_steps)}, but train "
+                f"({'replay.max_lead ' + str(train.replay.max_lead) if train.replay else 'rollout_steps ' + str(train.rollout_steps) + ', rollout_grad ' + train.rollout_grad}) "
+                f"never trains those of leads {', '.join(str(m + 1) for m in missing[:6])}"
+                + ("..." if len(missing) > 6 else ""))
+    else:
+        missing = [0] if lead >= 2 and not any(s >= 1 for s in trained) else []
+        what = ("lora_mode 'from_second' applies its adapter from lead 2 on, but train trains "
+                "lead 1 only: the adapter evaluated at leads 2+ never gets a gradient")
+    if not missing:
+        return []
+    n = min(lead, lora_steps)
+    return [(("train",), what,
+             f"set train.replay: {{max_lead: {n}}} (one step at a time, every lead's adapter "
+             f"trained), or train.rollout_steps: {n} with rollout_grad: all, or "
+             "model.options.kwargs.lora_mode: single")]
 
 
 def _dataset_of(loaded):

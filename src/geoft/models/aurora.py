@@ -386,6 +386,12 @@ class AuroraAdapter:
         level variables."""
         return {v: m.to(device) for v, m in self._masks.items()}
 
+    def area_weights(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Cell-area weights ``(H, W)`` on the output grid (the store grid's, mean 1), so the
+        loss weights points as evaluation does."""
+        w = np.asarray(self.store.grid.weights().values, np.float32)[: self.output_shape[0]]
+        return torch.as_tensor(w / w.mean(), device=device)
+
     # -- model construction ----------------------------------------------------------------
     def _model_kwargs(self) -> dict[str, Any]:
         o = self.options
@@ -912,7 +918,8 @@ false; `adapter.pt` holds the trainable tensors for resuming.
 
 def forecast_loss(adapter: AuroraAdapter, preds: list, targets: dict[str, torch.Tensor],
                   masks: dict[str, torch.Tensor], *, kind: str = "mae",
-                  weights: dict[str, float] | None = None
+                  weights: dict[str, float] | None = None,
+                  area: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Masked loss in normalised space, summed over roll-out steps.
 
@@ -936,9 +943,9 @@ def forecast_loss(adapter: AuroraAdapter, preds: list, targets: dict[str, torch.
             if mask.dim() == err.dim() + 1:  # per sample and lead
                 mask = mask[:, k]
             mask = mask.expand_as(err)
-            n_valid = mask.sum()
-            term = torch.where(mask, err, torch.zeros((), dtype=err.dtype, device=err.device)
-                               ).sum() / n_valid.clamp_min(1)
+            w = mask.to(err.dtype) if area is None else mask * area.to(err.dtype)
+            term = torch.where(mask, err * w, torch.zeros((), dtype=err.dtype, device=err.device)
+                               ).sum() / w.sum().clamp_min(1e-12)
             per_var[var] = per_var[var] + term if var in per_var else term
     total_weight = sum(weights.get(v, 1.0) for v in adapter.variables)
     total = sum(weights.get(v, 1.0) * per_var[v] for v in adapter.variables) / total_weight
@@ -970,6 +977,10 @@ class AuroraSpec:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.find_unused_parameters = False
         self.masks: dict[str, torch.Tensor] = {}
+        self.area: torch.Tensor | None = None
+        #: replay buffer: roll-out step k -> [entries], an entry = (store time index of the
+        #: initial condition, {var: (2, [C,] H, W) input history after k model steps})
+        self.buffer: dict[int, list[tuple[int, dict[str, torch.Tensor]]]] = {}
 
     # -- model -------------------------------------------------------------------------------
     def build_model(self, device: torch.device) -> torch.nn.Module:
@@ -981,6 +992,8 @@ class AuroraSpec:
                                           for m in model.modules()
                                           if type(m).__name__ == "LoRARollout")
         self.masks = self.adapter.loss_masks(device)
+        self.area = (self.adapter.area_weights(device)
+                     if self.train_config.loss_weighting == "area" else None)
         self._model = model
         return model
 
@@ -1002,7 +1015,10 @@ class AuroraSpec:
     def dataset(self, split: str):
         from geoft.training.data import WindowDataset, window_starts
 
-        history, lead = self.adapter.history, self.train_config.rollout_steps
+        cfg = self.train_config
+        # with replay every initial condition needs the truth up to max_lead steps ahead
+        history, lead = self.adapter.history, (cfg.replay.max_lead if cfg.replay is not None
+                                               else cfg.rollout_steps)
         starts = (window_starts(self.store, split, history, lead) if split in self.store.split
                   else np.zeros(0, np.int64))
         return WindowDataset(self.store.path, starts, self.adapter.variables,
@@ -1018,15 +1034,81 @@ class AuroraSpec:
     def loss(self, module: torch.nn.Module, sample: dict[str, Any], ctx
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg = self.train_config
+        if cfg.replay is not None and ctx.training:
+            return self._replay_loss(module, sample, ctx)
         batch = self.adapter.batch_from_arrays(sample["inputs"], sample["t"])
         targets = {v: x.to(ctx.device, non_blocking=True) for v, x in sample["targets"].items()}
-        preds = module(batch, cfg.rollout_steps, cfg.rollout_grad == "last")
+        steps = cfg.rollout_steps if cfg.replay is None else 1
+        preds = module(batch, steps, cfg.rollout_grad == "last")
+        return self._loss(preds, targets, sample.get("present", {}), ctx)
+
+    def _loss(self, preds, targets, present, ctx):
+        cfg = self.train_config
         masks = dict(self.masks)
-        for v, present in sample.get("present", {}).items():  # gaps never count
-            masks[v] = present.to(ctx.device) & self.masks[v]
+        for v, p in present.items():  # gaps never count
+            masks[v] = p.to(ctx.device) & self.masks[v]
         total, per_var = forecast_loss(self.adapter, preds, targets, masks, kind=cfg.loss,
-                                       weights=cfg.variable_weights)
+                                       weights=cfg.variable_weights, area=self.area)
         return total, {v: x.detach() for v, x in per_var.items()}
+
+    # -- roll-out training with a replay buffer (pushforward) ------------------------------------
+    def _replay_loss(self, module, sample, ctx):
+        """One model step per training step: from true initial conditions (the data loader's
+        batch, roll-out step 0) or, with probability 1 - ``fresh_fraction`` when the buffer
+        holds a full batch of some lead, from the model's own predictions at roll-out step k;
+        the loss is against the truth at the next time. The (detached) prediction goes back into
+        the buffer as the input of step k + 1, up to ``max_lead``."""
+        r = self.train_config.replay
+        size = len(sample["t"])
+        ready = sorted(k for k, entries in self.buffer.items() if len(entries) >= size)
+        if ready and ctx.rng.random() >= r.fresh_fraction:
+            k = int(ready[int(ctx.rng.integers(len(ready)))])
+            pick = sorted(ctx.rng.choice(len(self.buffer[k]), size=size, replace=False).tolist())
+            entries = [self.buffer[k][i] for i in pick]
+            self.buffer[k] = [e for i, e in enumerate(self.buffer[k]) if i not in set(pick)]
+            t0 = np.asarray([e[0] for e in entries], np.int64)
+            inputs = {v: torch.stack([e[1][v] for e in entries]) for v in self.adapter.variables}
+        else:
+            k = 0
+            t0 = np.asarray(sample["t"], np.int64)
+            inputs = {v: torch.as_tensor(x) for v, x in sample["inputs"].items()}
+        batch = self.adapter.batch_from_arrays(inputs, t0 + k)
+        batch = dataclasses.replace(batch, metadata=dataclasses.replace(batch.metadata,
+                                                                        rollout_step=k))
+        targets = {v: x[:, None].to(ctx.device) for v, x in
+                   self.adapter.target(t0 + k, lead=1).items()}
+        present = {}
+        for v in self.store.gappy_vars:
+            p = self.store.present(v, t0 + k + 1)[..., : self.adapter.output_shape[0], :]
+            present[v] = torch.as_tensor(p)[:, None]
+        preds = module(batch, 1, False)
+        total, parts = self._loss(preds, targets, present, ctx)
+        if k + 1 < r.max_lead:
+            self._push(k + 1, t0, inputs, preds[0])
+        return total, {**parts, "replay_step": float(k)}
+
+    def _push(self, k: int, t0: np.ndarray, inputs: dict[str, torch.Tensor], pred) -> None:
+        """Buffer the next inputs ``(last input step, prediction)`` of each sample at step k."""
+        h = self.adapter.output_shape[0]
+        entries = self.buffer.setdefault(k, [])
+        for b, t in enumerate(t0):
+            nxt = {}
+            for v in self.adapter.variables:
+                fields = pred.atmos_vars if v in self.adapter.level_vars else pred.surf_vars
+                last = inputs[v][b, -1].clone()
+                new = last.clone()
+                new[..., :h, :] = fields[v][b, 0].detach().to("cpu", torch.float32)
+                nxt[v] = torch.stack([last, new])
+            entries.append((int(t), nxt))
+        del entries[: max(0, len(entries) - self.train_config.replay.buffer_size)]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The replay buffer (saved in checkpoints so that resume is exact)."""
+        return {"buffer": {k: [(t, {v: x.clone() for v, x in d.items()}) for t, d in entries]
+                           for k, entries in self.buffer.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.buffer = {int(k): list(v) for k, v in state.get("buffer", {}).items()}
 
     # -- checkpoints -----------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:

@@ -180,6 +180,19 @@ class AuroraOptions(Strict):
                                         is not aurora.Aurora._post_decoder_hook):
             raise GeoftError(f"{self.architecture} already transforms its decoder output",
                              where=f"{where}.predict_difference", fix="set it to false")
+        if str(self.kwargs.get("autocast_dtype", "")).replace("torch.", "") == "float16":
+            raise GeoftError("autocast_dtype float16 needs loss scaling, which geoft does not do",
+                             where=f"{where}.kwargs.autocast_dtype",
+                             fix="use bfloat16 (Aurora's default for autocast)")
+
+    def lora_layout(self) -> tuple[str | None, int]:
+        """``(lora_mode, lora_steps)`` of Aurora's own LoRA (``(None, 0)`` without it)."""
+        if self.lora.engine != "aurora":
+            return None, 0
+        params = constructor_parameters(self.model_class)
+        mode = self.kwargs.get("lora_mode", params["lora_mode"].default)
+        steps = int(self.kwargs.get("lora_steps", params["lora_steps"].default))
+        return str(mode), steps
 
     @property
     def patch_size(self) -> int:
@@ -190,27 +203,56 @@ class AuroraOptions(Strict):
         return int(constructor_parameters(self.model_class)["patch_size"].default)
 
 
+class ReplayOptions(Strict):
+    """Roll-out fine-tuning with a replay buffer (the Aurora paper's "pushforward" training):
+    each step runs the model **once**, from true initial conditions (a share ``fresh_fraction``
+    of the steps) or from the model's own earlier predictions kept in the buffer, and the loss
+    compares that single step with the truth. Predictions go back into the buffer one lead
+    further, up to ``max_lead``; per-step LoRA adapters (``lora_mode: all``) are trained for
+    every lead 1..``max_lead`` at the memory cost of one step. ``buffer_size`` predictions are
+    kept per lead (oldest dropped); the buffer is saved in checkpoints, so resume stays exact."""
+
+    max_lead: int = Field(ge=1)
+    buffer_size: int = Field(32, ge=1)
+    fresh_fraction: float = Field(0.25, gt=0, le=1)
+
+
 class AuroraTrainConfig(TrainConfig):
     """``train`` for Aurora: the engine's settings plus the roll-out loss.
 
     Loss: ``mae`` or ``mse`` on normalised variables (Aurora's normalisation), over valid points
-    only (land/sea-floor masks, per level for level variables), a weighted mean over variables
-    with ``variable_weights`` (default 1 each). ``rollout_steps`` > 1 fine-tunes on
-    autoregressive roll-outs (loss summed over steps); ``rollout_grad: last`` keeps gradients of
-    the last step only.
+    only (land/sea-floor masks, per level for level variables, gaps), ``loss_weighting: area``
+    weights points by cell area like evaluation (``uniform``: a plain mean), a weighted mean
+    over variables with ``variable_weights`` (default 1 each). ``rollout_steps`` > 1 fine-tunes
+    on unrolled autoregressive roll-outs (loss summed over steps); ``rollout_grad: last`` keeps
+    gradients of the last step only. ``replay`` trains long leads one step at a time from a
+    replay buffer (:class:`ReplayOptions`).
     """
 
     loss: Literal["mae", "mse"] = "mae"
+    loss_weighting: Literal["area", "uniform"] = "area"
     variable_weights: dict[str, float] = Field(default_factory=dict)
     rollout_steps: int = Field(1, ge=1)
     rollout_grad: Literal["all", "last"] = "all"
+    replay: ReplayOptions | None = None
 
     @model_validator(mode="after")
     def _weights(self) -> "AuroraTrainConfig":
         bad = {k: v for k, v in self.variable_weights.items() if v < 0}
         if bad:
             raise ValueError(f"variable_weights must be >= 0, got {bad}")
+        if self.replay is not None and self.rollout_steps != 1:
+            raise ValueError("replay trains one step at a time: set rollout_steps: 1 (or drop "
+                             "replay for unrolled roll-outs)")
         return self
+
+    def trained_rollout_steps(self) -> set[int]:
+        """Aurora roll-out steps (0-based) whose per-step LoRA adapters get gradients."""
+        if self.replay is not None:
+            return set(range(self.replay.max_lead))
+        if self.rollout_grad == "last":
+            return {self.rollout_steps - 1}
+        return set(range(self.rollout_steps))
 
 
 def aurora_classes() -> dict[str, type]:

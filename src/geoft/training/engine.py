@@ -96,7 +96,9 @@ class TrainSpec(Protocol):
 
 
 class BaseSpec:
-    """Defaults for the optional parts of a :class:`TrainSpec`."""
+    """Defaults for the optional parts of a :class:`TrainSpec`. A spec that keeps state between
+    steps (e.g. a replay buffer) adds ``state_dict()``/``load_state_dict(state)``: the engine
+    saves it in every checkpoint and restores it on resume."""
 
     kind = "model"
     #: DDP ``find_unused_parameters`` (models that skip parameters on some steps)
@@ -487,6 +489,7 @@ class Trainer:
                 "rng": _rng_state(), "numpy_generator": self.rng.bit_generator.state,
                 "torch_generator": self.generator.get_state(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
+                "spec": self.spec.state_dict() if hasattr(self.spec, "state_dict") else None,
                 "world_size": self.dist.world_size}
 
     def _ema_state(self) -> dict[str, torch.Tensor]:
@@ -544,6 +547,8 @@ class Trainer:
             self.ema.load_state_dict(trainer["ema"])
             self.ema.to(self.device)
         self.sampler.load_state_dict(trainer["sampler"])
+        if trainer.get("spec") is not None and hasattr(self.spec, "load_state_dict"):
+            self.spec.load_state_dict(trainer["spec"])
         self.counters = Counters(**trainer["counters"])
         _set_rng_state(trainer["rng"])
         self.rng.bit_generator.state = trainer["numpy_generator"]
