@@ -693,3 +693,21 @@ def test_resolve_checkpoint_other_forms_and_errors(finetune_dir):
         resolve_checkpoint(finetune_dir, str(ckpts / "step-999999"))
     with pytest.raises(GeoftError, match="no 'best' checkpoint"):
         resolve_checkpoint(finetune_dir.parent / "elsewhere", "best")
+
+
+def test_init_times_never_pair_a_forecast_with_the_wrong_truth_across_a_gap(tmp_path):
+    """A day missing from the store inside the test split: initial times whose history or
+    leads would cross it are left out (index i + k is then not the time i + k days)."""
+    from geoft.store import atomic_write_zarr
+    from geoft.testing import make_tiny_store
+
+    path = make_tiny_store(tmp_path / "s.zarr", n_time=40)
+    ds = xr.open_zarr(path, consolidated=False)
+    gappy = ds.isel(time=[i for i in range(40) if i != 35])  # drop the 36th day (test split)
+    store = PreparedStore.open(atomic_write_zarr(gappy.chunk({"time": 8}), tmp_path / "g.zarr"))
+    init = init_indices_for(store, "test", 2, None)
+    times = store.times
+    for i in init:  # history i-1 and leads i+1, i+2 all exactly one day apart
+        assert (times[i + 2] - times[i - 1]) == pd.Timedelta(days=3)
+    # test split = indices 32..38 after the drop; index 34 is the day before the gap
+    assert 34 not in init and 33 not in init and 35 not in init

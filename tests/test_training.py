@@ -379,8 +379,10 @@ spec = AuroraSpec(sys.argv[1], json.loads(sys.argv[2]), dict(steps=4, batch_size
 trainer = Trainer(spec, spec.train_config, sys.argv[3], progress=False)
 summary = trainer.fit()
 total = sum(float(p.detach().double().sum()) for p in trainer.model.parameters())
+draw = float(torch.rand(()))  # each rank has its own random stream (dropout, noise)
 with open(os.path.join(sys.argv[3], f"rank{trainer.dist.rank}.json"), "w") as f:
-    json.dump({"params": total, "summary": summary, "n_batches": len(trainer.sampler)}, f)
+    json.dump({"params": total, "summary": summary, "n_batches": len(trainer.sampler),
+               "draw": draw}, f)
 trainer.close()
 """
 
@@ -402,6 +404,11 @@ def test_ddp_two_cpu_processes(store_path, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["params"] == ranks[1]["params"]  # DDP kept the replicas identical
+    assert ranks[0]["draw"] != ranks[1]["draw"]  # but not the same random numbers
+    state = torch.load(out / "checkpoints/step-000004/trainer.pt", weights_only=False)
+    per_rank = state["rng_per_rank"]  # each rank's streams, so each resumes its own
+    assert len(per_rank) == 2 and not torch.equal(per_rank[0]["rng"]["torch"],
+                                                  per_rank[1]["rng"]["torch"])
     assert ranks[0]["summary"]["world_size"] == 2 and ranks[0]["summary"]["steps"] == 4
     n_windows = len(window_starts(PreparedStore.open(store_path), "train", 2, 2))
     assert ranks[0]["n_batches"] == -(-n_windows // 2) // 2  # each rank sees half the data
@@ -473,3 +480,80 @@ def test_recipe_that_would_evaluate_untrained_adapters_fails_validation(tmp_path
     del demo["train"]["replay"]
     with pytest.raises(RecipeError, match="from_second"):
         load_recipe(data=demo)
+
+
+# -- smaller guarantees ------------------------------------------------------------------------------
+def test_a_non_finite_loss_stops_before_the_weights_change(store_path, tmp_path, monkeypatch):
+    spec = AuroraSpec(store_path, MODEL, dict(steps=5, val_every=100, checkpoint_every=100,
+                                              num_workers=0), tmp_path / "n")
+    trainer = Trainer(spec, spec.train_config, tmp_path / "n", progress=False)
+    real = spec.loss
+    calls = []
+
+    def loss(module, batch, ctx):
+        total, parts = real(module, batch, ctx)
+        calls.append(1)
+        return (total * float("nan"), parts) if len(calls) == 3 else (total, parts)
+
+    monkeypatch.setattr(spec, "loss", loss)
+    before = {}
+    original_step = trainer.train_step
+
+    def remember(batch):
+        if len(calls) == 2:
+            before.update({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+        return original_step(batch)
+
+    monkeypatch.setattr(trainer, "train_step", remember)
+    with pytest.raises(GeoftError, match="loss became nan at step 3"):
+        trainer.fit()
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # step 3 changed nothing
+
+
+def test_checkpoint_for_another_time_step_is_rejected(store_path, tmp_path):
+    finetune(store_path, MODEL, dict(steps=1, val_every=10), tmp_path / "m", progress=False)
+    six_hourly = make_tiny_store(tmp_path / "6h.zarr", timestep_hours=6, n_time=40)
+    model, _ = load_finetuned(tmp_path / "m")
+    with pytest.raises(GeoftError, match="time step differs \\(checkpoint 24 h, store 6 h\\)"):
+        forecast(model, PreparedStore.open(six_hourly), [5], 1)
+
+
+def test_float16_autocast_is_refused():
+    from geoft.models.aurora_options import AuroraOptions
+
+    with pytest.raises(GeoftError, match="float16 needs loss scaling"):
+        AuroraOptions(**{**MODEL, "autocast": True,
+                         "kwargs": {"autocast_dtype": "float16"}}).check_against_aurora()
+
+
+def test_checkpoint_readme_loads_a_predict_difference_model(store_path, tmp_path):
+    """The README's snippet, run as written, rebuilds the model with predict_difference and
+    gives the same forecast as geoft's loader."""
+    model_opts = {**MODEL, "predict_difference": True}
+    finetune(store_path, model_opts, dict(steps=1, val_every=10), tmp_path / "d",
+             progress=False)
+    ckpt = tmp_path / "d/checkpoints/step-000001"
+    snippet = (ckpt / "README.md").read_text().split("```python")[1].split("```")[0]
+    import aurora.normalisation as norm
+    import os
+
+    saved = (dict(norm.locations), dict(norm.scales))
+    cwd = os.getcwd()
+    try:
+        os.chdir(ckpt)
+        scope: dict = {}
+        exec(snippet, scope)  # noqa: S102 - the documented snippet itself
+        plain = scope["model"].eval()
+        store = PreparedStore.open(store_path)
+        batch = AuroraAdapter(store, model_opts).make_batch([10])
+        with torch.no_grad():
+            got = plain(batch).surf_vars["zos"]
+    finally:
+        os.chdir(cwd)
+        norm.locations.clear(), norm.locations.update(saved[0])
+        norm.scales.clear(), norm.scales.update(saved[1])
+    model, _ = load_finetuned(ckpt)
+    with torch.no_grad():
+        want = model(batch).surf_vars["zos"]
+    torch.testing.assert_close(got, want)

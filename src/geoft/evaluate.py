@@ -40,11 +40,19 @@ TABLE_DEFAULTS = {"metrics": ["rmse", "mae", "bias"], "baselines": ["train-mean"
 
 def init_indices_for(store: PreparedStore, split: str, lead_steps: int,
                      max_init_times: int | None, history: int = 2) -> np.ndarray:
-    """Initial times whose history and every lead lie inside ``split``."""
+    """Initial times whose history and every lead lie inside ``split`` and are contiguous in
+    time (a missing time step in the store never pairs a forecast with the wrong truth)."""
     idx = store.indices(split)
     members = set(idx.tolist())
+    step = np.timedelta64(int(store.timestep.total_seconds()), "s")
+    times = store.times.values
+
+    def contiguous(i: int) -> bool:  # history and every lead one store step apart (no gap)
+        first, last = i - (history - 1), i + lead_steps
+        return times[last] - times[first] == (last - first) * step
+
     ok = [i for i in idx if all((i - h) in members for h in range(1, history))
-          and all((i + k) in members for k in range(1, lead_steps + 1))]
+          and all((i + k) in members for k in range(1, lead_steps + 1)) and contiguous(int(i))]
     if not ok:
         raise GeoftError(
             f"split {split!r} ({idx.size} steps) is too short for {history}-step history and "

@@ -645,6 +645,10 @@ class AuroraAdapter:
         if [level_to_str(v) for v in config.get("levels", [])] != [level_to_str(v) for v in self.levels]:
             problems.append(f"levels differ (checkpoint {config.get('levels')}, store "
                             f"{list(self.levels)})")
+        hours = self.timestep.total_seconds() / 3600
+        if "timestep_hours" in config and float(config["timestep_hours"]) != hours:
+            problems.append(f"time step differs (checkpoint {config['timestep_hours']:g} h, "
+                            f"store {hours:g} h)")
         if list(config.get("grid_shape", self.grid_shape)) != list(self.grid_shape):
             problems.append(f"grid differs (checkpoint {config.get('grid_shape')}, store "
                             f"{list(self.grid_shape)})")
@@ -901,7 +905,11 @@ kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg["kwargs"].it
 kwargs["timestep"] = datetime.timedelta(hours=cfg["timestep_hours"])
 if "autocast_dtype" in kwargs:
     kwargs["autocast_dtype"] = getattr(torch, kwargs["autocast_dtype"])
-model = getattr(aurora, cfg["class"])(**kwargs)
+cls = getattr(aurora, cfg["class"])
+if cfg.get("predict_difference"):   # the model predicts the change from the last input
+    from geoft.models.aurora import difference_class   # (a _post_decoder_hook, no weights)
+    cls = difference_class(cls)
+model = cls(**kwargs)
 model.load_state_dict(torch.load("model.pt"), strict=True)
 for key, (loc, scale) in cfg["normalisation"].items():   # Aurora normalises internally
     aurora.normalisation.locations[key] = loc

@@ -356,6 +356,12 @@ class Trainer:
             self.ema = EMAModel(self.trainable, decay=cfg.ema_decay, use_ema_warmup=True,
                                 power=cfg.ema_power)
             self.ema.to(self.device)
+        if self.dist.world_size > 1:
+            # identical initial weights on every rank (built above from the same seed; DDP also
+            # broadcasts them), then each rank its own dropout/noise stream
+            random.seed(cfg.seed + self.dist.rank)
+            np.random.seed(cfg.seed + self.dist.rank)
+            torch.manual_seed(cfg.seed + self.dist.rank)
         self.rng = np.random.default_rng([cfg.seed, 1, self.dist.rank])
         self.generator = torch.Generator(device=self.device).manual_seed(
             cfg.seed + 7919 * self.dist.rank)
@@ -394,13 +400,29 @@ class Trainer:
                               self.context(training))
 
     def train_step(self, batch: Any) -> dict[str, Any]:
-        """Forward, loss, backward, clip, optimizer, scheduler and EMA step on one batch."""
+        """Forward, loss, backward, clip, optimizer, scheduler and EMA step on one batch.
+
+        One host synchronisation per step: the loss and its parts (averaged over ranks under
+        DDP, in the same collective as a non-finite flag) are read before the backward pass, so
+        a non-finite loss stops every rank together before any weight changes. The gradient
+        norm stays on the device until a metrics line is written."""
         self.train_module.train()
         loss, parts = self.compute_loss(batch, self.train_module)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise GeoftError(f"the training loss became {value} at step {self.counters.step + 1}",
-                             where=str(self.out_dir),
+        names = list(parts)
+        stats = torch.stack([loss.detach().float().reshape(()),
+                             *[torch.as_tensor(parts[k], dtype=torch.float32,
+                                               device=loss.device).detach().reshape(())
+                               for k in names],
+                             (~torch.isfinite(loss.detach())).float().reshape(())])
+        if self.dist.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(stats, op=dist.ReduceOp.SUM)
+            stats[:-1] /= self.dist.world_size
+        values = stats.tolist()
+        if values[-1] > 0 or not math.isfinite(values[0]):
+            raise GeoftError(f"the training loss became {values[0]} at step "
+                             f"{self.counters.step + 1}", where=str(self.out_dir),
                              fix="lower the learning rate, keep gradient clipping on, and check "
                                  "the store for extreme values")
         self.optimizer.zero_grad(set_to_none=True)
@@ -412,17 +434,13 @@ class Trainer:
         self.scheduler.step()
         if self.ema is not None:
             self.ema.step(self.trainable)
-        return {"loss": value, "lr": lr, "grad_norm": float(grad_norm),
-                "loss_parts": {k: float(v.detach()) if torch.is_tensor(v) else float(v)
-                               for k, v in parts.items()}}
+        return {"loss": values[0], "lr": lr, "grad_norm": grad_norm.detach(),
+                "loss_parts": dict(zip(names, values[1:-1]))}
 
     def run_step(self, window: _Window) -> dict[str, Any]:
         """Fetch a batch, train on it, record it: the body of the training loop."""
         batch = self.next_batch()
         metrics = self.train_step(batch)
-        if self.dist.world_size > 1:  # log the mean over ranks, not rank 0's shard
-            metrics["loss"] = self.dist.all_reduce([metrics["loss"]], device=self.device)[0] \
-                / self.dist.world_size
         self.sampler.advance()
         self.counters.step += 1
         n = self.config.batch_size * self.dist.world_size
@@ -433,7 +451,7 @@ class Trainer:
         if self.counters.step % self.config.log_every == 0 or \
                 self.counters.step == self.total_steps:
             now = time.perf_counter()
-            line = {**line, "loss": window.loss / window.n,
+            line = {**line, "loss": window.loss / window.n, "grad_norm": float(line["grad_norm"]),
                     "loss_parts": {k: v / window.n for k, v in window.parts.items()},
                     "samples_per_s": round(window.samples / max(now - window.t0, 1e-9), 3),
                     "seconds": round(self.elapsed(), 3)}
@@ -481,13 +499,30 @@ class Trainer:
                 "ema": self.ema is not None, "train": self.config.model_dump(mode="json"),
                 "lineage": self.lineage}
 
-    def trainer_state(self) -> dict[str, Any]:
+    def _rng_states(self) -> dict[str, Any]:
+        return {"rng": _rng_state(), "numpy_generator": self.rng.bit_generator.state,
+                "torch_generator": self.generator.get_state().cpu()}
+
+    def _gather_rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's RNG states (a collective: all ranks call it), so that a resumed rank
+        continues its own streams, not rank 0's."""
+        mine = self._rng_states()
+        if self.dist.world_size == 1:
+            return [mine]
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.dist.world_size
+        dist.all_gather_object(gathered, mine)
+        return gathered
+
+    def trainer_state(self, rng_per_rank: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         counters = asdict(self.counters)
         counters["elapsed"] = self.elapsed()
         return {"counters": counters, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
                 "rng": _rng_state(), "numpy_generator": self.rng.bit_generator.state,
                 "torch_generator": self.generator.get_state(),
+                "rng_per_rank": rng_per_rank or [self._rng_states()],
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "spec": self.spec.state_dict() if hasattr(self.spec, "state_dict") else None,
                 "world_size": self.dist.world_size}
@@ -502,7 +537,9 @@ class Trainer:
             self.ema.restore(self.trainable)
 
     def save_checkpoint(self, *, best: bool = False) -> Path | None:
-        """Write ``checkpoints/step-XXXXXX`` atomically (rank 0 only) and move the pointers."""
+        """Write ``checkpoints/step-XXXXXX`` atomically (rank 0 only; every rank's RNG states
+        are gathered first) and move the pointers."""
+        rng_per_rank = self._gather_rng_states()
         if not self.dist.is_main:
             return None
         final = self.ckpt_root / step_dir_name(self.counters.step)
@@ -510,7 +547,7 @@ class Trainer:
             self.spec.save(self.model, tmp)
             if self.ema is not None:
                 torch.save(self._ema_state(), tmp / "ema.pt")
-            torch.save(self.trainer_state(), tmp / "trainer.pt")
+            torch.save(self.trainer_state(rng_per_rank), tmp / "trainer.pt")
             (tmp / "model_config.json").write_text(json.dumps(self.model_config(), indent=2,
                                                               default=str))
             (tmp / "README.md").write_text(self.spec.readme())
@@ -550,11 +587,18 @@ class Trainer:
         if trainer.get("spec") is not None and hasattr(self.spec, "load_state_dict"):
             self.spec.load_state_dict(trainer["spec"])
         self.counters = Counters(**trainer["counters"])
-        _set_rng_state(trainer["rng"])
-        self.rng.bit_generator.state = trainer["numpy_generator"]
-        self.generator.set_state(trainer["torch_generator"].cpu()
-                                 if torch.is_tensor(trainer["torch_generator"])
-                                 else trainer["torch_generator"])
+        per_rank = trainer.get("rng_per_rank") or []
+        if len(per_rank) == self.dist.world_size:
+            states = per_rank[self.dist.rank]
+        else:  # another number of processes: every rank starts from rank 0's streams
+            if self.dist.world_size > 1 or len(per_rank) > 1:
+                log.warning("resuming on %d processes from a checkpoint of %d: RNG streams are "
+                            "not continued exactly", self.dist.world_size, len(per_rank))
+            states = {k: trainer[k] for k in ("rng", "numpy_generator", "torch_generator")}
+        _set_rng_state(states["rng"])
+        self.rng.bit_generator.state = states["numpy_generator"]
+        gen = states["torch_generator"]
+        self.generator.set_state(gen.cpu() if torch.is_tensor(gen) else gen)
         self._iterator = None
         if self.dist.is_main:
             self._truncate_metrics(self.counters.step)
