@@ -85,7 +85,8 @@ class DataSection(Strict):
     max_crop_loss: float = Field(0.05, ge=0, le=1, description="largest fraction of valid "
                                  "points a crop may remove")
     split: Split
-    chunk_days: int = Field(31, ge=1, description="time chunk of the prepared store")
+    chunk_days: int = Field(1, ge=1, description="time chunk of the prepared store: 1 (the "
+                            "default) matches what training reads, one sample window at a time")
     gaps: Literal["refuse", "keep", "fill"] | None = Field(
         None, description="missing values at valid points: refuse (the default for model "
         "products: a NaN there is a defect), keep (the default for observation products: "

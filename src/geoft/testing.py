@@ -33,6 +33,7 @@ def make_tiny_store(
     lat_range: tuple[float, float] = (30.0, 27.0),
     lon_range: tuple[float, float] = (341.0, 347.0),
     seed: int = 0,
+    chunk_days: int = 8,
 ) -> Path:
     """Write a tiny prepared store at ``path`` and return the path.
 
@@ -121,4 +122,4 @@ def make_tiny_store(
         geoft_lineage=json.dumps({"stage": "prepare", "source": "geoft.testing.make_tiny_store",
                                   "seed": seed}),
     )
-    return atomic_write_zarr(ds.chunk({"time": 8}), path)
+    return atomic_write_zarr(ds.chunk({"time": chunk_days}), path)
