@@ -711,3 +711,35 @@ def test_init_times_never_pair_a_forecast_with_the_wrong_truth_across_a_gap(tmp_
         assert (times[i + 2] - times[i - 1]) == pd.Timedelta(days=3)
     # test split = indices 32..38 after the drop; index 34 is the day before the gap
     assert 34 not in init and 33 not in init and 35 not in init
+
+
+def test_evaluation_in_batches_equals_one_batch_and_saves_forecasts(tmp_path):
+    """Streaming the initial times one at a time gives the scores of one big batch (means
+    weighted by batch size, RMSE as a root mean square), and save_forecasts writes the model's
+    forecasts, chunked by initial time, with lineage."""
+    from geoft.evaluate import evaluate
+
+    loaded, store = make_workdir(tmp_path / "a", batch_size=100)
+    big = evaluate(loaded, loaded.recipe.store_path, checkpoint="latest", progress=False,
+                   adapter=StubAdapter())
+    loaded1, _ = make_workdir(tmp_path / "b", batch_size=1, save_forecasts=True)
+    small = evaluate(loaded1, loaded1.recipe.store_path, checkpoint="latest", progress=False,
+                     adapter=StubAdapter())
+    a = pd.read_csv(Path(big["out"]) / "metrics.csv")
+    b = pd.read_csv(Path(small["out"]) / "metrics.csv")
+    keys = ["source", "variable", "level", "lead", "metric"]
+    merged = a.merge(b, on=keys, suffixes=("_big", "_small"))
+    assert len(merged) == len(a) == len(b)
+    np.testing.assert_allclose(merged.value_small, merged.value_big, rtol=1e-12, equal_nan=True)
+    assert (merged.n_small == merged.n_big).all()
+    with xr.open_zarr(small["forecasts"], consolidated=False) as fc:
+        assert fc["ssh"].dims[:2] == ("init_time", "lead")
+        assert fc["ssh"].encoding["chunks"][0] == 1 and fc.sizes["init_time"] == 4
+        t = np.asarray(fc["init_time"].values)
+    st = PreparedStore.open(store)
+    np.testing.assert_array_equal(t, st.times[init_indices_for(st, "test", 3, None)])
+    from geoft.lineage import chain
+
+    records = chain(small["forecasts"])  # the evaluation's lineage, then the checkpoint's...
+    assert records[0]["stage"] == "evaluate"
+    assert records[0]["facts"]["forecasts"] == small["forecasts"]

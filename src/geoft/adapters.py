@@ -86,8 +86,13 @@ class AuroraModel:
         from geoft.models.aurora import forecast, load_finetuned
         from geoft.training.engine import resolve_device
 
-        model, config = load_finetuned(checkpoint_dir, device=resolve_device(device))
-        return forecast(model, store, init_indices, lead_steps, progress=progress)
+        # evaluation asks batch by batch: load the checkpoint once per (path, device)
+        key = (str(Path(checkpoint_dir).resolve()), str(device))
+        cached = getattr(self, "_loaded", None)
+        if cached is None or cached[0] != key:
+            model, _ = load_finetuned(checkpoint_dir, device=resolve_device(device))
+            self._loaded = cached = (key, model)
+        return forecast(cached[1], store, init_indices, lead_steps, progress=progress)
 
 
 class MLPModel:

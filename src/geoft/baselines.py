@@ -75,16 +75,53 @@ def persistence(store, init_indices: Sequence[int] | None = None, lead_steps: in
     return _finish(store, data, init_indices)
 
 
-def climatology_fields(store) -> dict[str, xr.DataArray]:
-    """Day-of-year climatology of the train split per variable (cached on the store)."""
+def climatology_fields(store, *, window: int = 15, chunk: int = 31, block: int = 4096
+                       ) -> dict[str, xr.DataArray]:
+    """Day-of-year climatology of the train split per variable (cached on the store).
+
+    Streamed: the train split is read ``chunk`` time steps at a time into float32 sums and
+    counts per day of year, so memory is the climatology itself (366 fields), not the record;
+    the gap filling and smoothing run ``block`` points at a time.
+    Then as :func:`geoft.metrics.day_of_year_climatology`: days without a sample are filled by
+    linear interpolation round the year, and a centred circular running mean of ``window``
+    days smooths the result. Gaps (``present_`` masks) never count."""
     cache = store.__dict__.setdefault("_geoft_climatology", {})
     if not cache:
-        from geoft.metrics import day_of_year_climatology
+        from scipy.ndimage import uniform_filter1d
 
-        train = xr.DataArray(store.indices("train"), dims="time")
+        from geoft.metrics import DAYS_IN_CLIMATOLOGY_YEAR, _circular_interpolate_gaps
+
+        train = store.indices("train")
+        doy_all = store.times[train].day_of_year.values - 1
         for v in store.variables:
-            values = _present_at(store, v, store.ds[v].isel(time=train).load(), train)
-            cache[v] = day_of_year_climatology(values).load()
+            da = store.ds[v]
+            shape = da.shape[1:]
+            sums = np.zeros((DAYS_IN_CLIMATOLOGY_YEAR,) + shape, np.float32)
+            counts = np.zeros((DAYS_IN_CLIMATOLOGY_YEAR,) + shape, np.float32)
+            for i in range(0, len(train), chunk):
+                idx = train[i:i + chunk]
+                values = np.asarray(da.isel(time=idx).values, np.float32)
+                present = store.present(v, idx)
+                if present is not None:
+                    values = np.where(present, values, np.nan)
+                finite = np.isfinite(values)
+                np.add.at(sums, doy_all[i:i + chunk], np.where(finite, values, 0.0))
+                np.add.at(counts, doy_all[i:i + chunk], finite.astype(np.float32))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                daily = np.where(counts > 0, sums / counts, np.nan).astype(np.float32)
+            flat = daily.reshape(DAYS_IN_CLIMATOLOGY_YEAR, -1)
+            smooth = np.empty_like(flat)
+            for j in range(0, flat.shape[1], block):  # bounded temporaries: block of points
+                rows = flat[:, j:j + block].T
+                filled = _circular_interpolate_gaps(rows)
+                smooth[:, j:j + block] = uniform_filter1d(filled, size=window, axis=-1,
+                                                          mode="wrap").T
+            smooth = smooth.reshape(daily.shape)
+            dims = ("dayofyear",) + tuple(d for d in da.dims if d != "time")
+            clim = xr.DataArray(smooth.astype(np.float32), dims=dims,
+                                coords={"dayofyear": np.arange(1, DAYS_IN_CLIMATOLOGY_YEAR + 1)},
+                                attrs=dict(da.attrs, climatology_window_days=window))
+            cache[v] = clim
     return cache
 
 

@@ -213,7 +213,13 @@ def _settings(cfg, defaults: dict[str, list[str]]) -> tuple[list[str], list[str]
 
 def evaluate_grid(loaded, store: PreparedStore, *, checkpoint: str | None = None,
                   progress: bool = True, adapter=None) -> dict[str, Any]:
+    """Forecast and score the initial times in batches of ``evaluate.batch_size``: memory is
+    bounded by one batch (the model's forecast, each baseline's, the truth and the climatology
+    at those times), whatever the number of initial times. Scores are computed per batch and
+    combined (:func:`combine_batches`); the first batch is kept for the maps. With
+    ``evaluate.save_forecasts`` the model's forecasts are appended to ``forecasts.zarr``."""
     from geoft import baselines as bl
+    from geoft.progress import progress_task
     from geoft.report import write_report
 
     t0 = time.perf_counter()
@@ -223,47 +229,131 @@ def evaluate_grid(loaded, store: PreparedStore, *, checkpoint: str | None = None
     init = init_indices_for(store, cfg.split, cfg.lead_steps, cfg.max_init_times)
     out_dir = loaded.recipe.evaluate_dir
     pm = get_plugin_manager()
-    with blame(_model_entry(loaded, adapter), "forecasting"):
-        forecasts = {"model": call_forecast(adapter, ckpt, store, init, cfg.lead_steps,
-                                            progress=progress, device=cfg.device,
-                                            batch_size=cfg.batch_size)}
-    for name in baseline_names:
-        entry = pm.entry("baseline", name)
-        with blame(entry, "making the reference forecast"):
-            forecasts[name] = entry.load()(store, init, cfg.lead_steps)
-    truth = bl.truth(store, init, cfg.lead_steps)
-    for name, fc in forecasts.items():
-        missing = [v for v in store.variables if v not in fc]
-        if missing:
-            raise GeoftError(f"forecast {name!r} lacks variable(s) {missing}",
-                             where=str(ckpt), fix="the checkpoint was trained on other variables; "
-                             "re-run finetune with this recipe")
-        forecasts[name] = fc.assign_coords(init_time=truth["init_time"], lead=truth["lead"])
+    model_entry = _model_entry(loaded, adapter)
     needs_clim = any(m == "acc" for m in metric_names)
-    clim = {v: bl.climatology_at(store, v, init, cfg.lead_steps) for v in store.variables} \
-        if needs_clim else {}
-    table = score(store, forecasts, truth, metric_names, clim)
+    batches = [init[i:i + cfg.batch_size] for i in range(0, len(init), cfg.batch_size)]
+    tables, first = [], None
+    writer = ForecastWriter(out_dir / "forecasts.zarr") if cfg.save_forecasts else None
+    with progress_task(progress, "evaluate", len(batches)) as bar:
+        for chunk in batches:
+            with blame(model_entry, "forecasting"):
+                forecasts = {"model": call_forecast(adapter, ckpt, store, chunk, cfg.lead_steps,
+                                                    progress=False, device=cfg.device,
+                                                    batch_size=cfg.batch_size)}
+            for name in baseline_names:
+                entry = pm.entry("baseline", name)
+                with blame(entry, "making the reference forecast"):
+                    forecasts[name] = entry.load()(store, chunk, cfg.lead_steps)
+            truth = bl.truth(store, chunk, cfg.lead_steps)
+            for name, fc in forecasts.items():
+                missing = [v for v in store.variables if v not in fc]
+                if missing:
+                    raise GeoftError(f"forecast {name!r} lacks variable(s) {missing}",
+                                     where=str(ckpt), fix="the checkpoint was trained on other "
+                                     "variables; re-run finetune with this recipe")
+                forecasts[name] = fc.assign_coords(init_time=truth["init_time"],
+                                                   lead=truth["lead"])
+            clim = {v: bl.climatology_at(store, v, chunk, cfg.lead_steps)
+                    for v in store.variables} if needs_clim else {}
+            batch_table = score(store, forecasts, truth, metric_names, clim)
+            batch_table["inits"] = len(chunk)
+            tables.append(batch_table)
+            if writer is not None:
+                writer.append(forecasts["model"], store)
+            if first is None:
+                first = (forecasts, truth)
+            bar.advance()
+    table = combine_batches(tables, metric_names)
     skills = skill_table(table, metric_names, baseline_names)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     hours = store.timestep.total_seconds() / 3600
     skill = skill_vs(table, "persistence") if "persistence" in baseline_names and \
         "rmse" in metric_names else {}
-    figures = write_report(out_dir, store, forecasts, truth, table, skill=skill,
+    figures = write_report(out_dir, store, first[0], first[1], table, skill=skill,
                            checkpoint=ckpt, recipe=loaded, lead_hours=hours, maps=cfg.maps,
-                           skills=skills)
+                           skills=skills, n_init=len(init))
+    saved = None
+    if writer is not None:
+        saved = writer.finish()
     # the tables last, so a failed report leaves no new table
     _write_csv(skills, out_dir / "skill.csv")
     _write_csv(table, out_dir / "metrics.csv")
     record = make_lineage("evaluate", loaded, inputs=[ckpt], facts={
         "checkpoint": str(ckpt), "init_times": len(init), "lead_steps": cfg.lead_steps,
-        "skill_vs_persistence": skill})
+        "skill_vs_persistence": skill, "forecasts": str(saved) if saved else None})
     write_lineage(out_dir, record, loaded)
     return {"stage": "evaluate", "out": str(out_dir), "checkpoint": str(ckpt),
             "init_times": int(len(init)), "lead_steps": cfg.lead_steps,
             "rmse_mean": mean_rmse(table), "skill_vs_persistence": skill,
             "report": str(out_dir / "report.md"), "figures": [str(f) for f in figures],
+            "forecasts": str(saved) if saved else None,
             "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def combine_batches(tables: list[pd.DataFrame], metric_names: list[str]) -> pd.DataFrame:
+    """Scores of batches of initial times -> the scores over all of them. Every metric averages
+    over ``init_time`` after its spatial reduction (WeatherBench 2), so a batch mean weighted by
+    the batch's number of initial times combines exactly; a metric that takes a root after the
+    time mean declares ``time_reduction = "rms"`` (RMSE: the root of the mean of squared batch
+    values). ``n`` (values counted) adds up."""
+    if not tables:
+        return pd.DataFrame(columns=["source", "variable", "level", "lead", "metric", "value",
+                                     "n"])
+    pm = get_plugin_manager()
+    rms = {m for m in metric_names
+           if getattr(pm.get("metric", m), "time_reduction", "mean") == "rms"}
+    table = pd.concat(tables, ignore_index=True)
+    keys = ["source", "variable", "level", "lead", "metric"]
+    table = table.assign(level=table["level"].fillna(-1.0))
+    square = table["metric"].isin(rms)
+    table["weighted"] = np.where(square, table["value"] ** 2, table["value"]) * table["inits"]
+    table["weight"] = np.where(table["value"].notna(), table["inits"], 0)
+    table["weighted"] = table["weighted"].where(table["value"].notna(), 0.0)
+    out = table.groupby(keys, sort=False, dropna=False).agg(
+        weighted=("weighted", "sum"), weight=("weight", "sum"), n=("n", "sum")).reset_index()
+    value = out["weighted"] / out["weight"].where(out["weight"] > 0)
+    is_rms = out["metric"].isin(rms)
+    value[is_rms] = np.sqrt(value[is_rms])
+    out["value"] = value
+    out["level"] = out["level"].where(out["level"] != -1.0)
+    return out[["source", "variable", "level", "lead", "metric", "value", "n"]]
+
+
+class ForecastWriter:
+    """Appends batches of forecasts ``(init_time, lead, [level,] *grid dims)`` to a chunked zarr
+    store (one initial time per chunk) under a temporary name; :meth:`finish` renames it into
+    place, so a killed evaluation never leaves a store that looks complete. Its lineage is the
+    evaluation's (``evaluate/geoft-lineage.json``, beside it)."""
+
+    def __init__(self, path: Path):
+        from geoft.io import partial_name
+
+        self.path = Path(path)
+        self.tmp = partial_name(self.path)
+        self.started = False
+
+    def append(self, forecast: xr.Dataset, store) -> None:
+        ds = forecast.copy()
+        for name, coord in store.grid.coords(store.ds).items():
+            if name not in ds.coords:
+                ds = ds.assign_coords({name: coord})
+        ds = ds.chunk({"init_time": 1})
+        for v in ds.variables.values():
+            v.encoding.pop("chunks", None)
+        if not self.started:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            ds.to_zarr(self.tmp, mode="w", consolidated=False)
+            self.started = True
+        else:
+            ds.to_zarr(self.tmp, append_dim="init_time", consolidated=False)
+
+    def finish(self) -> Path | None:
+        from geoft.io import replace_path
+
+        if not self.started:
+            return None
+        return replace_path(self.tmp, self.path)
 
 
 def _model_entry(loaded, adapter):

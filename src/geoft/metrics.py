@@ -809,3 +809,5 @@ for _metric, _better in ((rmse, "lower"), (mse, "lower"), (mae, "lower"), (acc, 
                          (crps_ensemble, "lower")):
     _metric.better = _better  # type: ignore[attr-defined]
 del _metric, _better
+#: RMSE takes its root after the time mean: batches of initial times combine as a root mean square
+rmse.time_reduction = "rms"  # type: ignore[attr-defined]

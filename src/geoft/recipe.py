@@ -111,7 +111,10 @@ class EvaluateSection(Strict):
         None, description="registered reference forecasts (default: persistence, climatology "
                           "on grids; train-mean, climatology on tables)")
     maps: bool = Field(True, description="write PNG maps of truth/prediction/error")
-    batch_size: int = Field(4, ge=1, description="initial times per forward pass")
+    batch_size: int = Field(4, ge=1, description="initial times per forward pass; evaluation "
+                            "streams them in batches of this size (memory is one batch)")
+    save_forecasts: bool = Field(False, description="also write the model's forecasts to "
+                                 "evaluate/forecasts.zarr (chunked by initial time, with lineage)")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where the model forecasts (auto: a GPU when one is visible)")
 

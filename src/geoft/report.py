@@ -121,8 +121,8 @@ def _skill_lines(skills: pd.DataFrame | None) -> list[str]:
 
 
 def write_report(out: Path, store, forecasts, truth, table, *, skill, checkpoint, recipe,
-                 lead_hours: float, maps: bool = True, skills: pd.DataFrame | None = None
-                 ) -> list[Path]:
+                 lead_hours: float, maps: bool = True, skills: pd.DataFrame | None = None,
+                 n_init: int | None = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     figures = [plot_rmse_vs_lead(table, out, lead_hours)] if (table.metric == "rmse").any() else []
     if maps:
@@ -132,7 +132,8 @@ def write_report(out: Path, store, forecasts, truth, table, *, skill, checkpoint
     lines = [f"# geoft evaluation: {recipe.recipe.name}", "",
              f"- checkpoint: `{checkpoint}`",
              f"- recipe hash: `{recipe.hash}`; split `{recipe.recipe.evaluate.split}`, "
-             f"{truth.sizes['init_time']} initial times, {truth.sizes['lead']} lead steps of "
+             f"{n_init or truth.sizes['init_time']} initial times, {truth.sizes['lead']} lead "
+             "steps of "
              f"{lead_hours:g} h",
              f"- grid: {store.grid.describe()}; metrics weighted by cell area (WeatherBench 2 "
              "band areas on lat/lon grids, map-factor areas on projected grids) over valid "
