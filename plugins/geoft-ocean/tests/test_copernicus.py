@@ -45,7 +45,8 @@ GLORYS_VARIABLES = {
     "zos": ("sea_surface_height_above_geoid", "m", "Sea surface height", 0.1),
     "uo": ("eastward_sea_water_velocity", "m s-1", "Eastward velocity", 0.0),
 }
-CATALOGUE = {GLORYS_DAILY_DATASET_ID: "202311"}
+CATALOGUE = {GLORYS_DAILY_DATASET_ID: "202311",
+             "cmems_mod_glo_phy_my_0.083deg_static": "202311"}
 #: the real function, kept before any test patches it: the fake checks its keywords against it
 REAL_SUBSET = copernicusmarine.subset
 BOX = dict(lon_min=-18.0, lon_max=-17.5, lat_min=28.0, lat_max=28.4)
@@ -149,10 +150,29 @@ class FakeSubset:
             raise self.raise_on_every
         if kwargs["dataset_id"] not in CATALOGUE:
             raise DatasetNotFound(kwargs["dataset_id"])
+        known = ("deptho", "mask") if kwargs["dataset_id"].endswith("_static") else GLORYS_VARIABLES
         for name in kwargs["variables"]:
-            if name not in GLORYS_VARIABLES:
+            if name not in known:
                 raise VariableDoesNotExistInTheDataset(name)
         out = Path(kwargs["output_directory"]) / kwargs["output_filename"]
+        if kwargs["dataset_id"].endswith("_static"):  # no time: sea-floor depth and sea mask
+            grid = glorys_like(pd.DatetimeIndex(["2020-01-01"]),
+                               lon_min=kwargs["minimum_longitude"],
+                               lon_max=kwargs["maximum_longitude"],
+                               lat_min=kwargs["minimum_latitude"],
+                               lat_max=kwargs["maximum_latitude"],
+                               depth_min=kwargs["minimum_depth"],
+                               depth_max=kwargs["maximum_depth"], variables=["thetao"])
+            sea = grid["thetao"].isel(time=0).notnull()
+            static = xr.Dataset({"mask": sea.astype("int8"),
+                                 "deptho": (sea.sum("depth") * 1000.0 + 50.0).where(
+                                     sea.isel(depth=0)).astype("float32")})
+            write(static, out)
+            return ResponseSubset(file_path=out, output_directory=out.parent, filename=out.name,
+                                  file_size=out.stat().st_size / 1e6, data_transfer_size=1.0,
+                                  variables=["deptho", "mask"], coordinates_extent=[],
+                                  status=StatusCode.SUCCESS, message=StatusMessage.SUCCESS,
+                                  file_status=FileStatus.DOWNLOADED)
         if self.crash_on == len(self.calls):
             self.crash_on = None
             out.write_bytes(b"CDF\x01 half a file")
@@ -178,7 +198,8 @@ class FakeSubset:
 
 def make_options(**overrides) -> CopernicusOptions:
     values = dict(BOX, depth_min=0.0, depth_max=3.0, variables=["thetao", "so"],
-                  start="2020-01-30", end="2020-03-02", username="alice", password="s3cret")
+                  start="2020-01-30", end="2020-03-02", username="alice", password="s3cret",
+                  statics=False)
     values.update(overrides)
     return CopernicusOptions(**values)
 
@@ -539,3 +560,33 @@ def test_module_import_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     assert out.stdout.strip() == "[]"
+
+
+def test_statics_fetched_once_and_mapped_to_z_and_lsm(monkeypatch, tmp_path):
+    """The box's sea-floor depth and sea mask come from GLORYS's static companion, fetched once
+    with the same credentials (a second fetch skips it), opened beside the data, and become
+    Aurora's z (minus g times depth) and lsm (1 - mask) in the ocean dataset."""
+    from geoft_ocean.dataset import G, OceanDataset, OceanOptions
+
+    fake = use(monkeypatch, FakeSubset())
+    options = make_options(statics=True)
+    out = tmp_path / "raw"
+    CopernicusSource().fetch(options, out, progress=False)
+    static_calls = [c for c in fake.calls if c["dataset_id"].endswith("_static")]
+    assert len(static_calls) == 1 and "start_datetime" not in static_calls[0]
+    assert (static_calls[0]["username"], static_calls[0]["password"]) == ("alice", "s3cret")
+    n = len(fake.calls)
+    again = CopernicusSource().fetch(options, out, progress=False)
+    assert len(fake.calls) == n and any(r["dataset_id"].endswith("_static")
+                                        for r in again.skipped)  # fetched once
+    raw = CopernicusSource().open(options, out)
+    assert raw["deptho"].dims == ("latitude", "longitude")
+    canonical = OceanDataset().to_canonical(raw, OceanOptions(surface_variables=[],
+                                                              level_variables=["thetao"]))
+    np.testing.assert_allclose(canonical["z"].values, -G * raw["deptho"].values, rtol=1e-6)
+    sea = raw["mask"].isel(depth=0).values.astype(bool)
+    np.testing.assert_array_equal(canonical["lsm"].values, (~sea).astype(np.float32))
+    assert canonical.attrs["geoft_static_vars"] == ["lsm", "z"]
+    # the dry run lists the static request too
+    plan = CopernicusSource().fetch(options, out, dry_run=True)
+    assert any(r["dataset_id"].endswith("_static") for r in plan.requests)

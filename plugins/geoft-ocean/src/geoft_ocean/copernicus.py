@@ -55,6 +55,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 GLORYS_DAILY_DATASET_ID = "cmems_mod_glo_phy_my_0.083deg_P1D-m"
+GLORYS_STATIC_DATASET_ID = "cmems_mod_glo_phy_my_0.083deg_static"
+#: the static companion of each GLORYS12 dataset: sea-floor depth and land-sea mask
+STATIC_COMPANIONS = {GLORYS_DAILY_DATASET_ID: GLORYS_STATIC_DATASET_ID,
+                     "cmems_mod_glo_phy_my_0.083deg_P1M-m": GLORYS_STATIC_DATASET_ID}
+STATIC_VARIABLES = ["deptho", "mask"]
 ENV_USERNAME = "COPERNICUSMARINE_SERVICE_USERNAME"
 ENV_PASSWORD = "COPERNICUSMARINE_SERVICE_PASSWORD"
 #: deprecated spellings the library still accepts
@@ -137,6 +142,12 @@ class CopernicusOptions(Strict):
                     "the box, depths and dates given here.")
     overwrite: bool = Field(
         False, description="Download every chunk again even if its file is already complete.")
+    statics: bool = Field(
+        True, description="Also fetch, once, the sea-floor depth (deptho) and land-sea mask of "
+                          "the box from the dataset's static companion (GLORYS12: "
+                          f"{GLORYS_STATIC_DATASET_ID}); they become Aurora's z and lsm.")
+    static_file: str | None = Field(
+        None, description="With local_files: a static file you already have (deptho, mask).")
 
     @model_validator(mode="after")
     def _check_ranges(self) -> "CopernicusOptions":
@@ -336,6 +347,45 @@ def build_requests(options: CopernicusOptions) -> list[dict[str, Any]]:
     return requests
 
 
+def build_static_request(options: CopernicusOptions) -> dict[str, Any] | None:
+    """The one ``copernicusmarine.subset`` call for the statics of the box (no time), or None
+    when the dataset has no known static companion or ``statics`` is off."""
+    static_id = STATIC_COMPANIONS.get(options.dataset_id)
+    if not options.statics or static_id is None:
+        return None
+    key = hashlib.sha256(json.dumps({"box": [options.lon_min, options.lon_max, options.lat_min,
+                                             options.lat_max],
+                                     "depth": [options.depth_min, options.depth_max]},
+                                    sort_keys=True).encode()).hexdigest()[:8]
+    return {"dataset_id": static_id, "dataset_version": options.dataset_version,
+            "variables": list(STATIC_VARIABLES),
+            "minimum_longitude": options.lon_min, "maximum_longitude": options.lon_max,
+            "minimum_latitude": options.lat_min, "maximum_latitude": options.lat_max,
+            "minimum_depth": options.depth_min, "maximum_depth": options.depth_max,
+            "file_format": "netcdf", "output_filename": f"{static_id}_{key}.nc"}
+
+
+def check_static_dataset(ds: "xr.Dataset", where: str) -> None:
+    """Raise :class:`GeoftError` unless ``deptho(latitude, longitude)`` and
+    ``mask([depth,] latitude, longitude)`` are there."""
+    for name, need in (("deptho", {"latitude", "longitude"}), ("mask", {"latitude", "longitude"})):
+        if name not in ds.data_vars:
+            raise GeoftError(f"static variable {name!r} not found", where=where,
+                             fix="fetch the statics again (statics: true) or give a static "
+                                 "file with deptho and mask")
+        if not need <= set(ds[name].dims) or "time" in ds[name].dims:
+            raise GeoftError(f"static variable {name!r} has dims {ds[name].dims}", where=where,
+                             fix="give the GLORYS static file in its native layout")
+
+
+def _validate_static(path: Path) -> None:
+    ds = _open_one(path)
+    try:
+        check_static_dataset(ds, str(path))
+    finally:
+        ds.close()
+
+
 # --------------------------------------------------------------------------- files
 
 def _remove_path(path: Path) -> None:
@@ -518,7 +568,8 @@ def _map_library_error(exc: BaseException, request: dict[str, Any],
         return None
     detail = " ".join(str(exc).split())  # library messages span lines
     dataset_id = request["dataset_id"]
-    span = f"{request['start_datetime'][:10]}..{request['end_datetime'][:10]}"
+    span = (f"{request['start_datetime'][:10]}..{request['end_datetime'][:10]}"
+            if "start_datetime" in request else "statics")
     if kind == "dataset":
         return GeoftError(f"dataset_id {dataset_id!r} is not in the Copernicus Marine catalogue",
                           where="copernicus options.dataset_id",
@@ -665,14 +716,16 @@ class CopernicusSource:
             return self._check_local_files(options, out_dir, dry_run=dry_run)
 
         requests = build_requests(options)
+        static = build_static_request(options)
         if dry_run:
             credentials = resolve_credentials(options, required=False)
             provenance = self._provenance(options, "download",
                                           credentials.source if credentials else "missing")
-            done = [r for r in requests if (out_dir / r["output_filename"]).exists()]
+            every = requests + ([static] if static else [])
+            done = [r for r in every if (out_dir / r["output_filename"]).exists()]
             skipped = [] if options.overwrite else done
             return FetchResult(files=[out_dir / r["output_filename"] for r in skipped],
-                               requests=requests, skipped=skipped, provenance=provenance)
+                               requests=every, skipped=skipped, provenance=provenance)
 
         credentials = resolve_credentials(options)
         assert credentials is not None
@@ -735,9 +788,58 @@ class CopernicusSource:
                 save_manifest()
                 bar.advance(task)
 
+        if static is not None:  # once: same credentials, same partial-then-rename rules
+            final = out_dir / static["output_filename"]
+            if final.exists() and not options.overwrite:
+                try:
+                    _validate_static(final)
+                    skipped.append(static)
+                except GeoftError as problem:
+                    logger.warning("refetching %s: %s", final.name, problem)
+                    _remove_path(final)
+            if not final.exists():
+                _remove_partials(out_dir, final.name)
+                partial = out_dir / _partial_name(final.name)
+                try:
+                    written = _call_subset(static, out_dir, partial.name, credentials)
+                    _validate_static(written)
+                    _install(written, final)
+                except BaseException:
+                    _remove_partials(out_dir, final.name)
+                    raise
+                fetched.append(static)
+            manifest["statics"] = static["output_filename"]
+            save_manifest()
         provenance["manifest"] = str(manifest_path)
-        return FetchResult(files=[out_dir / r["output_filename"] for r in requests],
-                           requests=fetched, skipped=skipped, provenance=provenance)
+        files = [out_dir / r["output_filename"] for r in requests]
+        if static is not None:
+            files.append(out_dir / static["output_filename"])
+        return FetchResult(files=files, requests=fetched, skipped=skipped, provenance=provenance)
+
+    def _with_statics(self, ds: "xr.Dataset", options: CopernicusOptions, out_dir: Path):
+        """Add ``deptho`` and ``mask`` (the box's statics, fetched once) on the data's grid."""
+        static = build_static_request(options)
+        if options.local_files:
+            path = Path(options.static_file) if options.static_file else None
+        else:
+            path = out_dir / static["output_filename"] if static else None
+        if path is None:
+            return ds
+        if not path.exists():
+            raise GeoftError("the statics file is missing", where=str(path),
+                             fix="run `geoft fetch copernicus` with the same options (it "
+                                 "resumes), or set statics: false")
+        st = _open_one(path)
+        check_static_dataset(st, str(path))
+        st = st[["deptho", "mask"]]
+        try:
+            st = st.reindex_like(ds[["latitude", "longitude"] + (["depth"] if "depth" in ds.dims
+                                                                  and "depth" in st.dims else [])],
+                                 method="nearest", tolerance=1e-4)
+        except (KeyError, ValueError) as exc:
+            raise GeoftError(f"the statics are on another grid than the data ({exc})",
+                             where=str(path), fix="fetch the statics with the same box") from exc
+        return ds.assign(deptho=st["deptho"], mask=st["mask"])
 
     def _check_local_files(self, options: CopernicusOptions, out_dir: Path, *,
                            dry_run: bool) -> FetchResult:
@@ -798,6 +900,7 @@ class CopernicusSource:
             combined = _select_box(combined, options, where)
         order = [d for d in GLORYS_DIMS if d in combined.dims]
         combined = combined.transpose(*order, ...)
+        combined = self._with_statics(combined, options, out_dir)
         combined.attrs["geoft_source"] = "copernicus"
         combined.attrs["geoft_dataset_id"] = options.dataset_id
         return combined

@@ -94,7 +94,14 @@ class OceanDataset:
             out["z"] = (-G * ds["deptho"]).astype(np.float32)
             out["z"].attrs.update(units="m2 s-2",
                                   long_name="minus g times sea-floor depth (ocean 'orography')")
+        if "mask" in ds:  # GLORYS's sea mask (1 = ocean) at the surface -> land fraction
+            mask = ds["mask"].isel(level=0) if "level" in ds["mask"].dims else ds["mask"]
+            out["lsm"] = (1.0 - mask.astype(np.float32)).drop_vars("level", errors="ignore")
+            out["lsm"].attrs.update(units="1", long_name="land fraction (1 - GLORYS mask)")
+        # no ocean value exists for Aurora's soil type (slt): it is left out, so its pretrained
+        # static embedding is not used (docs/recipes.md)
         out.attrs = dict(raw.attrs)
+        out.attrs["geoft_static_vars"] = [n for n in ("lsm", "z") if n in out]
         out.attrs["geoft_surface_vars"] = list(options.surface_variables)
         out.attrs["geoft_level_vars"] = list(options.level_variables)
         return out
