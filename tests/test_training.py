@@ -557,3 +557,51 @@ def test_checkpoint_readme_loads_a_predict_difference_model(store_path, tmp_path
     with torch.no_grad():
         want = model(batch).surf_vars["zos"]
     torch.testing.assert_close(got, want)
+
+
+# -- fine-tuning strategies by name ------------------------------------------------------------------
+@pytest.mark.parametrize("strategy", ["full", "lora", "lora+embeddings"])
+def test_each_strategy_trains_what_it_says(store_path, strategy):
+    """full: everything; lora: only the adapters (random weights: no new variables); lora +
+    embeddings: the adapters plus level/lead-time embeddings, Perceivers, token embeds and heads,
+    never the backbone's own attention or MLP weights."""
+    adapter = AuroraAdapter(PreparedStore.open(store_path), {**MODEL, "strategy": strategy})
+    model = adapter.build_model()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    every = {n for n, _ in model.named_parameters()}
+    lora = {n for n in every if ".lora_" in n}
+    if strategy == "full":
+        assert trainable == every and not lora
+        return
+    assert lora and lora <= trainable
+    backbone_core = {n for n in every if n.startswith("backbone.") and ".lora_" not in n
+                     and "time_mlp" not in n}
+    assert not (trainable & backbone_core)
+    embeddings = {n for n in every if n.startswith(("encoder.atmos_levels_embed",
+                                                    "encoder.lead_time_embed",
+                                                    "encoder.level_agg", "decoder.level_decoder",
+                                                    "decoder.surf_heads", "backbone.time_mlp"))}
+    if strategy == "lora":
+        assert trainable == lora
+    else:
+        assert embeddings <= trainable and trainable - lora - embeddings <= {
+            n for n in every if n.startswith(("encoder.surf_token_embeds",
+                                              "encoder.atmos_token_embeds", "decoder.atmos_heads",
+                                              "decoder.atmos_levels_embed",
+                                              "encoder.surf_level_encoding",
+                                              "encoder.atmos_latents"))}
+
+
+def test_two_stage_strategy_runs_full_then_lora_from_its_weights(store_path, tmp_path):
+    opts = {**MODEL, "strategy": "two-stage", "two_stage_full_steps": 2}
+    summary = finetune(store_path, opts, dict(steps=5, val_every=100, checkpoint_every=100,
+                                              num_workers=0), tmp_path / "t", progress=False)
+    assert summary["stage1"]["steps"] == 2 and summary["steps"] == 3
+    stage1 = torch.load(tmp_path / "t/stage1-full/checkpoints/step-000002/model.pt",
+                        weights_only=True)
+    cfg = json.loads((tmp_path / "t/checkpoints/step-000003/model_config.json").read_text())
+    assert cfg["options"]["lora"]["engine"] == "aurora"
+    final = torch.load(tmp_path / "t/checkpoints/step-000003/model.pt", weights_only=True)
+    # the backbone's frozen weights are stage 1's, the adapters moved on
+    key = "backbone.encoder_layers.0.blocks.0.mlp.fc1.weight"
+    assert torch.equal(final[key], stage1[key])

@@ -47,6 +47,7 @@ from geoft.errors import GeoftError
 from geoft.io import atomic_write_json
 from geoft.progress import progress_task
 from geoft.models.aurora_options import (  # noqa: F401 - re-exported
+    EMBEDDING_PATTERNS,
     MANAGED_KWARGS,
     SIZE_KEYS,
     AuroraOptions,
@@ -249,6 +250,8 @@ class AuroraAdapter:
         self.store = store
         self.options = (options if isinstance(options, AuroraOptions)
                         else AuroraOptions.model_validate(options or {}))
+        if self.options.strategy in ("full", "lora", "lora+embeddings"):
+            self.options = self.options.for_stage(self.options.strategy)
         self.options.check_against_aurora()
         where = str(store.path)
         if store.grid.kind not in ("latlon", "projected"):
@@ -461,9 +464,14 @@ class AuroraAdapter:
             model = self._apply_peft(model)
         if o.lora.engine != "none":
             new_ids = {id(p) for p in self.new_parameters}
+            extra = ([re.compile(pattern) for pattern in EMBEDDING_PATTERNS]
+                     if o.strategy == "lora+embeddings" else [])
             for name, p in model.named_parameters():
                 is_lora = bool(_LORA_KEY.search(name))
-                p.requires_grad_(is_lora or not o.lora.freeze_base or id(p) in new_ids)
+                bare = _strip_wrappers(name).replace("base_model.model.", "")
+                unfrozen = any(rx.search(bare) for rx in extra)
+                p.requires_grad_(is_lora or not o.lora.freeze_base or id(p) in new_ids
+                                 or unfrozen)
         if o.activation_checkpointing:
             model.configure_activation_checkpointing()
         model.geoft_config = self.model_config()  # type: ignore[assignment]
@@ -1165,8 +1173,13 @@ def finetune(store_path: str | os.PathLike, options: AuroraOptions | dict | None
     """Fine-tune Aurora on a prepared store with the training engine; checkpoints and
     ``metrics.jsonl`` go to ``out_dir``. Returns the engine's summary (also
     ``out_dir/summary.json``). With ``resume`` a run continues from its newest checkpoint."""
+    from geoft.schema import validate_section
     from geoft.training.engine import Trainer
 
+    options = validate_section(AuroraOptions, options, "model.options")
+    if options.strategy == "two-stage":
+        return _finetune_two_stage(store_path, options, train_config, out_dir,
+                                   progress=progress, resume=resume, lineage=lineage)
     spec = AuroraSpec(store_path, options, train_config, out_dir)
     trainer = Trainer(spec, spec.train_config, out_dir, progress=progress,
                       lineage={"store": spec.store.lineage, "store_path": str(spec.store.path),
@@ -1175,6 +1188,36 @@ def finetune(store_path: str | os.PathLike, options: AuroraOptions | dict | None
         summary = trainer.fit(resume=resume, stop_at=stop_at)
     finally:
         trainer.close()
+    return summary
+
+
+def _finetune_two_stage(store_path, options: AuroraOptions, train_config, out_dir, *,
+                        progress: bool, resume: bool, lineage: dict | None) -> dict[str, Any]:
+    """Strategy two-stage: ``two_stage_full_steps`` of full fine-tuning on one-step leads (in
+    ``out_dir/stage1-full``), then the LoRA strategy for the remaining steps from those weights
+    (in ``out_dir``: what evaluation reads). Each stage resumes on its own."""
+    from geoft.schema import validate_section
+
+    cfg = validate_section(AuroraTrainConfig, train_config, "train")
+    if cfg.steps is None:
+        raise GeoftError("strategy two-stage needs train.steps (the total of both stages)",
+                         where="train.steps", fix="set train.steps")
+    n1 = options.two_stage_full_steps
+    if n1 >= cfg.steps:
+        raise GeoftError(f"two_stage_full_steps ({n1}) leaves no steps for the LoRA stage "
+                         f"(train.steps {cfg.steps})", where="model.options.two_stage_full_steps",
+                         fix="make it smaller than train.steps")
+    first_dir = Path(out_dir) / "stage1-full"
+    stage1 = cfg.model_copy(update={"steps": n1, "replay": None, "rollout_steps": 1})
+    first = finetune(store_path, options.for_stage("full"), stage1, first_dir,
+                     progress=progress, resume=resume, lineage=lineage)
+    second_options = options.for_stage("lora").model_copy(update={
+        "weights": LocalWeights(kind="local", path=Path(first["latest_checkpoint"])),
+        "strict": False, "strategy": "lora"})
+    summary = finetune(store_path, second_options,
+                       cfg.model_copy(update={"steps": cfg.steps - n1}), out_dir,
+                       progress=progress, resume=resume, lineage=lineage)
+    summary["stage1"] = {k: first[k] for k in ("steps", "latest_checkpoint", "best_val_loss")}
     return summary
 
 

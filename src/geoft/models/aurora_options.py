@@ -95,8 +95,34 @@ class LoraOptions(Strict):
         return self
 
 
+#: what each fine-tuning strategy trains (besides parameters the checkpoint did not have:
+#: new variables' embeddings and heads are always trained)
+STRATEGIES = {
+    "custom": "as configured by `lora` (engine, freeze_base)",
+    "full": "every parameter (no LoRA)",
+    "lora": "LoRA adapters in the Swin backbone's attention (qkv, proj) and new variables' "
+            "embeddings and heads; the rest frozen",
+    "lora+embeddings": "as lora, plus the level embeddings, the lead-time embedding and the "
+                       "backbone's time conditioning, the encoder/decoder Perceivers (level "
+                       "aggregation and decoding), and every variable's token embedding and head",
+    "two-stage": "first `two_stage_full_steps` steps of full fine-tuning (short leads), then the "
+                 "`lora` strategy for the remaining steps (e.g. with train.replay for long "
+                 "leads), continuing from the first stage's weights",
+}
+#: parameter-name patterns the lora+embeddings strategy unfreezes
+EMBEDDING_PATTERNS = (r"^encoder\.atmos_levels_embed\.", r"^decoder\.atmos_levels_embed\.",
+                      r"^encoder\.lead_time_embed\.", r"^backbone\.time_mlp\.",
+                      r"^encoder\.level_agg\.", r"^decoder\.level_decoder\.",
+                      r"^encoder\.(surf|atmos)_token_embeds\.", r"^decoder\.(surf|atmos)_heads\.",
+                      r"^encoder\.surf_level_encoding$", r"^encoder\.atmos_latents$")
+
+
 class AuroraOptions(Strict):
     """``model.options`` for ``model.name: aurora``.
+
+    * ``strategy``: what fine-tuning trains, by name (:data:`STRATEGIES`): ``full``, ``lora``,
+      ``lora+embeddings``, ``two-stage`` (with ``two_stage_full_steps``), or ``custom`` (as
+      ``lora`` says).
 
     * ``architecture``: an Aurora class name (``Aurora``, ``AuroraPretrained``,
       ``AuroraSmallPretrained``, ``Aurora12hPretrained``, ``AuroraHighRes``, ``AuroraWave``, ...)
@@ -118,6 +144,8 @@ class AuroraOptions(Strict):
     """
 
     architecture: str = "AuroraSmallPretrained"
+    strategy: Literal["custom", "full", "lora", "lora+embeddings", "two-stage"] = "custom"
+    two_stage_full_steps: int | None = Field(None, ge=1)
     size: dict[str, Any] = Field(default_factory=dict)
     kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: Weights = Field(default_factory=RandomWeights)
@@ -147,6 +175,13 @@ class AuroraOptions(Strict):
         if bad:
             raise ValueError(f"unknown size key(s) {', '.join(bad)}; allowed: "
                              f"{', '.join(SIZE_KEYS)}")
+        if self.strategy == "two-stage" and self.two_stage_full_steps is None:
+            raise ValueError("strategy two-stage needs two_stage_full_steps (the steps of full "
+                             "fine-tuning before LoRA)")
+        if self.strategy != "two-stage" and self.two_stage_full_steps is not None:
+            raise ValueError("two_stage_full_steps is used with strategy: two-stage only")
+        if self.strategy == "full" and self.lora.engine != "none":
+            raise ValueError("strategy full trains every parameter: leave lora.engine at none")
         managed = sorted(set(self.kwargs) & set(MANAGED_KWARGS))
         if managed:
             raise ValueError(f"kwargs.{managed[0]} is set by geoft (it comes from "
@@ -185,13 +220,30 @@ class AuroraOptions(Strict):
                              where=f"{where}.kwargs.autocast_dtype",
                              fix="use bfloat16 (Aurora's default for autocast)")
 
+    def for_stage(self, stage: str) -> "AuroraOptions":
+        """The options a strategy trains with: ``full``/``lora`` set the LoRA switches
+        (``lora`` keeps the chosen engine, Aurora's own by default); ``two-stage`` is ``full``
+        for its first stage and ``lora`` for the second."""
+        name = {"two-stage": stage}.get(self.strategy, self.strategy)
+        if name == "full":
+            return self.model_copy(update={"lora": LoraOptions(engine="none"),
+                                           "strategy": "full", "two_stage_full_steps": None})
+        if name in ("lora", "lora+embeddings"):
+            engine = self.lora.engine if self.lora.engine != "none" else "aurora"
+            lora = self.lora.model_copy(update={"engine": engine, "freeze_base": True})
+            return self.model_copy(update={"lora": lora, "strategy": name,
+                                           "two_stage_full_steps": None})
+        return self
+
     def lora_layout(self) -> tuple[str | None, int]:
-        """``(lora_mode, lora_steps)`` of Aurora's own LoRA (``(None, 0)`` without it)."""
-        if self.lora.engine != "aurora":
+        """``(lora_mode, lora_steps)`` of Aurora's own LoRA (``(None, 0)`` without it), as the
+        strategy trains it (for two-stage: its LoRA stage)."""
+        o = self.for_stage("lora")  # the options the (second) LoRA stage trains with
+        if o.lora.engine != "aurora":
             return None, 0
-        params = constructor_parameters(self.model_class)
-        mode = self.kwargs.get("lora_mode", params["lora_mode"].default)
-        steps = int(self.kwargs.get("lora_steps", params["lora_steps"].default))
+        params = constructor_parameters(o.model_class)
+        mode = o.kwargs.get("lora_mode", params["lora_mode"].default)
+        steps = int(o.kwargs.get("lora_steps", params["lora_steps"].default))
         return str(mode), steps
 
     @property
