@@ -691,6 +691,7 @@ class Trainer:
             "resumed_from": _str(resumed), "metrics": str(self.metrics_path),
             "seconds": round(seconds, 3), "device": str(self.device),
             "world_size": self.dist.world_size, "out_dir": str(self.out_dir),
+            "trainable_parameters": int(sum(p.numel() for p in self.trainable)),
         }
         if self.dist.is_main:
             atomic_write_json(self.out_dir / "summary.json", summary)
