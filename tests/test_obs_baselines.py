@@ -153,9 +153,46 @@ def test_table_land_points_are_dropped_and_counted():
                                     valid_mask=np.zeros((6, 4), dtype=bool))
 
 
+def test_rows_outside_the_grid_or_levels_are_dropped_and_counted():
+    """Real files cover more than the box: rows outside the grid (or at no chosen level, e.g.
+    an Argo profile deeper than the store) are dropped and counted, the rest used; only a file
+    with nothing on the grid is an error."""
+    _, y, _, report = obs.observations_from_table(
+        _table(lat=[44.9, 40.2, 30.0, 20.0]), LatLonGrid(LAT, LON), ["sst", "zos"])
+    assert report["n_outside_grid"] == 2 and report["n_used"] == 2 and y.size == 2
+    _, y, _, report = obs.observations_from_table(
+        _table(lon=[-79.8, -70.0, 282.2, -78.0]), LatLonGrid(LAT, LON), ["sst", "zos"])
+    assert report["n_outside_grid"] == 1 and y.size == 3
+    with pytest.raises(GeoftError, match=r"all 4 observation\(s\) lie outside the grid \(lat 40 to 45"):
+        obs.observations_from_table(_table(lat=[60.0, 61.0, 62.0, 63.0]), LatLonGrid(LAT, LON),
+                                    ["sst", "zos"])
+    profile = pd.DataFrame({"lat": [41.0] * 4, "lon": [281.0] * 4, "variable": ["thetao"] * 4,
+                            "level": [0.5, 10.0, 100.0, 1500.0], "value": [4.0, 3.9, 3.0, 2.0],
+                            "error": [0.1] * 4})
+    _, y, _, report = obs.observations_from_table(profile, LatLonGrid(LAT, LON),
+                                                  {"thetao": [0.494, 10.0, 100.0]})
+    assert report["n_outside_levels"] == 1 and y.size == 3  # the 1500 m value is dropped
+
+
+def test_dropped_observations_are_told(caplog):
+    """The user hears what was left out: a warning per table and totals in the summary."""
+    with caplog.at_level("WARNING", logger="geoft.diffusion.obs"):
+        _, _, _, first = obs.observations_from_table(
+            _table(lat=[44.9, 40.2, 30.0, 20.0]), LatLonGrid(LAT, LON), ["sst", "zos"])
+    assert "2 observation(s) used, left out: 2 outside the grid" in caplog.text
+    valid = np.ones((6, 4), dtype=bool)
+    valid[0, 0] = False
+    _, _, _, second = obs.observations_from_table(_table(), LatLonGrid(LAT, LON),
+                                                  ["sst", "zos"], valid_mask=valid)
+    assert obs.dropped_summary([first, second]) == {"used": 5, "outside_grid": 2,
+                                                    "dropped_invalid": 1}
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="geoft.diffusion.obs"):
+        obs.observations_from_table(_table(), LatLonGrid(LAT, LON), ["sst", "zos"])
+    assert caplog.text == ""  # nothing left out, nothing said
+
+
 @pytest.mark.parametrize("overrides, message", [
-    ({"lat": [44.9, 40.2, 30.0, 20.0]}, r"2 observation\(s\) lie outside the grid \(lat 40 to 45"),
-    ({"lon": [-79.8, -70.0, 282.2, -78.0]}, r"1 observation\(s\) lie outside.*row 1"),
     ({"value": [12.0, np.nan, 0.3, 13.0]}, r"NaN value, first at row 1"),
     ({"error": [0.5, 0.5, np.nan, 0.5]}, r"NaN error, first at row 2"),
     ({"error": [0.5, 0.0, 0.02, -1.0]}, r"2 row\(s\) have a non-positive error.*row 1"),
@@ -183,7 +220,8 @@ def test_table_file_errors_name_file_line_and_columns(tmp_path):
         obs.observations_from_table(tmp_path / "missing.csv", LatLonGrid(LAT, LON), ["sst"])
     with pytest.raises(GeoftError, match=r"no observation within .* covers 2020-01-01"):
         obs.observations_from_table(_table(), LatLonGrid(LAT, LON), ["sst", "zos"], time="2021-06-01")
-    with pytest.raises(GeoftError, match=r"level matching none of 0.494, 10, 100"):
+    with pytest.raises(GeoftError, match=r"no observation lies on the grid at one of the "
+                                         r"store's levels \(0 outside the grid, 1 at other"):
         obs.observations_from_table(
             pd.DataFrame({"lat": [41.0], "lon": [281.0], "variable": ["thetao"],
                           "level": [500.0], "value": [4.0], "error": [0.1]}),

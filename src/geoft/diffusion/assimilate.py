@@ -568,5 +568,9 @@ def run_assimilate(store_path, cfg: AssimilateConfig | dict | None, checkpoint_d
                    progress: bool = True) -> dict[str, Any]:
     """The ``run`` half of the assimilate stage (a JSON-able summary of :func:`assimilate`)."""
     summary = assimilate(store_path, cfg, checkpoint_dir, out_dir, progress=progress)
-    summary.pop("reports", None)
+    from geoft.diffusion.obs import dropped_summary
+
+    reports = summary.pop("reports", None)
+    if reports and any("n_used" in r for r in reports):  # observation tables
+        summary["observations"] = dropped_summary(reports)
     return summary

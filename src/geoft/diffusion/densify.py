@@ -833,7 +833,11 @@ def run_densify(store_path, cfg: DensifyConfig | dict | None, checkpoint_dir, ou
     known (OSSE, or observation times inside the store). Returns a JSON-able summary."""
     cfg = load_config(cfg)
     summary = densify(store_path, cfg, checkpoint_dir, out_dir, progress=progress)
-    summary.pop("reports", None)
+    from geoft.diffusion.obs import dropped_summary
+
+    reports = summary.pop("reports", None)
+    if reports and any("n_used" in r for r in reports):  # observation tables
+        summary["observations"] = dropped_summary(reports)
     import xarray as xr
 
     with xr.open_dataset(summary["path"]) as ds:

@@ -24,6 +24,7 @@ torch is imported lazily so that reading an observation table does not load it.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -31,6 +32,14 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from geoft.errors import GeoftError
+
+log = logging.getLogger(__name__)
+
+#: the report keys that count observations left out (and why)
+DROPPED = {"n_outside_time_window": "outside the time window",
+           "n_outside_grid": "outside the grid",
+           "n_outside_levels": "at none of the store's levels",
+           "n_dropped_invalid": "on land/invalid points"}
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -546,17 +555,17 @@ def observations_from_table(table: "pd.DataFrame | str | Path", grid,
     found = grid.nearest(obs_lat, obs_lon, inside=True)
     iy, ix = (np.maximum(i, 0) for i in found.index)
     outside = found.flat < 0
-    if outside.any():
-        first = np.flatnonzero(outside)[0]
+    report["n_outside_grid"] = int(outside.sum())  # dropped and counted, not fatal
+    if outside.all():
         glat, glon = grid.lat_lon_points()
         raise GeoftError(
-            f"{outside.sum()} observation(s) lie outside the grid (lat {glat.min():g} to "
+            f"all {outside.sum()} observation(s) lie outside the grid (lat {glat.min():g} to "
             f"{glat.max():g}, lon {glon.min():g} to {glon.max():g} degrees_east), first at "
-            f"{_row_label(rows[outside], line_offset)} (lat {obs_lat[first]:g}, lon "
-            f"{frame['lon'].iloc[first]})", where=source,
-            fix="crop the table to the recipe's bbox or widen data.bbox")
+            f"{_row_label(rows, line_offset)} (lat {obs_lat[0]:g}, lon {frame['lon'].iloc[0]})",
+            where=source, fix="crop the table to the recipe's bbox or widen data.bbox")
 
     # channels (and levels)
+    off_level = np.zeros(names.size, dtype=bool)
     channel = np.empty(names.size, dtype=np.int64)
     level_index = np.zeros(names.size, dtype=np.int64)
     obs_level = (pd.to_numeric(frame["level"], errors="coerce").to_numpy(dtype=np.float64)
@@ -575,15 +584,21 @@ def observations_from_table(table: "pd.DataFrame | str | Path", grid,
         if lev.size == 1:
             inside = np.abs(obs_level[sel] - lev[0]) <= max(0.1 * abs(lev[0]), 1e-6)
         bad = ~inside | ~np.isfinite(obs_level[sel])
-        if bad.any():
-            first = np.flatnonzero(sel)[bad][0]
-            raise GeoftError(f"{bad.sum()} {name} row(s) have a level matching none of "
-                             f"{', '.join(f'{v:g}' for v in lev)}, first at "
-                             f"{_row_label(rows[[first]], line_offset)} "
-                             f"(level {obs_level[first]:g})", where=source,
-                             fix="give the level in the store's level units")
+        off_level[np.flatnonzero(sel)[bad]] = True  # e.g. deeper than the chosen levels
         channel[sel] = np.asarray(chans)[k]
         level_index[sel] = k
+    report["n_outside_levels"] = int((off_level & ~outside).sum())
+    usable = ~outside & ~off_level
+    if not usable.any():
+        first = int(np.flatnonzero(off_level)[0]) if off_level.any() else 0
+        raise GeoftError(f"no observation lies on the grid at one of the store's levels "
+                         f"({report['n_outside_grid']} outside the grid, "
+                         f"{report['n_outside_levels']} at other levels, first at "
+                         f"{_row_label(rows[[first]], line_offset)})", where=source,
+                         fix="check lat/lon and give levels in the store's level units")
+    names, values, errors = names[usable], values[usable], errors[usable]
+    iy, ix, channel = iy[usable], ix[usable], channel[usable]
+    level_index, rows = level_index[usable], rows[usable]
 
     # land / invalid points
     if valid_mask is not None:
@@ -625,4 +640,18 @@ def observations_from_table(table: "pd.DataFrame | str | Path", grid,
         "n_distinct_pixels": int(np.unique(np.stack([channel, iy, ix]), axis=1).shape[1]),
         "normalised": stats is not None,
     })
+    dropped = {k: report[k] for k in DROPPED if report.get(k)}
+    if any(k != "n_outside_time_window" for k in dropped):
+        log.warning("%s: %d observation(s) used, left out: %s", source, names.size,
+                    ", ".join(f"{n} {DROPPED[k]}" for k, n in dropped.items()))
     return PointObservations(channel, iy, ix), values, errors, report
+
+
+def dropped_summary(reports: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Totals over cases of the observations used and of those left out, by reason."""
+    out = {"used": sum(int(r.get("n_used", 0)) for r in reports)}
+    for key in DROPPED:
+        n = sum(int(r.get(key, 0)) for r in reports)
+        if n:
+            out[key.removeprefix("n_")] = n
+    return out
