@@ -217,7 +217,7 @@ class ScoreBasedAssimilation(_Reconstructor):
     summary = "score-based data assimilation with an unconditional diffusion prior"
     stage = "assimilate"
     _module, _config, _train, _run = ("geoft.diffusion.assimilate", "AssimilateConfig",
-                                      "train_prior", "assimilate")
+                                      "train_prior", "run_assimilate")
 
 
 AURORA = AuroraModel()
