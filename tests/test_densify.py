@@ -613,3 +613,115 @@ def test_first_guess_model_trains_and_samples_residuals(store, tmp_path):
                                    ds["thetao_truth"].values[observed], atol=1e-4)
         valid = PreparedStore.open(store).valid("thetao")
         assert np.isfinite(ds["thetao"].values[:, valid]).all()
+
+
+# ------------------------------------------------------------------------------------------
+# observation error
+# ------------------------------------------------------------------------------------------
+class _Zeros(torch.nn.Module):
+    """A network that records its input and predicts zeros (shape of the noisy field)."""
+
+    def __init__(self, n_out: int):
+        super().__init__()
+        self.n_out = n_out
+        self.inputs: list[torch.Tensor] = []
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t):
+        self.inputs.append(x.detach().clone())
+        return torch.zeros_like(x[:, :self.n_out]) + 0 * self.w
+
+
+def test_mask_noise_draw_keeps_exact_masks_and_reports_the_error():
+    exact = MaskSampler([MaskChoice("pixels", (0.5, 0.9))])
+    noisy = MaskSampler([MaskChoice("pixels", (0.5, 0.9), noise=(0.2, 0.2))])
+    ranged = MaskSampler([MaskChoice("pixels", (0.5, 0.9), noise=(0.1, 0.3))])
+    assert not exact.noisy and noisy.noisy and ranged.noisy
+    shape = (2, 8, 16)
+    a = exact(shape, np.random.default_rng(3))
+    b, err = noisy.draw(shape, np.random.default_rng(3))
+    np.testing.assert_array_equal(a, b)  # a fixed noise level draws the same masks
+    np.testing.assert_array_equal(err, np.where(b, np.float32(0.2), 0))
+    sigmas = {float(ranged.draw(shape, np.random.default_rng(s))[1].max()) for s in range(20)}
+    assert len(sigmas) == 20 and 0.1 <= min(sigmas) and max(sigmas) <= 0.3
+
+
+def test_training_sees_noisy_observations_and_their_error(store):
+    """With masks[].noise the observed values the model sees are the truth plus noise of
+    that standard deviation, the error is a conditioning channel, and the loss target is
+    still the truth's noise/velocity (not the noisy observations)."""
+    sigma = 0.4
+    cfg = tiny_cfg(masks=[{"kind": "pixels", "occlusion": 0.5, "noise": sigma}])
+    st, fields = D.open_fields(store, VARIABLES, where="test")
+    n_ch = len(VARIABLES)
+    objective = D.ConditionalObjective(fields, st.indices("train"), cfg, torch.device("cpu"))
+    net = _Zeros(n_ch)
+    objective(net, np.arange(8), np.random.default_rng(0), torch.Generator().manual_seed(0))
+    x = net.inputs[0]
+    x0 = torch.as_tensor(fields.read_many(st.indices("train")[:8]))
+    mask = x[:, 2 * n_ch:3 * n_ch].bool()
+    error = x[:, 3 * n_ch:4 * n_ch]
+    assert mask.any()
+    torch.testing.assert_close(error, sigma * mask.float())
+    residual = (x[:, n_ch:2 * n_ch] - x0)[mask]
+    assert float(residual.std()) == pytest.approx(sigma, rel=0.05)
+    assert float(residual.mean()) == pytest.approx(0.0, abs=0.02)
+    exact = D.ConditionalObjective(fields, st.indices("train"), tiny_cfg(), torch.device("cpu"))
+    net0 = _Zeros(n_ch)
+    exact(net0, np.arange(8), np.random.default_rng(0), torch.Generator().manual_seed(0))
+    assert net0.inputs[0].shape[1] == x.shape[1] - n_ch  # no error channel without noise
+    model, _ = D.build_model(n_ch, D.static_channels(fields, True).shape[0], fields.shape[1:],
+                             D.UNetOptions(**TINY), obs_error=True)
+    assert model.unet.config.in_channels == x.shape[1]
+
+
+def test_samplers_impose_only_exact_observations(store, trained):
+    """ddim+clamp and RePaint force members through observed values; with an observation
+    error they must not (a member would carry the error): noisy pixels act through the
+    conditioning only."""
+    model_dir, _ = trained
+    cfg = tiny_cfg(ddim_steps=4)
+    _, fields, truth, mask, static = _osse_case(store, cfg)
+    model, _ = D._load_model(model_dir, cfg, fields)
+    valid = torch.as_tensor(fields.valid)
+    known = truth * mask
+    cond = D.conditioning(known[None], mask[None], static)[0]
+    observed = mask.bool() & valid
+    for sampler in ("ddim+clamp", "repaint"):
+        scfg = cfg.model_copy(update={"sampler": sampler})
+
+        def run(error):
+            return D.sample_conditional(model, cond, known, mask, scfg, members=2,
+                                        generator=torch.Generator().manual_seed(0),
+                                        valid=valid, obs_error=error)
+
+        exact = run(torch.zeros_like(mask))
+        torch.testing.assert_close(exact[:, observed], known[observed].expand(2, -1),
+                                   atol=1e-4, rtol=0, msg=sampler)
+        noisy = run(0.5 * mask)
+        gap = (noisy[:, observed] - known[observed]).abs()
+        assert float(gap.median()) > 1e-2, sampler  # not forced through the values
+
+
+def test_table_observations_carry_their_superobservation_error(store, tmp_path):
+    """From a file, each pixel's observation is the mean of its rows and its error that
+    mean's std, sqrt(sum error^2) / n, in standard deviations of the variable."""
+    st, fields = D.open_fields(store, VARIABLES, where="test")
+    when = st.times[st.indices("test")[0]]
+    k = fields.names.index("zos")
+    (a_i, b_i), (a_j, b_j) = (np.argwhere(fields.valid[k])[[0, -1]]).T
+    rows = [{"time": when, "lat": st.lat[a_i], "lon": st.lon[a_j], "variable": "zos",
+             "value": v, "error": e, "level": np.nan} for v, e in ((0.1, 0.02), (0.3, 0.04))]
+    rows.append({"time": when, "lat": st.lat[b_i], "lon": st.lon[b_j], "variable": "zos",
+                 "value": 0.2, "error": 0.05, "level": np.nan})
+    table = tmp_path / "obs.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    (case,) = D._table_cases(st, fields, D.TableObservations(table=str(table)))
+    std = float(fields.std[k])
+    assert case["mask"][k].sum() == 2
+    assert case["error"][k, a_i, a_j] == pytest.approx(np.hypot(0.02, 0.04) / 2 / std,
+                                                       rel=1e-5)
+    assert case["error"][k, b_i, b_j] == pytest.approx(0.05 / std, rel=1e-5)
+    assert case["known"][k, a_i, a_j] == pytest.approx((0.2 - float(fields.mean[k])) / std,
+                                                    rel=1e-5)
+    assert (case["error"][~case["mask"]] == 0).all()

@@ -26,12 +26,16 @@ class MaskOptions(Strict):
     clouds, argo), ``occlusion`` = share of pixels hidden, a value or a ``[low, high]`` range
     drawn uniformly per training pair; ``channels``: indices into ``variables`` this kind
     observes (default all); ``eval_occlusion``: the occlusion of the OSSE test masks
-    (default the middle of the range)."""
+    (default the middle of the range). ``noise``: the observation error of this kind, in
+    standard deviations of each variable (z-units), a value or a ``[low, high]`` range drawn
+    per training pair; densify adds it to the training observations and conditions on it
+    (0: exact observations)."""
 
     kind: Literal["pixels", "tracks", "clouds", "argo"]
     occlusion: float | tuple[float, float] = (0.5, 0.95)
     channels: list[int] | None = None
     eval_occlusion: float | None = None
+    noise: float | tuple[float, float] = 0.0
 
     @field_validator("occlusion")
     @classmethod
@@ -40,6 +44,19 @@ class MaskOptions(Strict):
         if not (0.0 <= low <= high < 1.0):
             raise ValueError("occlusion must satisfy 0 <= low <= high < 1")
         return v
+
+    @field_validator("noise")
+    @classmethod
+    def _check_noise(cls, v):
+        low, high = (v, v) if isinstance(v, (int, float)) else v
+        if not (0.0 <= low <= high):
+            raise ValueError("noise must satisfy 0 <= low <= high (standard deviations)")
+        return v
+
+    @property
+    def noise_range(self) -> tuple[float, float]:
+        n = self.noise
+        return (float(n), float(n)) if isinstance(n, (int, float)) else (float(n[0]), float(n[1]))
 
     @field_validator("eval_occlusion")
     @classmethod

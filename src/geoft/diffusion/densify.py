@@ -89,7 +89,9 @@ class DensifyConfig(DiffusionTraining):
                                  MaskOptions(kind="pixels", occlusion=(0.8, 0.99))],
         min_length=1)
     eval_mask: MaskOptions | None = None  # the OSSE mask; default: the first of `masks`
-    eval_noise: float = Field(0.0, ge=0.0)  # OSSE observation noise, in standard deviations
+    # OSSE observation noise, in standard deviations; None: the eval mask's `noise` (middle of
+    # its range)
+    eval_noise: float | None = Field(None, ge=0.0)
     train_timesteps: int = Field(1000, ge=10)
     # "linear": the network generates the residual of a linear interpolation of the
     # observations (scaled to unit RMS) and sees that first guess as a conditioning channel;
@@ -127,6 +129,13 @@ class DensifyConfig(DiffusionTraining):
 
     def test_mask(self) -> MaskOptions:
         return self.eval_mask or self.masks[0]
+
+    @property
+    def test_noise(self) -> float:
+        """The OSSE observations' error (standard deviations)."""
+        if self.eval_noise is not None:
+            return float(self.eval_noise)
+        return 0.5 * sum(self.test_mask().noise_range)
 
 
 def load_config(cfg: DensifyConfig | dict | None) -> DensifyConfig:
@@ -177,7 +186,8 @@ def _mask_sampler(cfg: DensifyConfig, n_channels: int):
             raise GeoftError(f"mask channels {m.channels} outside 0..{n_channels - 1}",
                              where="densify.masks", fix="index into densify.variables")
         choices.append(MaskChoice(m.kind, m.occlusion_range,
-                                  None if m.channels is None else tuple(m.channels)))
+                                  None if m.channels is None else tuple(m.channels),
+                                  m.noise_range))
     return MaskSampler(choices)
 
 
@@ -260,23 +270,29 @@ def estimate_residual_scale(fields: "StoreFields", train_indices: np.ndarray,
     sq = np.zeros(fields.shape[0])
     for i in picks:
         x0 = fields.read(int(i))
-        mask = sampler(fields.shape, rng, fields.valid)
-        resid = x0 - linear_first_guess(np.where(mask, x0, 0.0), mask, fields.valid)
+        mask, sigma = sampler.draw(fields.shape, rng, fields.valid)
+        obs = x0 + sigma * rng.standard_normal(x0.shape) if sampler.noisy else x0
+        resid = x0 - linear_first_guess(np.where(mask, obs, 0.0), mask, fields.valid)
         sq += (resid**2).sum(axis=(1, 2)) / fields.valid.sum(axis=(1, 2)).clip(1)
     return np.maximum(np.sqrt(sq / len(picks)), 1e-3)
 
 
 def conditioning(obs_values: "torch.Tensor", obs_mask: "torch.Tensor", static: "torch.Tensor",
-                 first_guess: "torch.Tensor | None" = None) -> "torch.Tensor":
+                 first_guess: "torch.Tensor | None" = None,
+                 obs_error: "torch.Tensor | None" = None) -> "torch.Tensor":
     """The conditioning channels, built by this one function at train and at sample time:
-    ``(B, 2C [+ C] + S, H, W)`` = observed z-values (0 where unobserved), the 0/1 mask, the
-    linear first guess (z-scores, only for ``first_guess="linear"`` models) and the static
-    channels ``(S, H, W)`` (valid masks, lat/lon features)."""
+    ``(B, 2C [+ C] [+ C] + S, H, W)`` = observed z-values (0 where unobserved), the 0/1 mask,
+    the linear first guess (z-scores, only for ``first_guess="linear"`` models), the
+    observation error (standard deviations on observed pixels, 0 elsewhere; only for models
+    trained with noisy observations) and the static channels ``(S, H, W)`` (valid masks,
+    lat/lon features)."""
     import torch
 
     parts = [obs_values * obs_mask, obs_mask]
     if first_guess is not None:
         parts.append(first_guess)
+    if obs_error is not None:
+        parts.append(obs_error * obs_mask)
     parts.append(static.expand(obs_values.shape[0], *static.shape))
     return torch.cat(parts, dim=1)
 
@@ -292,6 +308,11 @@ class ConditionalObjective:
     points only. The diffused field is ``x0`` or, with ``first_guess="linear"``, the residual
     ``(x0 - first guess) / residual_scale``; it is 0 on land either way, so the noisy input
     there is ``sqrt(1 - alpha_bar_t) eps`` (what :func:`sample_conditional` holds land at).
+
+    With observation error in the masks (``masks[].noise``) the observations the model sees
+    are ``x0 + sigma z`` at the drawn ``sigma`` (and the first guess interpolates them), the
+    error is a conditioning channel, and the target stays the truth: the model learns
+    ``p(field | noisy observations, their error)``.
     """
 
     def __init__(self, fields: "StoreFields", train_indices: np.ndarray, cfg: DensifyConfig,
@@ -308,6 +329,7 @@ class ConditionalObjective:
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(device)
         self.parameterization = cfg.parameterization
         self.first_guess = cfg.first_guess
+        self.obs_error = self.masks.noisy
         if cfg.first_guess == "linear" and residual_scale is None:
             residual_scale = estimate_residual_scale(fields, self.train_indices, cfg)
         self.residual_scale = residual_scale if cfg.first_guess == "linear" else None
@@ -321,23 +343,29 @@ class ConditionalObjective:
         x0 = torch.as_tensor(self.fields.read_many(times), device=self.device)
         # observation masks only where the truth exists (the static mask, and gaps)
         valid_b = self.fields.valid_many(times)
-        masks = np.stack([self.masks(self.fields.shape, rng, v) for v in valid_b])
+        drawn = [self.masks.draw(self.fields.shape, rng, v) for v in valid_b]
+        masks = np.stack([m for m, _ in drawn])
         weight = torch.as_tensor(valid_b, device=self.device)
         mask = torch.as_tensor(masks, device=self.device, dtype=x0.dtype)
         noise = torch.randn(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (x0.shape[0],),
                           generator=generator, device=self.device)
+        obs, error = x0, None
+        if self.obs_error:  # observations with their error; the target stays the truth
+            error = torch.as_tensor(np.stack([e for _, e in drawn]), device=self.device)
+            obs = x0 + error * torch.randn(x0.shape, generator=generator,
+                                           device=self.device, dtype=x0.dtype)
         first_guess = None
         target_field = x0
         if self.first_guess == "linear":
-            x0_np = x0.cpu().numpy()
+            obs_np = obs.cpu().numpy()
             first_guess = torch.as_tensor(np.stack([
-                linear_first_guess(x0_np[b] * masks[b], masks[b], self.fields.valid)
+                linear_first_guess(obs_np[b] * masks[b], masks[b], self.fields.valid)
                 for b in range(len(idx))]), device=self.device)
             scale = torch.as_tensor(self.residual_scale, device=self.device, dtype=x0.dtype)
             target_field = (x0 - first_guess) / scale[:, None, None] * self.valid
         x_t = self.scheduler.add_noise(target_field, noise, t)
-        cond = conditioning(x0, mask, self.static, first_guess)
+        cond = conditioning(obs, mask, self.static, first_guess, error)
         pred = model(torch.cat([x_t, cond], dim=1), t)
         if self.parameterization == "v":
             abar = self.alphas_cumprod[t]
@@ -348,14 +376,14 @@ class ConditionalObjective:
 
 
 def build_model(n_channels: int, n_static: int, field_shape, options: UNetOptions,
-                first_guess: bool = False):
+                first_guess: bool = False, obs_error: bool = False):
     """The conditional UNet and its constructor kwargs: input = noisy field (C) + observed
-    values (C) + mask (C) [+ first guess (C)] + static channels (S); output (C): noise or
-    velocity."""
+    values (C) + mask (C) [+ first guess (C)] [+ observation error (C)] + static channels
+    (S); output (C): noise or velocity."""
     from geoft.diffusion.unet import PaddedUNet, unet_config
     from diffusers import UNet2DModel
 
-    n_in = (4 if first_guess else 3) * n_channels + n_static
+    n_in = (3 + bool(first_guess) + bool(obs_error)) * n_channels + n_static
     kwargs = unet_config(n_in, n_channels, tuple(field_shape),
                          options.block_out_channels, options.layers_per_block,
                          options.attention, options.dropout)
@@ -383,14 +411,16 @@ def train_densifier(store_path, cfg: DensifyConfig | dict | None, out_dir, *,
     import torch
 
     torch.manual_seed(cfg.seed)  # initial weights follow the seed: runs are reproducible
+    obs_error = _mask_sampler(cfg, fields.shape[0]).noisy
     model, kwargs = build_model(fields.shape[0], static.shape[0], fields.shape[1:], cfg.model,
-                                first_guess=cfg.first_guess != "none")
+                                first_guess=cfg.first_guess != "none", obs_error=obs_error)
     # the residual scale is a training-set statistic: computed once, before the engine runs
     residual_scale = (estimate_residual_scale(fields, np.asarray(train_idx), cfg)
                       if cfg.first_guess == "linear" else None)
     meta = {"stage": "densify", "config": cfg.model_dump(mode="json"),
             "channels": fields.names, "store": str(Path(store_path).resolve()),
             "n_static": int(static.shape[0]), "first_guess": cfg.first_guess,
+            "obs_error": bool(obs_error),
             "residual_scale": (None if residual_scale is None
                                else [float(v) for v in residual_scale])}
     out_dir = Path(out_dir)
@@ -415,7 +445,8 @@ def sample_conditional(model: "PaddedUNet", condition: "torch.Tensor", known: "t
                        generator: "torch.Generator", parameterization: str | None = None,
                        valid: "torch.Tensor | None" = None,
                        first_guess: "torch.Tensor | None" = None,
-                       residual_scale: "Sequence[float] | None" = None) -> "torch.Tensor":
+                       residual_scale: "Sequence[float] | None" = None,
+                       obs_error: "torch.Tensor | None" = None) -> "torch.Tensor":
     """Draw ``members`` reconstructions ``(members, C, H, W)`` (z-scores).
 
     ``condition`` ``(S', H, W)``: the conditioning channels of one case; ``known``/``mask``
@@ -437,6 +468,10 @@ def sample_conditional(model: "PaddedUNet", condition: "torch.Tensor", known: "t
     ``first_guess="linear"`` (``condition`` then holds the first guess too); the sampler works
     on the residual ``(x - first_guess) / residual_scale`` and returns
     ``first_guess + residual_scale * residual``.
+
+    ``obs_error`` ``(C, H, W)``: the observations' error (standard deviations). RePaint and
+    clamping impose only exact observations (error 0): a member forced through a noisy value
+    would carry its error; noisy observations act through the conditioning alone.
     """
     import torch
 
@@ -452,6 +487,8 @@ def sample_conditional(model: "PaddedUNet", condition: "torch.Tensor", known: "t
     if first_guess is not None:
         scale = torch.as_tensor(residual_scale, device=device, dtype=known.dtype)[:, None, None]
         known = (known - first_guess) / scale * mask * keep  # the residual's observations
+    if obs_error is not None:  # impose exact observations only
+        mask = mask * (torch.as_tensor(obs_error, device=device) <= 0).to(mask.dtype)
     batch = cfg.sample_batch or members
     out = []
     for start in range(0, members, batch):
@@ -564,14 +601,19 @@ def _table_cases(store, fields: "StoreFields", obs: TableObservations | str | An
         channel = perm[operator.channel_idx]
         known = np.zeros(fields.shape, np.float64)
         count = np.zeros(fields.shape, np.float64)
-        np.add.at(known, (channel, operator.iy, operator.ix), y)
-        np.add.at(count, (channel, operator.iy, operator.ix), 1.0)
+        variance = np.zeros(fields.shape, np.float64)
+        where = (channel, operator.iy, operator.ix)
+        np.add.at(known, where, y)
+        np.add.at(count, where, 1.0)
+        np.add.at(variance, where, np.asarray(sigma_y, np.float64) ** 2)
         mask = count > 0
         known = np.where(mask, known / np.maximum(count, 1), 0.0).astype(np.float32)
+        # a pixel's superobservation is the mean of its rows: error sqrt(sum sigma^2) / n
+        error = np.where(mask, np.sqrt(variance) / np.maximum(count, 1), 0.0).astype(np.float32)
         match = np.flatnonzero(store.times == pd.Timestamp(when))
         truth = fields.read(int(match[0])) if match.size else None
         cases.append({"time": pd.Timestamp(when), "known": known, "mask": mask, "truth": truth,
-                      "report": report})
+                      "error": error, "report": report})
     return cases
 
 
@@ -604,6 +646,7 @@ def densify(store_path, cfg: DensifyConfig | dict | None, checkpoint_dir, out_di
     device = next(model.parameters()).device
     parameterization = info["meta"]["config"].get("parameterization", "epsilon")
     first_guess_kind = info["meta"].get("first_guess", "none")  # as trained, not as asked now
+    error_channel = bool(info["meta"].get("obs_error", False))
     observations = observations if observations is not None else cfg.observations
     if observations is not None:
         cases = _table_cases(store, fields, observations)
@@ -620,9 +663,11 @@ def densify(store_path, cfg: DensifyConfig | dict | None, checkpoint_dir, out_di
             truth_valid = fields.valid_at(int(i))  # OSSE observations only where truth exists
             mask = observation_mask(spec.kind, fields.shape, spec.test_occlusion, rng,
                                     channels=spec.channels, valid=truth_valid)
-            noise = cfg.eval_noise * rng.standard_normal(fields.shape) if cfg.eval_noise else 0
+            sigma = cfg.test_noise
+            noise = sigma * rng.standard_normal(fields.shape) if sigma else 0
             known = np.where(mask, truth + noise, 0.0).astype(np.float32)
             cases.append({"time": store.times[int(i)], "known": known, "mask": mask,
+                          "error": np.where(mask, sigma, 0.0).astype(np.float32),
                           "truth": np.where(truth_valid, truth, np.nan),
                           "report": {"kind": spec.kind,
                                                      "occlusion": spec.test_occlusion}})
@@ -645,12 +690,20 @@ def densify(store_path, cfg: DensifyConfig | dict | None, checkpoint_dir, out_di
             if first_guess_kind == "linear":
                 first_guess = torch.as_tensor(linear_first_guess(
                     case["known"], case["mask"], fields.valid), device=device)
+            # a model trained without noise has no error channel: it treats every observation
+            # as exact, and the samplers impose them all
+            error = (torch.as_tensor(case["error"], device=device, dtype=known.dtype)
+                     if error_channel and "error" in case else None)
+            if error_channel and error is None:
+                error = torch.zeros_like(known)
             cond = conditioning(known[None], mask[None], static,
-                                None if first_guess is None else first_guess[None])[0]
+                                None if first_guess is None else first_guess[None],
+                                None if error is None else error[None])[0]
             ens = sample_conditional(model, cond, known, mask, cfg, members=cfg.members,
                                      generator=generator, parameterization=parameterization,
                                      valid=valid, first_guess=first_guess,
-                                     residual_scale=info["meta"].get("residual_scale"))
+                                     residual_scale=info["meta"].get("residual_scale"),
+                                     obs_error=error)
             members_out.append(ens.cpu().numpy())
             bar.advance()
     seconds = _time.perf_counter() - t0

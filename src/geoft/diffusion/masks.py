@@ -128,11 +128,13 @@ def observation_mask(kind: str, shape: tuple[int, int, int], occlusion: float,
 @dataclass(frozen=True)
 class MaskChoice:
     """One way of observing: a mask ``kind``, an occlusion range ``(low, high)`` drawn
-    uniformly per sample, and the channels it observes (None = all)."""
+    uniformly per sample, the channels it observes (None = all) and the observation error
+    range ``noise`` (standard deviations, drawn uniformly per sample; (0, 0): exact)."""
 
     kind: str
     occlusion: tuple[float, float]
     channels: tuple[int, ...] | None = None
+    noise: tuple[float, float] = (0.0, 0.0)
 
 
 class MaskSampler:
@@ -148,8 +150,23 @@ class MaskSampler:
 
     def __call__(self, shape: tuple[int, int, int], rng: np.random.Generator,
                  valid: np.ndarray | None = None) -> np.ndarray:
+        return self.draw(shape, rng, valid)[0]
+
+    @property
+    def noisy(self) -> bool:
+        """Whether any choice has observation error."""
+        return any(c.noise[1] > 0 for c in self.choices)
+
+    def draw(self, shape: tuple[int, int, int], rng: np.random.Generator,
+             valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One training pair's mask and its observation error ``(C, H, W)`` float32 (the
+        drawn standard deviation on observed pixels, 0 elsewhere). The error draw uses the RNG
+        only for a noise range, so exact-observation runs draw the same masks as before."""
         choice = self.choices[int(rng.integers(len(self.choices)))]
         low, high = choice.occlusion
         occlusion = float(rng.uniform(low, high)) if high > low else float(low)
-        return observation_mask(choice.kind, shape, occlusion, rng, channels=choice.channels,
+        mask = observation_mask(choice.kind, shape, occlusion, rng, channels=choice.channels,
                                 valid=valid)
+        n_low, n_high = choice.noise
+        sigma = (float(rng.uniform(n_low, n_high)) if n_high > n_low else float(n_low))
+        return mask, np.where(mask, sigma, 0.0).astype(np.float32)
