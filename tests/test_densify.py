@@ -704,8 +704,10 @@ def test_samplers_impose_only_exact_observations(store, trained):
 
 
 def test_table_observations_carry_their_superobservation_error(store, tmp_path):
-    """From a file, each pixel's observation is the mean of its rows and its error that
-    mean's std, sqrt(sum error^2) / n, in standard deviations of the variable."""
+    """From a file, each pixel's observation is the mean of its rows; its error (standard
+    deviations of the variable) is the rows' rms error by default (a pixel's rows share their
+    representativeness error: ten rows weigh as one), sqrt(sum error^2) / n when the recipe
+    says the errors are independent."""
     st, fields = D.open_fields(store, VARIABLES, where="test")
     when = st.times[st.indices("test")[0]]
     k = fields.names.index("zos")
@@ -717,10 +719,15 @@ def test_table_observations_carry_their_superobservation_error(store, tmp_path):
     table = tmp_path / "obs.csv"
     pd.DataFrame(rows).to_csv(table, index=False)
     (case,) = D._table_cases(st, fields, D.TableObservations(table=str(table)))
+    (indep,) = D._table_cases(st, fields, D.TableObservations(
+        table=str(table), superob_error="independent"))
     std = float(fields.std[k])
     assert case["mask"][k].sum() == 2
-    assert case["error"][k, a_i, a_j] == pytest.approx(np.hypot(0.02, 0.04) / 2 / std,
+    assert case["error"][k, a_i, a_j] == pytest.approx(np.sqrt((0.02**2 + 0.04**2) / 2) / std,
                                                        rel=1e-5)
+    assert indep["error"][k, a_i, a_j] == pytest.approx(np.hypot(0.02, 0.04) / 2 / std,
+                                                        rel=1e-5)
+    assert indep["error"][k, b_i, b_j] == pytest.approx(0.05 / std, rel=1e-5)
     assert case["error"][k, b_i, b_j] == pytest.approx(0.05 / std, rel=1e-5)
     assert case["known"][k, a_i, a_j] == pytest.approx((0.2 - float(fields.mean[k])) / std,
                                                     rel=1e-5)

@@ -245,6 +245,13 @@ class Grid:
                       np.unravel_index(np.maximum(flat, 0), self.shape))
         return Nearest(index, flat, dist)
 
+    def fractional_index(self, lat, lon) -> tuple[np.ndarray, np.ndarray] | None:
+        """Fractional ``(row, column)`` index of each point on a 2-D grid (``row = 2.25`` is a
+        quarter of the way from row 2 to row 3), for bilinear interpolation; clipped to the
+        grid (a point in the half-cell beyond the outer centres gets the edge value). None
+        for layouts without rows and columns (point sets)."""
+        return None
+
     # -- outputs ------------------------------------------------------------------------------
     def coords(self, ds: "xr.Dataset") -> dict[str, Any]:
         """The grid's coordinate variables of ``ds`` (to copy onto outputs)."""
@@ -266,6 +273,23 @@ class LatLonGrid(Grid):
 
     def lat_lon_points(self) -> tuple[np.ndarray, np.ndarray]:
         return tuple(np.meshgrid(self._lat, self._lon, indexing="ij"))  # type: ignore[return-value]
+
+    def fractional_index(self, lat, lon) -> tuple[np.ndarray, np.ndarray]:
+        lat = np.asarray(lat, np.float64).ravel()
+        lon = np.asarray(lon, np.float64).ravel()
+        fy = _fractional(self._lat, lat)
+        # longitudes unwrapped eastwards from the first column: a box across 0 E is monotonic
+        glon = np.mod(self._lon - self._lon[0], 360.0)
+        olon = np.mod(lon - self._lon[0], 360.0)
+        n = glon.size
+        step = glon[-1] / (n - 1) if n > 1 else 360.0
+        if n > 1 and glon[-1] + 1.5 * step >= 360.0:  # global: the last column wraps to the first
+            fx = np.interp(olon, np.append(glon, 360.0), np.arange(n + 1.0))
+            return fy, np.mod(fx, n)
+        # beyond the east edge: nearer the east or (wrapped) the west edge
+        east = olon > glon[-1]
+        olon = np.where(east & (olon - glon[-1] > 360.0 - olon), olon - 360.0, olon)
+        return fy, _fractional(glon, olon)
 
     def cell_areas_km2(self) -> np.ndarray:
         # band area (sin(upper) - sin(lower)) times the longitude width of each column: the
@@ -296,6 +320,17 @@ class ProjectedGrid(Grid):
         self.y = np.asarray(y, np.float64)
         self.x = np.asarray(x, np.float64)
         self.crs = crs
+
+    def fractional_index(self, lat, lon) -> tuple[np.ndarray, np.ndarray]:
+        from pyproj import Transformer
+
+        lat = np.asarray(lat, np.float64).ravel()
+        lon = np.asarray(lon, np.float64).ravel()
+        to_crs = Transformer.from_crs("EPSG:4326", self.crs, always_xy=True)
+        x, y = to_crs.transform(np.where(lon > 180, lon - 360, lon), lat)
+        to_m = _axis_metres(self.crs)
+        return (_fractional(self.y, np.asarray(y) / to_m),
+                _fractional(self.x, np.asarray(x) / to_m))
 
     def cell_areas_km2(self) -> np.ndarray:
         """``dx * dy / areal_scale``: the projected cell area divided by the projection's areal
@@ -345,6 +380,18 @@ class PointGrid(Grid):
         if self.area is not None:
             return np.sqrt(self.area / 2.0)
         return super().cell_radius_km()
+
+
+def _fractional(coord: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Fractional index of ``values`` on the monotonic 1-D ``coord`` (either direction),
+    clipped to ``[0, n - 1]``."""
+    coord = np.asarray(coord, np.float64)
+    index = np.arange(coord.size, dtype=np.float64)
+    if coord.size < 2:
+        return np.zeros(np.shape(values))
+    if coord[0] > coord[-1]:
+        coord, index = coord[::-1], index[::-1]
+    return np.interp(values, coord, index)
 
 
 def _axis_metres(crs) -> float:

@@ -290,37 +290,13 @@ def _channel_index(fields: "StoreFields", name: str) -> int:
 
 
 def _table_cases(store, fields: "StoreFields", obs: TableObservations):
-    import pandas as pd
+    from geoft.diffusion.reconstruction import table_cases
 
-    from geoft.diffusion.reconstruction import channel_mapping
-    from geoft.diffusion.obs import PointObservations, _read_table, observations_from_table
-
-    if obs.times:
-        times = [pd.Timestamp(t) for t in obs.times]
-    else:
-        frame, source, _ = _read_table(obs.table)
-        cols = {str(c).strip().lower(): c for c in frame.columns}
-        if "time" not in cols:
-            raise GeoftError("observation table has no time column", where=source,
-                             fix="add a time column or list assimilate.observations.times")
-        parsed = pd.to_datetime(frame[cols["time"]], errors="coerce", utc=True)
-        if parsed.isna().any():
-            raise GeoftError("observation table has unreadable times", where=source,
-                             fix="write times as ISO 8601, e.g. 2020-01-31T12:00")
-        times = sorted(set(parsed.dt.tz_localize(None)))
-    mapping, stats, perm = channel_mapping(store, fields)
     cases = []
-    for when in times:
-        op, y, sigma_y, report = observations_from_table(
-            obs.table, store.grid, mapping, time=when, valid_mask=fields.valid[perm],
-            stats=stats, time_window=obs.time_window)
-        op = PointObservations(perm[op.channel_idx], op.iy, op.ix)
-        match = np.flatnonzero(store.times == pd.Timestamp(when))
-        truth = fields.read(int(match[0])) if match.size else None
-        cases.append({"time": pd.Timestamp(when), "operator": op, "y": np.asarray(y),
-                      "sigma_y": np.asarray(sigma_y), "observed": op.observed_mask(fields.shape),
-                      "truth": truth, "description": f"table {obs.table}: {op.describe()}",
-                      "report": report})
+    for case in table_cases(store, fields, obs):
+        op = case["operator"]
+        cases.append({**case, "observed": op.observed_mask(fields.shape),
+                      "description": f"table {obs.table}: {op.describe()}"})
     return cases
 
 
@@ -455,10 +431,12 @@ def assimilate(store_path, cfg: AssimilateConfig | dict | None, checkpoint_dir, 
 
 def _point_parts(operator, y: np.ndarray):
     """``(PointObservations, y_part)`` pieces of an operator (coarse parts have no pixels)."""
-    from geoft.diffusion.obs import PointObservations, Stack
+    from geoft.diffusion.obs import InterpolatedObservations, PointObservations, Stack
 
     if isinstance(operator, PointObservations):
         yield operator, y
+    elif isinstance(operator, InterpolatedObservations):  # shown at the nearest pixels
+        yield operator.nearest, y
     elif isinstance(operator, Stack):
         start = 0
         for op in operator.operators:

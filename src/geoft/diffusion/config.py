@@ -79,13 +79,44 @@ class MaskOptions(Strict):
 
 
 class TableObservations(Strict):
-    """Observation-file mode: ``table`` (CSV/parquet with time, lat, lon, variable, [level,]
-    value, error in physical units); ``times`` to reconstruct (default: every distinct time in
-    the table); observations within ``time_window`` of a time are used for it."""
+    """Observation-file mode.
+
+    ``table``: CSV/parquet with columns time, lat, lon, variable, [level,] value, error in
+    physical units, or a netCDF file of points, along-track samples or profiles (Argo,
+    Copernicus Marine in-situ and along-track files; see obs.read_netcdf_observations), whose
+    variable names ``variables`` maps to geoft's (``{TEMP: thetao}``) and whose errors come
+    from its ``*_ERROR`` variables or ``errors`` (``{thetao: 0.02}``, physical units).
+    ``times``: the analysis times (default: the store's times with observations within
+    ``time_window``, else the observation times rounded to ``time_window``); each analysis uses
+    the observations within ``time_window`` of its time.
+    ``interpolation``: assimilate's observation operator, ``bilinear`` (four pixels, two
+    levels) or ``nearest``; densify always grids observations onto their nearest pixel.
+    ``superobs``: average the observations that share a pixel into one (densify always
+    does); ``superob_error``: ``correlated`` (their rms error: a dense profile weighs as much
+    as one observation) or ``independent`` (``sqrt(sum sigma^2) / n``).
+    """
 
     table: str
     times: list[str] | None = None
     time_window: str = "12h"
+    variables: dict[str, str] | None = None
+    errors: dict[str, float] | None = None
+    interpolation: Literal["bilinear", "nearest"] = "bilinear"
+    superobs: bool = True
+    superob_error: Literal["correlated", "independent"] = "correlated"
+
+    @field_validator("time_window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        import pandas as pd
+
+        try:
+            if pd.Timedelta(value) < pd.Timedelta(0):
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"time_window {value!r} is not a non-negative duration "
+                             "(e.g. '12h', '3D')") from None
+        return value
 
 
 class DiffusionTraining(Strict):

@@ -569,51 +569,21 @@ def _load_model(checkpoint_dir, cfg: DensifyConfig, fields: "StoreFields"):
 
 def _table_cases(store, fields: "StoreFields", obs: TableObservations | str | Any,
                  ) -> list[dict[str, Any]]:
-    """Observation-file mode: one case per time with the observations on the pixel grid."""
-    import pandas as pd
+    """Observation-file mode: one case per analysis time, the observations gridded onto their
+    nearest pixels (a pixel's rows averaged into a superobservation with its error, see
+    obs.superobservations)."""
+    from geoft.diffusion.reconstruction import table_cases
 
-    from geoft.diffusion.obs import _read_table, observations_from_table
-
-    spec = obs if isinstance(obs, TableObservations) else TableObservations(table=str(obs)) \
-        if not isinstance(obs, pd.DataFrame) else None
-    table = obs if isinstance(obs, pd.DataFrame) else spec.table
-    window = spec.time_window if spec else "12h"
-    if spec and spec.times:
-        times = [pd.Timestamp(t) for t in spec.times]
-    else:
-        frame, source, _ = _read_table(table)
-        cols = {str(c).strip().lower(): c for c in frame.columns}
-        if "time" not in cols:
-            raise GeoftError("observation table has no time column", where=source,
-                             fix="add a time column or list densify.observations.times")
-        parsed = pd.to_datetime(frame[cols["time"]], errors="coerce", utc=True)
-        if parsed.isna().any():
-            raise GeoftError("observation table has unreadable times", where=source,
-                             fix="write times as ISO 8601, e.g. 2020-01-31T12:00")
-        times = sorted(set(parsed.dt.tz_localize(None)))
-    mapping, stats, perm = channel_mapping(store, fields)
-    valid_theirs = fields.valid[perm]  # in obs.channel_layout order
     cases = []
-    for when in times:
-        operator, y, sigma_y, report = observations_from_table(
-            table, store.grid, mapping, time=when, valid_mask=valid_theirs,
-            stats=stats, time_window=window)
-        channel = perm[operator.channel_idx]
-        known = np.zeros(fields.shape, np.float64)
-        count = np.zeros(fields.shape, np.float64)
-        variance = np.zeros(fields.shape, np.float64)
-        where = (channel, operator.iy, operator.ix)
-        np.add.at(known, where, y)
-        np.add.at(count, where, 1.0)
-        np.add.at(variance, where, np.asarray(sigma_y, np.float64) ** 2)
-        mask = count > 0
-        known = np.where(mask, known / np.maximum(count, 1), 0.0).astype(np.float32)
-        # a pixel's superobservation is the mean of its rows: error sqrt(sum sigma^2) / n
-        error = np.where(mask, np.sqrt(variance) / np.maximum(count, 1), 0.0).astype(np.float32)
-        match = np.flatnonzero(store.times == pd.Timestamp(when))
-        truth = fields.read(int(match[0])) if match.size else None
-        cases.append({"time": pd.Timestamp(when), "known": known, "mask": mask, "truth": truth,
-                      "error": error, "report": report})
+    for case in table_cases(store, fields, obs, interpolation="nearest", superobs=True):
+        op = case["operator"]
+        where = (op.channel_idx, op.iy, op.ix)  # distinct pixels after superobbing
+        known = np.zeros(fields.shape, np.float32)
+        error = np.zeros(fields.shape, np.float32)
+        mask = np.zeros(fields.shape, bool)
+        known[where], error[where], mask[where] = case["y"], case["sigma_y"], True
+        cases.append({"time": case["time"], "known": known, "mask": mask, "error": error,
+                      "truth": case["truth"], "report": case["report"]})
     return cases
 
 

@@ -150,6 +150,68 @@ class PointObservations(ObservationOperator):
         return mask
 
 
+class InterpolatedObservations(ObservationOperator):
+    """Observations that are weighted sums of pixels: observation ``m`` is
+    ``sum_k weight[m, k] * x[:, channel[m, k], iy[m, k], ix[m, k]]``.
+
+    Bilinear (horizontal) and linear (vertical, between two levels' channels) interpolation
+    give up to 8 terms per observation; superobservations average the terms of their rows.
+    ``channel``, ``iy``, ``ix``, ``weight``: arrays ``(M, K)``; unused terms have weight 0.
+    ``nearest``: the :class:`PointObservations` of each observation's nearest pixel (for
+    observed-pixel masks and for models that condition on gridded observations).
+    """
+
+    def __init__(self, channel, iy, ix, weight, nearest: PointObservations):
+        self.channel = np.atleast_2d(np.asarray(channel, np.int64))
+        self.iy = np.atleast_2d(np.asarray(iy, np.int64))
+        self.ix = np.atleast_2d(np.asarray(ix, np.int64))
+        self.weight = np.atleast_2d(np.asarray(weight, np.float64))
+        if not (self.channel.shape == self.iy.shape == self.ix.shape == self.weight.shape):
+            raise ValueError("channel, iy, ix and weight must have the same (M, K) shape")
+        self.nearest = nearest
+        self._cache: dict[Any, tuple] = {}
+
+    @property
+    def n_obs(self) -> int:
+        return int(self.weight.shape[0])
+
+    def __call__(self, x: "torch.Tensor") -> "torch.Tensor":
+        key = (x.device, x.dtype)
+        if key not in self._cache:
+            torch = _torch()
+            self._cache[key] = (*(torch.as_tensor(a, device=x.device)
+                                  for a in (self.channel, self.iy, self.ix)),
+                                torch.as_tensor(self.weight, device=x.device, dtype=x.dtype))
+        c, iy, ix, w = self._cache[key]
+        return (x[:, c, iy, ix] * w).sum(-1)
+
+    def apply_np(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        return (x[self.channel, self.iy, self.ix] * self.weight).sum(-1)
+
+    def matrix(self, field_shape: Sequence[int]) -> np.ndarray:
+        a = np.zeros((self.n_obs, int(np.prod(field_shape))))
+        flat = np.ravel_multi_index((self.channel, self.iy, self.ix), tuple(field_shape))
+        np.add.at(a, (np.repeat(np.arange(self.n_obs), flat.shape[1]), flat.ravel()),
+                  self.weight.ravel())
+        return a
+
+    def observed_mask(self, field_shape: Sequence[int]) -> np.ndarray:
+        """Bool ``(C, H, W)``: True at each observation's nearest pixel."""
+        return self.nearest.observed_mask(field_shape)
+
+    def with_channels(self, perm: np.ndarray) -> "InterpolatedObservations":
+        """The same operator with channel ``c`` renamed ``perm[c]``."""
+        perm = np.asarray(perm)
+        near = self.nearest
+        return InterpolatedObservations(perm[self.channel], self.iy, self.ix, self.weight,
+                                        PointObservations(perm[near.channel_idx], near.iy,
+                                                          near.ix))
+
+    def describe(self) -> str:
+        return f"Interpolated(M={self.n_obs}, terms<={self.weight.shape[1]})"
+
+
 def _gaussian_kernel_1d(std: float) -> np.ndarray:
     radius = max(1, int(math.ceil(3.0 * std)))
     offsets = np.arange(-radius, radius + 1, dtype=np.float64)
@@ -397,7 +459,130 @@ def channel_layout(variables: Sequence[str] | Mapping[str, Sequence[float] | Non
     return [(str(name), None) for name in variables]
 
 
-def _read_table(table: "pd.DataFrame | str | Path") -> tuple["pd.DataFrame", str, int]:
+#: names a netCDF observation file may give its data variables, mapped to geoft's (Argo
+#: profile files, Copernicus Marine in-situ files); anything else is mapped in the recipe
+#: (``observations.variables``). Sea-level anomalies (``sla_*``) are not ``zos``: map them
+#: only after adding the mean dynamic topography.
+NETCDF_LEXICON = {"TEMP": "thetao", "TEMP_ADJUSTED": "thetao", "PSAL": "so",
+                  "PSAL_ADJUSTED": "so", "thetao": "thetao", "so": "so", "zos": "zos",
+                  "uo": "uo", "vo": "vo"}
+_COORD_NAMES = {
+    "lat": ("lat", "latitude", "LATITUDE", "LAT", "nav_lat"),
+    "lon": ("lon", "longitude", "LONGITUDE", "LON", "nav_lon"),
+    "time": ("time", "TIME", "JULD", "juld"),
+    "level": ("depth", "DEPTH", "DEPH", "deph", "level", "PRES_ADJUSTED", "PRES", "pres"),
+}
+_STANDARD_NAMES = {"lat": ("latitude",), "lon": ("longitude",), "time": ("time",),
+                   "level": ("depth", "sea_water_pressure")}
+#: QC flags meaning good or probably good (Argo and Copernicus Marine in-situ conventions)
+GOOD_QC = ("1", "2")
+
+
+def _find_coord(ds, kind: str, exclude: Sequence[str] = ()):
+    for name in _COORD_NAMES[kind]:
+        if name in ds.variables and name not in exclude:
+            return name
+    for name, var in ds.variables.items():
+        if var.attrs.get("standard_name") in _STANDARD_NAMES[kind] and name not in exclude:
+            return name
+    return None
+
+
+def _qc_good(flags) -> np.ndarray:
+    values = np.asarray(flags)
+    if values.dtype.kind in "SUO":  # Argo writes flags as characters
+        text = np.char.strip(np.asarray(values, dtype="U1" if values.dtype.kind != "O" else "U"))
+        return np.isin(text, GOOD_QC)
+    return np.isin(np.asarray(values, np.float64), [float(q) for q in GOOD_QC])
+
+
+def read_netcdf_observations(path, variables: Mapping[str, str] | None = None,
+                             errors: Mapping[str, float] | None = None) -> "pd.DataFrame":
+    """A netCDF observation file as an observation table (``time, lat, lon, variable, level,
+    value, error``), memory linear in its size.
+
+    Works for the layouts observations are distributed in: points or along-track samples (one
+    dimension, e.g. ``time`` in a Copernicus along-track file), and profiles (``N_PROF x
+    N_LEVELS`` in Argo, ``TIME x DEPTH`` in Copernicus Marine in-situ files): position and
+    time are broadcast over the level dimension. ``variables`` maps the file's variable names
+    to geoft's (default :data:`NETCDF_LEXICON`); the level comes from depth or pressure (dbar,
+    taken as metres); a value whose ``<name>_QC`` flag is not good (1/2) or that is missing is
+    left out; the error comes from ``<name>_ERROR``/``<name>_ADJUSTED_ERROR`` when the file has
+    it, else from ``errors`` (``{geoft name: std}``).
+    """
+    import pandas as pd
+    import xarray as xr
+
+    path = Path(path)
+    try:
+        ds = xr.open_dataset(path, decode_timedelta=False)
+    except (ValueError, OSError) as exc:
+        raise GeoftError(f"cannot read netCDF observation file: {exc}", where=str(path),
+                         fix="check the file (ncdump -h) or convert it to CSV/parquet") from exc
+    with ds:
+        mapping = dict(variables) if variables else {
+            k: v for k, v in NETCDF_LEXICON.items() if k in ds.data_vars}
+        if variables:
+            missing = [k for k in mapping if k not in ds.data_vars]
+            if missing:
+                raise GeoftError(f"variable(s) {', '.join(missing)} not in the file (has "
+                                 f"{', '.join(map(str, ds.data_vars))})", where=str(path),
+                                 fix="fix observations.variables")
+        if not mapping:
+            raise GeoftError(f"no observed variable recognised (the file has "
+                             f"{', '.join(map(str, ds.data_vars))})", where=str(path),
+                             fix="map them in the recipe: observations.variables: "
+                                 "{file_name: geoft_name}")
+        lat_name, lon_name = _find_coord(ds, "lat"), _find_coord(ds, "lon")
+        if lat_name is None or lon_name is None:
+            raise GeoftError("no latitude/longitude variable found", where=str(path),
+                             fix="name them lat/lon (or latitude/longitude)")
+        time_name = _find_coord(ds, "time")
+        level_name = _find_coord(ds, "level", exclude=tuple(mapping))
+        frames = []
+        for name, target in mapping.items():
+            data = ds[name]
+            parts = {"lat": ds[lat_name], "lon": ds[lon_name], "value": data}
+            if time_name is not None:
+                parts["time"] = ds[time_name]
+            if level_name is not None and set(ds[level_name].dims) <= set(data.dims):
+                parts["level"] = ds[level_name]
+            qc_name = next((q for q in (f"{name}_QC",) if q in ds.variables), None)
+            if qc_name is not None:
+                parts["qc"] = ds[qc_name]
+            err_name = next((e for e in (f"{name}_ERROR", f"{name}_ADJUSTED_ERROR",
+                                         f"{name}_error") if e in ds.variables), None)
+            if err_name is not None:
+                parts["error"] = ds[err_name]
+            if not all(set(v.dims) <= set(data.dims) for v in parts.values()):
+                raise GeoftError(f"{name}: its coordinates do not share its dimensions "
+                                 f"{data.dims}", where=str(path),
+                                 fix="convert the file to a table (time, lat, lon, variable, "
+                                     "level, value, error)")
+            arrays = {k: np.asarray(v.broadcast_like(data).transpose(*data.dims).values).ravel()
+                      for k, v in parts.items()}
+            keep = np.isfinite(np.asarray(arrays["value"], np.float64))
+            if "qc" in arrays:
+                keep &= _qc_good(arrays.pop("qc"))
+            if "error" not in arrays:
+                if not errors or target not in errors:
+                    raise GeoftError(f"{name} has no error variable and no error was given "
+                                     f"for {target}", where=str(path),
+                                     fix=f"set observations.errors: {{{target}: <std in the "
+                                         "value's units>}")
+                arrays["error"] = np.full(keep.size, float(errors[target]))
+            frame = pd.DataFrame({k: v[keep] for k, v in arrays.items()})
+            frame["variable"] = target
+            frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    if "level" not in table.columns:
+        table["level"] = np.nan
+    return table
+
+
+def _read_table(table: "pd.DataFrame | str | Path", variables: Mapping[str, str] | None = None,
+                errors: Mapping[str, float] | None = None
+                ) -> tuple["pd.DataFrame", str, int]:
     """-> (frame, name for messages, offset from 0-based row to the user's line number)."""
     import pandas as pd
 
@@ -406,7 +591,7 @@ def _read_table(table: "pd.DataFrame | str | Path") -> tuple["pd.DataFrame", str
     path = Path(table)
     if not path.exists():
         raise GeoftError(f"observation file {path} does not exist", where=str(path),
-                         fix="check the path in the recipe's assimilate.observations")
+                         fix="check the path in the recipe's observations.table")
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
@@ -416,8 +601,39 @@ def _read_table(table: "pd.DataFrame | str | Path") -> tuple["pd.DataFrame", str
     except (ValueError, OSError) as exc:
         raise GeoftError(f"cannot read observation file: {exc}", where=str(path),
                          fix="write it as a CSV with a header line or as parquet") from exc
+    if suffix in (".nc", ".nc4", ".cdf", ".netcdf"):
+        return read_netcdf_observations(path, variables, errors), str(path), 0
     raise GeoftError(f"observation file type {suffix!r} is not supported", where=str(path),
-                     fix="use .csv or .parquet with columns time, lat, lon, variable, value, error")
+                     fix="use .csv, .parquet or .nc (time, lat, lon, variable, value, error)")
+
+
+def analysis_times(frame: "pd.DataFrame", source: str, window: Any,
+                   store_times: Sequence[Any] | None = None) -> list["pd.Timestamp"]:
+    """The times to analyse an observation table at: the store's times that have observations
+    within ``window`` (a hindcast), else the observation times rounded to ``window`` (one
+    analysis per window, not one per distinct timestamp)."""
+    import pandas as pd
+
+    cols = {str(c).strip().lower(): c for c in frame.columns}
+    if "time" not in cols:
+        raise GeoftError("observation table has no time column", where=source,
+                         fix="add a time column or list observations.times")
+    parsed = pd.to_datetime(frame[cols["time"]], errors="coerce", utc=True)
+    if parsed.isna().any():
+        raise GeoftError("observation table has unreadable times", where=source,
+                         fix="write times as ISO 8601, e.g. 2020-01-31T12:00")
+    obs_t = np.sort(parsed.dt.tz_localize(None).to_numpy())
+    width = pd.Timedelta(window)
+    if store_times is not None and len(store_times):
+        cand = pd.DatetimeIndex(store_times).to_numpy()
+        lo = np.searchsorted(obs_t, cand - np.timedelta64(width), side="left")
+        hi = np.searchsorted(obs_t, cand + np.timedelta64(width), side="right")
+        covered = cand[hi > lo]
+        if covered.size:
+            return [pd.Timestamp(t) for t in covered]
+    if width <= pd.Timedelta(0):
+        return [pd.Timestamp(t) for t in np.unique(obs_t)]
+    return sorted({pd.Timestamp(t) for t in pd.DatetimeIndex(obs_t).round(width)})
 
 
 def _nearest_index(coord: np.ndarray, values: np.ndarray, periodic: bool
@@ -449,8 +665,9 @@ def observations_from_table(table: "pd.DataFrame | str | Path", grid,
                             variables: Sequence[str] | Mapping[str, Sequence[float] | None],
                             time: Any = None, valid_mask: np.ndarray | None = None,
                             stats: Mapping[str, tuple[Any, Any]] | None = None, *,
-                            time_window: Any = "12h"
-                            ) -> tuple[PointObservations, np.ndarray, np.ndarray, dict]:
+                            time_window: Any = "12h", interpolation: str = "nearest",
+                            source: str | None = None, line_offset: int | None = None
+                            ) -> tuple[ObservationOperator, np.ndarray, np.ndarray, dict]:
     """Read point observations onto the model grid (the "observation file" mode).
 
     ``table``: a DataFrame or a ``.csv``/``.parquet`` path with columns ``lat``, ``lon``
@@ -467,13 +684,22 @@ def observations_from_table(table: "pd.DataFrame | str | Path", grid,
     ``stats``: ``{variable: (mean, std)}`` (scalars, or per-level arrays in level order) to
     normalise values (``(v - mean) / std``) and errors (``e / std``); None keeps units.
 
-    Each row maps to its nearest grid pixel. Returns ``(operator, y (M,), sigma_y (M,),
+    ``interpolation``: ``"nearest"`` maps each row to its nearest pixel and level
+    (:class:`PointObservations`); ``"bilinear"`` interpolates bilinearly between the four
+    surrounding pixels and linearly between the two surrounding levels
+    (:class:`InterpolatedObservations`; land pixels get weight 0, the rest renormalised).
+    ``source``, ``line_offset``: the file name for messages and the offset from a 0-based row
+    to its line, when ``table`` is a DataFrame read from a file (:func:`_read_table`).
+
+    Returns ``(operator, y (M,), sigma_y (M,),
     report)`` with ``y`` and ``sigma_y`` float64 in normalised units and ``report`` a JSON-able
     dict of counts. Bad input raises :class:`GeoftError` naming the file and the first bad row.
     """
     import pandas as pd
 
-    frame, source, line_offset = _read_table(table)
+    frame, read_source, read_offset = _read_table(table)
+    source = source or read_source
+    line_offset = read_offset if line_offset is None else line_offset
     frame = frame.rename(columns={c: str(c).strip().lower() for c in frame.columns})
     layout = channel_layout(variables)
     needed = list(TABLE_COLUMNS) + (["time"] if time is not None else [])
@@ -599,6 +825,7 @@ def observations_from_table(table: "pd.DataFrame | str | Path", grid,
     names, values, errors = names[usable], values[usable], errors[usable]
     iy, ix, channel = iy[usable], ix[usable], channel[usable]
     level_index, rows = level_index[usable], rows[usable]
+    obs_lat, obs_lon, obs_level = obs_lat[usable], obs_lon[usable], obs_level[usable]
 
     # land / invalid points
     if valid_mask is not None:
@@ -616,6 +843,7 @@ def observations_from_table(table: "pd.DataFrame | str | Path", grid,
         iy, ix, channel = iy[on_valid], ix[on_valid], channel[on_valid]
         level_index = level_index[on_valid]
         rows = rows[on_valid]
+        obs_lat, obs_lon, obs_level = obs_lat[on_valid], obs_lon[on_valid], obs_level[on_valid]
     if names.size == 0:
         raise GeoftError("observation table has no usable observation", where=source,
                          fix="check the table's times, positions and variables")
@@ -644,7 +872,119 @@ def observations_from_table(table: "pd.DataFrame | str | Path", grid,
     if any(k != "n_outside_time_window" for k in dropped):
         log.warning("%s: %d observation(s) used, left out: %s", source, names.size,
                     ", ".join(f"{n} {DROPPED[k]}" for k, n in dropped.items()))
-    return PointObservations(channel, iy, ix), values, errors, report
+    operator: ObservationOperator = PointObservations(channel, iy, ix)
+    if interpolation == "bilinear":
+        operator = _interpolated(operator, grid, layout, names, obs_lat, obs_lon, obs_level,
+                                 valid_mask)
+    elif interpolation != "nearest":
+        raise ValueError(f"interpolation must be 'nearest' or 'bilinear', got {interpolation!r}")
+    report["interpolation"] = interpolation if isinstance(
+        operator, InterpolatedObservations) else "nearest"
+    return operator, values, errors, report
+
+
+def _interpolated(nearest: PointObservations, grid, layout, names, lat, lon, level,
+                  valid_mask) -> "InterpolatedObservations | PointObservations":
+    """Bilinear-in-space, linear-in-level operator of observations whose nearest pixels are
+    ``nearest`` (every one of them valid)."""
+    from geoft.grid import _fractional
+
+    found = grid.fractional_index(lat, lon)
+    if found is None:
+        return nearest
+    fy, fx = found
+    h, w = grid.shape
+    y0 = np.clip(np.floor(fy).astype(np.int64), 0, h - 1)
+    x0 = np.clip(np.floor(fx).astype(np.int64), 0, w - 1)
+    wy, wx = fy - y0, fx - x0
+    # at the last row/column the weight of the next one is 0; a global grid wraps in x
+    y1, x1 = np.minimum(y0 + 1, h - 1), (x0 + 1) % w
+    # levels: the two channels around the observation's level
+    c0 = nearest.channel_idx.copy()
+    c1 = nearest.channel_idx.copy()
+    wl = np.zeros(c0.size)
+    for name in set(names):
+        chans = np.array([c for c, (n, _) in enumerate(layout) if n == name])
+        levels = np.array([layout[c][1] for c in chans], dtype=object)
+        if levels[0] is None or chans.size < 2:
+            continue
+        sel = names == name
+        fl = _fractional(np.asarray(levels, np.float64), level[sel])
+        l0 = np.clip(np.floor(fl).astype(np.int64), 0, chans.size - 1)
+        c0[sel], c1[sel] = chans[l0], chans[np.minimum(l0 + 1, chans.size - 1)]
+        wl[sel] = fl - l0
+    terms_c, terms_y, terms_x, terms_w = [], [], [], []
+    for cc, lw in ((c0, 1 - wl), (c1, wl)):
+        for yy, vy in ((y0, 1 - wy), (y1, wy)):
+            for xx, vx in ((x0, 1 - wx), (x1, wx)):
+                terms_c.append(cc)
+                terms_y.append(yy)
+                terms_x.append(xx)
+                terms_w.append(lw * vy * vx)
+    channel, iy, ix, weight = (np.stack(t, axis=1) for t in
+                               (terms_c, terms_y, terms_x, terms_w))
+    if valid_mask is not None:
+        valid = np.asarray(valid_mask, dtype=bool)
+        ok = valid[iy, ix] if valid.ndim == 2 else valid[channel, iy, ix]
+        weight = np.where(ok, weight, 0.0)
+    total = weight.sum(axis=1)
+    lost = total <= 1e-12  # all surrounding pixels invalid: keep the nearest one
+    weight[lost] = 0.0
+    weight[lost, 0] = 1.0
+    channel[lost, 0], iy[lost, 0], ix[lost, 0] = (nearest.channel_idx[lost], nearest.iy[lost],
+                                                  nearest.ix[lost])
+    weight = weight / weight.sum(axis=1, keepdims=True)
+    return InterpolatedObservations(channel, iy, ix, weight, nearest)
+
+
+def superobservations(operator: ObservationOperator, y: np.ndarray, sigma: np.ndarray, *,
+                      errors: str = "correlated"
+                      ) -> tuple[ObservationOperator, np.ndarray, np.ndarray, np.ndarray]:
+    """Average the observations that share a nearest pixel (and channel) into one.
+
+    The superobservation's value is the rows' mean and its operator the mean of their
+    operators (exact for linear operators). Its error: ``"correlated"`` (default), the rows'
+    root-mean-square error (rows in one pixel share their representativeness error, so ten
+    levels of a profile weigh as much as one, not sqrt(10) times more); ``"independent"``,
+    ``sqrt(sum sigma^2) / n`` (independent instrument errors only).
+    Returns ``(operator, y, sigma, count)`` with ``count`` the rows per superobservation.
+    """
+    near = operator.nearest if isinstance(operator, InterpolatedObservations) else operator
+    if not isinstance(near, PointObservations):
+        raise TypeError(f"superobservations need point observations, got {operator.describe()}")
+    if errors not in ("correlated", "independent"):
+        raise ValueError(f"errors must be 'correlated' or 'independent', got {errors!r}")
+    key = np.stack([near.channel_idx, near.iy, near.ix])
+    uniq, group = np.unique(key, axis=1, return_inverse=True)
+    group = group.ravel()
+    g = uniq.shape[1]
+    count = np.bincount(group, minlength=g).astype(np.float64)
+    y_bar = np.bincount(group, weights=np.asarray(y, np.float64), minlength=g) / count
+    var_sum = np.bincount(group, weights=np.asarray(sigma, np.float64) ** 2, minlength=g)
+    sigma_bar = (np.sqrt(var_sum / count) if errors == "correlated"
+                 else np.sqrt(var_sum) / count)
+    new_near = PointObservations(*uniq)
+    if not isinstance(operator, InterpolatedObservations):
+        return new_near, y_bar, sigma_bar, count.astype(np.int64)
+    # coalesce the rows' terms: (group, channel, iy, ix) -> summed weight / count
+    k = operator.weight.shape[1]
+    terms = np.stack([np.repeat(group, k), operator.channel.ravel(), operator.iy.ravel(),
+                      operator.ix.ravel()])
+    weight = operator.weight.ravel() / count[np.repeat(group, k)]
+    nz = weight != 0
+    terms, weight = terms[:, nz], weight[nz]
+    uterms, inverse = np.unique(terms, axis=1, return_inverse=True)
+    summed = np.bincount(inverse.ravel(), weights=weight, minlength=uterms.shape[1])
+    starts = np.searchsorted(uterms[0], np.arange(g))
+    slot = np.arange(uterms.shape[1]) - starts[uterms[0]]
+    width = int(slot.max()) + 1
+    out = [np.zeros((g, width), np.int64) for _ in range(3)]
+    w_out = np.zeros((g, width))
+    for arr, row in zip(out, uterms[1:]):
+        arr[uterms[0], slot] = row
+    w_out[uterms[0], slot] = summed
+    return (InterpolatedObservations(*out, w_out, new_near), y_bar, sigma_bar,
+            count.astype(np.int64))
 
 
 def dropped_summary(reports: Sequence[Mapping[str, Any]]) -> dict[str, int]:

@@ -76,6 +76,50 @@ def channel_mapping(store, fields: "StoreFields"):
 
 
 
+def table_cases(store, fields: "StoreFields", spec, *, interpolation: str | None = None,
+                superobs: bool | None = None) -> list[dict[str, Any]]:
+    """One case per analysis time of an observation file (``spec``: a TableObservations, a
+    path or a DataFrame): ``{"time", "operator" (on our channels), "y", "sigma_y" (normalised),
+    "count" (rows per observation), "truth" (when the store has the time, else None),
+    "report"}``. The file is read once; ``interpolation``/``superobs`` override the spec's."""
+    import pandas as pd
+
+    from geoft.diffusion.config import TableObservations
+    from geoft.diffusion.obs import (InterpolatedObservations, PointObservations, _read_table,
+                                     analysis_times, observations_from_table,
+                                     superobservations)
+
+    if isinstance(spec, pd.DataFrame):
+        frame, source, offset = spec.reset_index(drop=True), "observation table", 0
+        spec = TableObservations(table="<DataFrame>")
+    else:
+        spec = spec if isinstance(spec, TableObservations) else TableObservations(table=str(spec))
+        frame, source, offset = _read_table(spec.table, spec.variables, spec.errors)
+    times = ([pd.Timestamp(t) for t in spec.times] if spec.times
+             else analysis_times(frame, source, spec.time_window, store.times))
+    mapping, stats, perm = channel_mapping(store, fields)
+    interpolation = interpolation or spec.interpolation
+    superobs = spec.superobs if superobs is None else superobs
+    cases = []
+    for when in times:
+        op, y, sigma_y, report = observations_from_table(
+            frame, store.grid, mapping, time=when, valid_mask=fields.valid[perm], stats=stats,
+            time_window=spec.time_window, interpolation=interpolation, source=source,
+            line_offset=offset)
+        op = (op.with_channels(perm) if isinstance(op, InterpolatedObservations)
+              else PointObservations(perm[op.channel_idx], op.iy, op.ix))
+        count = np.ones(op.n_obs, np.int64)
+        if superobs:
+            op, y, sigma_y, count = superobservations(op, y, sigma_y, errors=spec.superob_error)
+            report["n_superobservations"] = int(op.n_obs)
+        match = np.flatnonzero(store.times == pd.Timestamp(when))
+        cases.append({"time": pd.Timestamp(when), "operator": op, "y": np.asarray(y),
+                      "sigma_y": np.asarray(sigma_y), "count": count,
+                      "truth": fields.read(int(match[0])) if match.size else None,
+                      "report": report})
+    return cases
+
+
 def write_netcdf_atomic(ds: "xr.Dataset", path) -> Path:
     """``ds.to_netcdf`` through a temporary sibling file renamed into place."""
     from geoft.io import atomic_write
