@@ -370,3 +370,61 @@ def test_divergence_is_reported_not_returned_as_nan():
     with pytest.raises(GeoftError, match="gamma"):
         sda_sample(grf.eps_fn(), (4, 1, 32, 32), operator, y, 0.05, steps=64, gamma=1e-6,
                    generator=torch.Generator().manual_seed(0))
+
+
+class _OracleNetwork(torch.nn.Module):
+    """Stands in for a trained prior UNet: reads ``cat([x_t, static])`` and the UNet timestep
+    exactly as geoft feeds them, recovers ``t`` by inverting ``VPSchedule.unet_timestep``
+    (``1000 t``) and answers the exact GRF noise, as a velocity or as noise. It refuses static
+    channels other than the ones it was given, so the whole network path is checked."""
+
+    def __init__(self, grf, static, parameterization):
+        super().__init__()
+        self.grf, self.static, self.parameterization = grf, static, parameterization
+        self.w = torch.nn.Parameter(torch.zeros(()))  # device lookup (next(parameters()))
+        self.schedule = VPSchedule()
+
+    def forward(self, inp, timestep):
+        x_t, static = inp[:, :1], inp[:, 1:]
+        expected = self.static.to(static.dtype)
+        assert static.shape[1:] == expected.shape and torch.equal(static, expected.expand_as(static))
+        t = timestep / 1000.0
+        eps = self.grf.exact_eps(x_t, t, self.schedule)
+        if self.parameterization == "epsilon":
+            return eps
+        mu, sigma = self.schedule.mu(t).view(-1, 1, 1, 1), self.schedule.sigma(t).view(-1, 1, 1, 1)
+        x0 = (x_t - sigma * eps) / mu
+        return (mu * eps - sigma * x0) / torch.sqrt(mu**2 + sigma**2)
+
+
+@pytest.mark.parametrize("parameterization", ["v", "epsilon"])
+def test_network_path_gives_the_exact_noise_prediction(parameterization):
+    """prior_eps_fn (static channels, timestep scaling, v -> eps conversion) wrapped around a
+    network that knows the exact answer must return the exact noise prediction, at every
+    noise level; the SDA sampler's exactness (test above) then carries over to trained priors."""
+    from geoft.diffusion.assimilate import prior_eps_fn
+    from geoft.diffusion.reconstruction import static_channels
+
+    n = 16
+    grf = GaussianRandomField(n, kappa=2.0)
+    valid = np.ones((1, n, n), bool)
+    lat, lon = np.meshgrid(np.linspace(40, 30, n), np.linspace(300, 315, n), indexing="ij")
+    rad = np.deg2rad(lon)
+
+    class Fields:  # the two things static_channels reads from a store's fields
+        def __init__(self):
+            self.valid = valid
+
+        def latlon_features(self):
+            return np.stack([lat / 90.0, np.sin(rad), np.cos(rad)]).astype(np.float32)
+
+    fields = Fields()
+    static = torch.as_tensor(static_channels(fields, True))
+    assert static.shape[0] == 4  # valid mask + lat/lon features
+    net = _OracleNetwork(grf, static, parameterization).double()
+    eps_fn = prior_eps_fn(net, fields, True, parameterization)
+    x_t = torch.randn(5, 1, n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([0.02, 0.2, 0.5, 0.8, 0.99], dtype=torch.float64)
+    torch.testing.assert_close(eps_fn(x_t, t), grf.exact_eps(x_t, t), rtol=1e-7, atol=1e-9)
+    with pytest.raises(AssertionError):  # the oracle notices missing lat/lon channels
+        prior_eps_fn(net, fields, False, parameterization)(x_t, t)
