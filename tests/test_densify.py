@@ -334,10 +334,12 @@ def test_repaint_ends_on_the_observations_and_propagates_them(store, trained):
 
 def test_evaluation_table_and_figures(store, trained, tmp_path):
     model_dir, _ = trained
-    cfg = tiny_cfg(figures=True, baselines=["nearest", "linear", "dineof"], dineof_history=8)
+    cfg = tiny_cfg(figures=True, baselines=["nearest", "linear", "normalised", "oi", "dineof"],
+                   dineof_history=8)
     summary = D.run_densify(store, cfg, model_dir, tmp_path, progress=False)
     table = pd.read_csv(tmp_path / "evaluation.csv")
-    assert set(table["method"]) == {"diffusion", "nearest", "linear", "dineof"}
+    assert set(table["method"]) == {"diffusion", "nearest", "linear", "normalised", "oi",
+                                    "dineof"}
     assert set(table["channel"]) == set(VARIABLES)
     assert (table["rmse"] > 0).all() and table["rmse"].notna().all()
     diffusion = table[table["method"] == "diffusion"]
@@ -594,19 +596,21 @@ def test_linear_first_guess_is_a_linear_interpolation(store):
     assert set(np.unique(flat[0][fields.valid[0]])) <= set(x[0][line[0]].astype(np.float32))
 
 
-def test_first_guess_model_trains_and_samples_residuals(store, tmp_path):
-    """first_guess="linear": the checkpoint carries the kind and the residual scale, sampling
-    follows the checkpoint (not the current config), clamping ends on the observations."""
-    cfg = tiny_cfg(first_guess="linear", steps=20, checkpoint_every=20)
+@pytest.mark.parametrize("kind", ["linear", "normalised"])
+def test_first_guess_model_trains_and_samples_residuals(store, tmp_path, kind):
+    """first_guess="linear"/"normalised": the checkpoint carries the kind and the residual
+    scale, sampling follows the checkpoint (not the current config), clamping ends on the
+    observations."""
+    cfg = tiny_cfg(first_guess=kind, steps=20, checkpoint_every=20)
     D.train_densifier(store, cfg, tmp_path / "m", progress=False)
     state = read_model_config(list_checkpoints(tmp_path / "m" / "checkpoints")[-1])
-    assert state["meta"]["first_guess"] == "linear"
+    assert state["meta"]["first_guess"] == kind
     scale = state["meta"]["residual_scale"]
     assert len(scale) == len(VARIABLES) and all(0 < s < 2 for s in scale)
     assert state["model_kwargs"]["in_channels"] == 4 * len(VARIABLES) + state["meta"]["n_static"]
     run = D.densify(store, tiny_cfg(sampler="ddim+clamp", n_samples=1), tmp_path / "m",
                     tmp_path / "o", progress=False)
-    assert run["first_guess"] == "linear"
+    assert run["first_guess"] == kind
     with xr.open_dataset(run["path"]) as ds:
         observed = ds["thetao_observed"].values.astype(bool)
         np.testing.assert_allclose(ds["thetao"].values[observed],

@@ -72,7 +72,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from geoft.diffusion.unet import PaddedUNet, StoreFields
 
 SAMPLERS = ("ddim", "repaint", "ddim+clamp")
-BASELINES = ("nearest", "linear", "kriging", "dineof")
+BASELINES = ("nearest", "linear", "normalised", "kriging", "oi", "dineof")
 
 
 # ------------------------------------------------------------------------------------------
@@ -97,8 +97,9 @@ class DensifyConfig(DiffusionTraining):
     # observations (scaled to unit RMS) and sees that first guess as a conditioning channel;
     # the reconstruction is first guess + residual. "none": it generates the field itself.
     # See linear_first_guess (a few ms of CPU per channel and pair at 36x72: fine for the
-    # demo, a data-loading cost on large grids).
-    first_guess: Literal["none", "linear"] = "none"
+    # demo, a data-loading cost on large grids). "normalised": multi-scale normalised
+    # convolution (firstguess.py), batched on the training device: the one for GPU sizes.
+    first_guess: Literal["none", "linear", "normalised"] = "none"
     beta_schedule: Literal["linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
     # reconstruction
     sampler: Literal["ddim", "repaint", "ddim+clamp"] = "ddim"
@@ -113,10 +114,15 @@ class DensifyConfig(DiffusionTraining):
     # evaluation
     eval_split: Literal["train", "val", "test"] = "test"
     n_samples: int = Field(8, ge=1)
-    baselines: list[Literal["nearest", "linear", "kriging", "dineof"]] = Field(
+    baselines: list[Literal["nearest", "linear", "normalised", "kriging", "oi", "dineof"]] = Field(
         default_factory=lambda: list(BASELINES))
-    dineof_history: int = Field(64, ge=0)  # fully observed train frames stacked before the test
-    # kriging solves a max_obs^2 system per frame and channel (a random subset beyond it)
+    # DINEOF fills the evaluated frames together, each with its own observations. More frames
+    # of the same period: `dineof_neighbours` eval-split times on each side of every evaluated
+    # time, observed like them (OSSE only). Fully observed train frames (months away, another
+    # season; never held out for its cross-validation) only when asked: `dineof_history`.
+    dineof_neighbours: int = Field(0, ge=0)
+    dineof_history: int = Field(0, ge=0)
+    # kriging and OI solve a max_obs^2 system per frame and channel (a random subset beyond it)
     kriging_max_obs: int = Field(2000, ge=10)
     figures: bool = True
 
@@ -258,6 +264,38 @@ def _interpolate_linear(obs_x, obs_y, values, tx, ty) -> np.ndarray | None:
                                     values)(np.stack([tx, ty], axis=1).astype(np.float64))
 
 
+def first_guess_np(kind: str, known: np.ndarray, mask: np.ndarray, valid: np.ndarray
+                   ) -> np.ndarray:
+    """``(C, H, W)`` first guess of one sample by ``kind`` (``linear`` or ``normalised``)."""
+    if kind == "linear":
+        return linear_first_guess(known, mask, valid)
+    import torch
+
+    from geoft.diffusion.firstguess import normalised_first_guess
+
+    with torch.no_grad():
+        return normalised_first_guess(torch.as_tensor(np.asarray(known, np.float32))[None],
+                                      torch.as_tensor(np.asarray(mask, bool))[None],
+                                      torch.as_tensor(np.asarray(valid, bool)))[0].numpy()
+
+
+def first_guess_batch(kind: str, obs: "torch.Tensor", masks: np.ndarray, valid: np.ndarray
+                      ) -> "torch.Tensor":
+    """``(B, C, H, W)`` first guesses on ``obs``'s device: ``normalised`` in one batched call
+    there, ``linear`` per sample on the CPU."""
+    import torch
+
+    if kind == "normalised":
+        from geoft.diffusion.firstguess import normalised_first_guess
+
+        with torch.no_grad():
+            return normalised_first_guess(obs, torch.as_tensor(masks, device=obs.device),
+                                          torch.as_tensor(valid, device=obs.device))
+    obs_np = obs.cpu().numpy()
+    return torch.as_tensor(np.stack([linear_first_guess(obs_np[b] * masks[b], masks[b], valid)
+                                     for b in range(obs_np.shape[0])]), device=obs.device)
+
+
 def estimate_residual_scale(fields: "StoreFields", train_indices: np.ndarray,
                             cfg: DensifyConfig, n_pairs: int = 64) -> np.ndarray:
     """``(C,)``: RMS over ocean pixels of ``x0 - linear_first_guess`` on ``n_pairs`` training
@@ -272,7 +310,8 @@ def estimate_residual_scale(fields: "StoreFields", train_indices: np.ndarray,
         x0 = fields.read(int(i))
         mask, sigma = sampler.draw(fields.shape, rng, fields.valid)
         obs = x0 + sigma * rng.standard_normal(x0.shape) if sampler.noisy else x0
-        resid = x0 - linear_first_guess(np.where(mask, obs, 0.0), mask, fields.valid)
+        resid = x0 - first_guess_np(cfg.first_guess, np.where(mask, obs, 0.0), mask,
+                                    fields.valid)
         sq += (resid**2).sum(axis=(1, 2)) / fields.valid.sum(axis=(1, 2)).clip(1)
     return np.maximum(np.sqrt(sq / len(picks)), 1e-3)
 
@@ -330,9 +369,9 @@ class ConditionalObjective:
         self.parameterization = cfg.parameterization
         self.first_guess = cfg.first_guess
         self.obs_error = self.masks.noisy
-        if cfg.first_guess == "linear" and residual_scale is None:
+        if cfg.first_guess != "none" and residual_scale is None:
             residual_scale = estimate_residual_scale(fields, self.train_indices, cfg)
-        self.residual_scale = residual_scale if cfg.first_guess == "linear" else None
+        self.residual_scale = residual_scale if cfg.first_guess != "none" else None
 
     def __call__(self, model, idx, rng, generator):
         import torch
@@ -357,11 +396,8 @@ class ConditionalObjective:
                                            device=self.device, dtype=x0.dtype)
         first_guess = None
         target_field = x0
-        if self.first_guess == "linear":
-            obs_np = obs.cpu().numpy()
-            first_guess = torch.as_tensor(np.stack([
-                linear_first_guess(obs_np[b] * masks[b], masks[b], self.fields.valid)
-                for b in range(len(idx))]), device=self.device)
+        if self.first_guess != "none":
+            first_guess = first_guess_batch(self.first_guess, obs, masks, self.fields.valid)
             scale = torch.as_tensor(self.residual_scale, device=self.device, dtype=x0.dtype)
             target_field = (x0 - first_guess) / scale[:, None, None] * self.valid
         x_t = self.scheduler.add_noise(target_field, noise, t)
@@ -416,7 +452,7 @@ def train_densifier(store_path, cfg: DensifyConfig | dict | None, out_dir, *,
                                 first_guess=cfg.first_guess != "none", obs_error=obs_error)
     # the residual scale is a training-set statistic: computed once, before the engine runs
     residual_scale = (estimate_residual_scale(fields, np.asarray(train_idx), cfg)
-                      if cfg.first_guess == "linear" else None)
+                      if cfg.first_guess != "none" else None)
     meta = {"stage": "densify", "config": cfg.model_dump(mode="json"),
             "channels": fields.names, "store": str(Path(store_path).resolve()),
             "n_static": int(static.shape[0]), "first_guess": cfg.first_guess,
@@ -657,9 +693,9 @@ def densify(store_path, cfg: DensifyConfig | dict | None, checkpoint_dir, out_di
             known = torch.as_tensor(case["known"], device=device)
             mask = torch.as_tensor(case["mask"], device=device, dtype=known.dtype)
             first_guess = None
-            if first_guess_kind == "linear":
-                first_guess = torch.as_tensor(linear_first_guess(
-                    case["known"], case["mask"], fields.valid), device=device)
+            if first_guess_kind != "none":
+                first_guess = first_guess_batch(first_guess_kind, known[None],
+                                                case["mask"][None], fields.valid)[0]
             # a model trained without noise has no error channel: it treats every observation
             # as exact, and the samplers impose them all
             error = (torch.as_tensor(case["error"], device=device, dtype=known.dtype)
@@ -722,33 +758,46 @@ def _network_evals(cfg: DensifyConfig) -> int:
 # evaluation
 # ------------------------------------------------------------------------------------------
 def _run_baseline(name: str, known: np.ndarray, mask: np.ndarray, valid: np.ndarray,
-                  history: np.ndarray | None, rng: np.random.Generator, *,
+                  extra: np.ndarray | None, rng: np.random.Generator, *,
                   kriging_max_obs: int = 2000) -> np.ndarray:
     """One baseline on z-scored ``(T, C, H, W)`` observations -> ``(T, C, H, W)`` z-scores
-    (NaN on land; climatology 0 where a method has nothing to work from)."""
+    (NaN on land; climatology 0 where a method has nothing to work from).
+
+    nearest, linear, kriging (ordinary, fitted exponential covariance) and oi (the same
+    fitted covariance about a known zero mean) fill each frame from its own observations;
+    ``linear`` and ``normalised`` are also the two first guesses alone (the "first guess
+    only" rows beside a model trained on either).
+    DINEOF fills the ``T`` frames together, cross-validating on their observed points;
+    ``extra`` ``(T', C, H, W)`` z-scores (NaN where unobserved) are more frames added to its
+    stack: neighbouring frames of the period with their own observations, or fully observed
+    history (which its cross-validation never holds out)."""
     from geoft.diffusion import baselines as bl
 
     t_count, n_ch = known.shape[:2]
     out = np.zeros(known.shape, np.float64)
-    if name == "dineof":
+    if name == "normalised":
+        out = np.stack([first_guess_np("normalised", np.where(mask[t], known[t], 0.0),
+                                       mask[t], valid) for t in range(t_count)])
+    elif name == "dineof":
         for c in range(n_ch):
-            frames = np.where(mask[:, c], known[:, c], np.nan)
-            if history is not None and history.shape[0]:
-                frames = np.concatenate([history[:, c], frames])
+            frames = np.where(mask[:, c] & valid[c], known[:, c], np.nan)
+            if extra is not None and extra.shape[0]:
+                frames = np.concatenate([frames, extra[:, c]])
             if frames.shape[0] < 2 or not np.isfinite(frames[:, valid[c]]).any():
                 continue
-            filled = bl.dineof(frames, valid[c], rng=rng)
-            out[:, c] = filled[-t_count:]
+            out[:, c] = bl.dineof(frames, valid[c], rng=rng)[:t_count]
     else:
         fill = {"nearest": bl.griddata_nearest, "linear": bl.griddata_linear,
                 # exponential variogram: a fitted Matern drifts to a near-Gaussian
                 # smoothness (nu ~ 26 here) and its kriging weights explode on cloud gaps
                 "kriging": lambda f, m, v: bl.kriging(f, m, v, model="exponential",
-                                                      max_obs=kriging_max_obs, rng=rng)}[name]
+                                                      max_obs=kriging_max_obs, rng=rng),
+                "oi": lambda f, m, v: bl.oi(f, m, v, model="exponential",
+                                            max_obs=kriging_max_obs, rng=rng)}[name]
         for t in range(t_count):
             for c in range(n_ch):
                 use = mask[t, c] & valid[c]
-                if use.sum() < (3 if name != "kriging" else 10):
+                if use.sum() < (10 if name in ("kriging", "oi") else 3):
                     continue  # too few points for a triangulation / variogram: climatology
                 try:
                     out[t, c] = fill(known[t, c], use, valid[c])
@@ -758,14 +807,46 @@ def _run_baseline(name: str, known: np.ndarray, mask: np.ndarray, valid: np.ndar
     return np.where(valid[None], np.nan_to_num(out), np.nan)
 
 
+def _dineof_neighbour_frames(store, fields: "StoreFields", cfg: DensifyConfig,
+                             times) -> np.ndarray | None:
+    """OSSE: the ``cfg.dineof_neighbours`` eval-split times on each side of every evaluated
+    time (the evaluated ones excluded), observed as the evaluated ones were --
+    ``cfg.test_mask()``, each with its own seeded mask, plus ``cfg.test_noise`` -- as
+    ``(T', C, H, W)`` z-scores, NaN where unobserved; None when there are none. Their truth
+    is read only at their own observed pixels."""
+    import pandas as pd
+
+    from geoft.diffusion.masks import observation_mask
+
+    split = np.asarray(store.indices(cfg.eval_split))
+    at = pd.DatetimeIndex(store.times).get_indexer(pd.DatetimeIndex(times))
+    at = at[at >= 0]
+    pos = np.searchsorted(split, at)
+    n = cfg.dineof_neighbours
+    picks = sorted({int(split[p + d]) for p in pos for d in range(-n, n + 1)
+                    if d and 0 <= p + d < split.size} - {int(i) for i in at})
+    spec = cfg.test_mask()
+    frames = []
+    for i in picks:
+        rng = np.random.default_rng([cfg.seed, 13, i])
+        truth_valid = fields.valid_at(i)
+        mask = observation_mask(spec.kind, fields.shape, spec.test_occlusion, rng,
+                                channels=spec.channels, valid=truth_valid)
+        noise = cfg.test_noise * rng.standard_normal(fields.shape) if cfg.test_noise else 0.0
+        frames.append(np.where(mask & truth_valid, fields.read(i) + noise, np.nan))
+    return np.stack(frames).astype(np.float64) if frames else None
+
+
 def evaluate_reconstruction(store_path, cfg: DensifyConfig | dict | None, reconstruction,
                             out_dir, *, progress: bool = True) -> dict[str, Any]:
     """Score a densify netCDF (with truth) and the baselines on the same observations.
 
     Hidden ocean pixels only: RMSE and bias of every method, plus CRPS and spread-skill of the
     diffusion ensemble (when members were kept), and the effective resolution. Baselines:
-    ``cfg.baselines`` (nearest, linear, kriging per frame; DINEOF over the stack of the
-    reconstructed frames preceded by ``cfg.dineof_history`` fully observed train frames).
+    ``cfg.baselines`` (nearest, linear, kriging and OI per frame; DINEOF over the stack of
+    the evaluated frames with their observations, plus, in OSSE mode,
+    ``cfg.dineof_neighbours`` observed frames on each side of each and, when asked,
+    ``cfg.dineof_history`` fully observed train frames; see :func:`_run_baseline`).
     Writes ``evaluation.csv``, ``evaluation.md``, ``evaluation.json`` and, with
     ``cfg.figures``, ``figures/<channel>.png`` into ``out_dir`` (each atomically). Returns
     ``{"table": DataFrame, "markdown": str, "paths": {...}}``.
@@ -802,17 +883,23 @@ def evaluate_reconstruction(store_path, cfg: DensifyConfig | dict | None, recons
     valid = fields.valid
     hidden = (~observed) & valid[None] & np.isfinite(truth)  # gaps in the truth never count
     known_z = np.nan_to_num(fields.normalise(np.nan_to_num(known_phys)))
-    history = None
+    extra = []  # DINEOF's frames beyond the evaluated ones
+    if "dineof" in cfg.baselines and cfg.dineof_neighbours and \
+            ds.attrs.get("geoft_mode") == "osse":
+        neighbours = _dineof_neighbour_frames(store, fields, cfg, times)
+        if neighbours is not None:
+            extra.append(neighbours)
     if "dineof" in cfg.baselines and cfg.dineof_history:
         train_idx = store.indices("train")[-cfg.dineof_history:]
-        history = np.stack([fields.read(i) for i in train_idx]).astype(np.float64)
-        history = np.where(valid[None], history, np.nan)
+        history = np.stack([fields.read(int(i)) for i in train_idx]).astype(np.float64)
+        extra.append(np.where(valid[None], history, np.nan))
+    extra = np.concatenate(extra) if extra else None
     rng = np.random.default_rng(cfg.seed)
     dx_km = grid_dx_km(store)
     methods: dict[str, np.ndarray] = {"diffusion": mean}
     with progress_task(progress, "densify: baselines", len(cfg.baselines)) as bar:
         for name in cfg.baselines:
-            z = _run_baseline(name, known_z, observed, valid, history, rng,
+            z = _run_baseline(name, known_z, observed, valid, extra, rng,
                               kriging_max_obs=cfg.kriging_max_obs)
             methods[name] = fields.denormalise(np.nan_to_num(z))
             bar.advance()
