@@ -75,7 +75,7 @@ def test_along_track_file_needs_a_mapping_and_an_error(tmp_path):
     assert table["level"].isna().all() and set(table["variable"]) == {"zos"}
     # through the generic reader: the file's rows land on the grid
     op, y, _, report = obs.observations_from_table(
-        obs._read_table(path, {"sla_filtered": "zos"}, {"zos": 0.03})[0],
+        obs.read_table(path, {"sla_filtered": "zos"}, {"zos": 0.03})[0],
         LatLonGrid(LAT, LON), ["zos"])
     assert report["n_used"] == n and op.n_obs == n
 

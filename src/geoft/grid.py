@@ -277,7 +277,7 @@ class LatLonGrid(Grid):
     def fractional_index(self, lat, lon) -> tuple[np.ndarray, np.ndarray]:
         lat = np.asarray(lat, np.float64).ravel()
         lon = np.asarray(lon, np.float64).ravel()
-        fy = _fractional(self._lat, lat)
+        fy = fractional_position(self._lat, lat)
         # longitudes unwrapped eastwards from the first column: a box across 0 E is monotonic
         glon = np.mod(self._lon - self._lon[0], 360.0)
         olon = np.mod(lon - self._lon[0], 360.0)
@@ -289,7 +289,7 @@ class LatLonGrid(Grid):
         # beyond the east edge: nearer the east or (wrapped) the west edge
         east = olon > glon[-1]
         olon = np.where(east & (olon - glon[-1] > 360.0 - olon), olon - 360.0, olon)
-        return fy, _fractional(glon, olon)
+        return fy, fractional_position(glon, olon)
 
     def cell_areas_km2(self) -> np.ndarray:
         # band area (sin(upper) - sin(lower)) times the longitude width of each column: the
@@ -329,8 +329,8 @@ class ProjectedGrid(Grid):
         to_crs = Transformer.from_crs("EPSG:4326", self.crs, always_xy=True)
         x, y = to_crs.transform(np.where(lon > 180, lon - 360, lon), lat)
         to_m = _axis_metres(self.crs)
-        return (_fractional(self.y, np.asarray(y) / to_m),
-                _fractional(self.x, np.asarray(x) / to_m))
+        return (fractional_position(self.y, np.asarray(y) / to_m),
+                fractional_position(self.x, np.asarray(x) / to_m))
 
     def cell_areas_km2(self) -> np.ndarray:
         """``dx * dy / areal_scale``: the projected cell area divided by the projection's areal
@@ -382,7 +382,7 @@ class PointGrid(Grid):
         return super().cell_radius_km()
 
 
-def _fractional(coord: np.ndarray, values: np.ndarray) -> np.ndarray:
+def fractional_position(coord: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Fractional index of ``values`` on the monotonic 1-D ``coord`` (either direction),
     clipped to ``[0, n - 1]``."""
     coord = np.asarray(coord, np.float64)

@@ -21,6 +21,11 @@ class UNetOptions(Strict):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
+def _as_range(v: float | tuple[float, float] | list[float]) -> tuple[float, float]:
+    """A value or a ``[low, high]`` pair as ``(low, high)`` floats."""
+    return (float(v), float(v)) if isinstance(v, (int, float)) else (float(v[0]), float(v[1]))
+
+
 class MaskOptions(Strict):
     """One way of observing for training pairs (and the OSSE): ``kind`` (pixels, tracks,
     clouds, argo), ``occlusion`` = share of pixels hidden, a value or a ``[low, high]`` range
@@ -40,7 +45,7 @@ class MaskOptions(Strict):
     @field_validator("occlusion")
     @classmethod
     def _check_occlusion(cls, v):
-        low, high = (v, v) if isinstance(v, (int, float)) else v
+        low, high = _as_range(v)
         if not (0.0 <= low <= high < 1.0):
             raise ValueError("occlusion must satisfy 0 <= low <= high < 1")
         return v
@@ -48,15 +53,14 @@ class MaskOptions(Strict):
     @field_validator("noise")
     @classmethod
     def _check_noise(cls, v):
-        low, high = (v, v) if isinstance(v, (int, float)) else v
+        low, high = _as_range(v)
         if not (0.0 <= low <= high):
             raise ValueError("noise must satisfy 0 <= low <= high (standard deviations)")
         return v
 
     @property
     def noise_range(self) -> tuple[float, float]:
-        n = self.noise
-        return (float(n), float(n)) if isinstance(n, (int, float)) else (float(n[0]), float(n[1]))
+        return _as_range(self.noise)
 
     @field_validator("eval_occlusion")
     @classmethod
@@ -67,8 +71,7 @@ class MaskOptions(Strict):
 
     @property
     def occlusion_range(self) -> tuple[float, float]:
-        o = self.occlusion
-        return (float(o), float(o)) if isinstance(o, (int, float)) else (float(o[0]), float(o[1]))
+        return _as_range(self.occlusion)
 
     @property
     def test_occlusion(self) -> float:

@@ -271,12 +271,8 @@ def first_guess_np(kind: str, known: np.ndarray, mask: np.ndarray, valid: np.nda
         return linear_first_guess(known, mask, valid)
     import torch
 
-    from geoft.diffusion.firstguess import normalised_first_guess
-
-    with torch.no_grad():
-        return normalised_first_guess(torch.as_tensor(np.asarray(known, np.float32))[None],
-                                      torch.as_tensor(np.asarray(mask, bool))[None],
-                                      torch.as_tensor(np.asarray(valid, bool)))[0].numpy()
+    return first_guess_batch(kind, torch.as_tensor(np.asarray(known, np.float32))[None],
+                             np.asarray(mask, bool)[None], valid)[0].numpy()
 
 
 def first_guess_batch(kind: str, obs: "torch.Tensor", masks: np.ndarray, valid: np.ndarray
@@ -776,8 +772,10 @@ def _run_baseline(name: str, known: np.ndarray, mask: np.ndarray, valid: np.ndar
     t_count, n_ch = known.shape[:2]
     out = np.zeros(known.shape, np.float64)
     if name == "normalised":
-        out = np.stack([first_guess_np("normalised", np.where(mask[t], known[t], 0.0),
-                                       mask[t], valid) for t in range(t_count)])
+        import torch
+
+        out = first_guess_batch("normalised", torch.as_tensor(
+            np.where(mask, known, 0.0).astype(np.float32)), mask, valid).numpy()
     elif name == "dineof":
         for c in range(n_ch):
             frames = np.where(mask[:, c] & valid[c], known[:, c], np.nan)

@@ -149,6 +149,10 @@ class PointObservations(ObservationOperator):
         mask[self.channel_idx, self.iy, self.ix] = True
         return mask
 
+    def with_channels(self, perm: np.ndarray) -> "PointObservations":
+        """The same observations with channel ``c`` renamed ``perm[c]``."""
+        return PointObservations(np.asarray(perm)[self.channel_idx], self.iy, self.ix)
+
 
 class InterpolatedObservations(ObservationOperator):
     """Observations that are weighted sums of pixels: observation ``m`` is
@@ -202,11 +206,8 @@ class InterpolatedObservations(ObservationOperator):
 
     def with_channels(self, perm: np.ndarray) -> "InterpolatedObservations":
         """The same operator with channel ``c`` renamed ``perm[c]``."""
-        perm = np.asarray(perm)
-        near = self.nearest
-        return InterpolatedObservations(perm[self.channel], self.iy, self.ix, self.weight,
-                                        PointObservations(perm[near.channel_idx], near.iy,
-                                                          near.ix))
+        return InterpolatedObservations(np.asarray(perm)[self.channel], self.iy, self.ix,
+                                        self.weight, self.nearest.with_channels(perm))
 
     def describe(self) -> str:
         return f"Interpolated(M={self.n_obs}, terms<={self.weight.shape[1]})"
@@ -547,9 +548,8 @@ def read_netcdf_observations(path, variables: Mapping[str, str] | None = None,
                 parts["time"] = ds[time_name]
             if level_name is not None and set(ds[level_name].dims) <= set(data.dims):
                 parts["level"] = ds[level_name]
-            qc_name = next((q for q in (f"{name}_QC",) if q in ds.variables), None)
-            if qc_name is not None:
-                parts["qc"] = ds[qc_name]
+            if f"{name}_QC" in ds.variables:
+                parts["qc"] = ds[f"{name}_QC"]
             err_name = next((e for e in (f"{name}_ERROR", f"{name}_ADJUSTED_ERROR",
                                          f"{name}_error") if e in ds.variables), None)
             if err_name is not None:
@@ -580,7 +580,7 @@ def read_netcdf_observations(path, variables: Mapping[str, str] | None = None,
     return table
 
 
-def _read_table(table: "pd.DataFrame | str | Path", variables: Mapping[str, str] | None = None,
+def read_table(table: "pd.DataFrame | str | Path", variables: Mapping[str, str] | None = None,
                 errors: Mapping[str, float] | None = None
                 ) -> tuple["pd.DataFrame", str, int]:
     """-> (frame, name for messages, offset from 0-based row to the user's line number)."""
@@ -689,7 +689,7 @@ def observations_from_table(table: "pd.DataFrame | str | Path", grid,
     surrounding pixels and linearly between the two surrounding levels
     (:class:`InterpolatedObservations`; land pixels get weight 0, the rest renormalised).
     ``source``, ``line_offset``: the file name for messages and the offset from a 0-based row
-    to its line, when ``table`` is a DataFrame read from a file (:func:`_read_table`).
+    to its line, when ``table`` is a DataFrame read from a file (:func:`read_table`).
 
     Returns ``(operator, y (M,), sigma_y (M,),
     report)`` with ``y`` and ``sigma_y`` float64 in normalised units and ``report`` a JSON-able
@@ -697,7 +697,7 @@ def observations_from_table(table: "pd.DataFrame | str | Path", grid,
     """
     import pandas as pd
 
-    frame, read_source, read_offset = _read_table(table)
+    frame, read_source, read_offset = read_table(table)
     source = source or read_source
     line_offset = read_offset if line_offset is None else line_offset
     frame = frame.rename(columns={c: str(c).strip().lower() for c in frame.columns})
@@ -887,7 +887,7 @@ def _interpolated(nearest: PointObservations, grid, layout, names, lat, lon, lev
                   valid_mask) -> "InterpolatedObservations | PointObservations":
     """Bilinear-in-space, linear-in-level operator of observations whose nearest pixels are
     ``nearest`` (every one of them valid)."""
-    from geoft.grid import _fractional
+    from geoft.grid import fractional_position
 
     found = grid.fractional_index(lat, lon)
     if found is None:
@@ -909,7 +909,7 @@ def _interpolated(nearest: PointObservations, grid, layout, names, lat, lon, lev
         if levels[0] is None or chans.size < 2:
             continue
         sel = names == name
-        fl = _fractional(np.asarray(levels, np.float64), level[sel])
+        fl = fractional_position(np.asarray(levels, np.float64), level[sel])
         l0 = np.clip(np.floor(fl).astype(np.int64), 0, chans.size - 1)
         c0[sel], c1[sel] = chans[l0], chans[np.minimum(l0 + 1, chans.size - 1)]
         wl[sel] = fl - l0

@@ -85,8 +85,7 @@ def table_cases(store, fields: "StoreFields", spec, *, interpolation: str | None
     import pandas as pd
 
     from geoft.diffusion.config import TableObservations
-    from geoft.diffusion.obs import (InterpolatedObservations, PointObservations, _read_table,
-                                     analysis_times, observations_from_table,
+    from geoft.diffusion.obs import (analysis_times, observations_from_table, read_table,
                                      superobservations)
 
     if isinstance(spec, pd.DataFrame):
@@ -94,7 +93,14 @@ def table_cases(store, fields: "StoreFields", spec, *, interpolation: str | None
         spec = TableObservations(table="<DataFrame>")
     else:
         spec = spec if isinstance(spec, TableObservations) else TableObservations(table=str(spec))
-        frame, source, offset = _read_table(spec.table, spec.variables, spec.errors)
+        frame, source, offset = read_table(spec.table, spec.variables, spec.errors)
+    # times parsed once, not once per analysis (rows with unreadable times are left for
+    # observations_from_table to name)
+    column = next((c for c in frame.columns if str(c).strip().lower() == "time"), None)
+    if column is not None:
+        parsed = pd.to_datetime(frame[column], errors="coerce", utc=True)
+        if not parsed.isna().any():
+            frame = frame.assign(**{column: parsed.dt.tz_localize(None)})
     times = ([pd.Timestamp(t) for t in spec.times] if spec.times
              else analysis_times(frame, source, spec.time_window, store.times))
     mapping, stats, perm = channel_mapping(store, fields)
@@ -106,8 +112,7 @@ def table_cases(store, fields: "StoreFields", spec, *, interpolation: str | None
             frame, store.grid, mapping, time=when, valid_mask=fields.valid[perm], stats=stats,
             time_window=spec.time_window, interpolation=interpolation, source=source,
             line_offset=offset)
-        op = (op.with_channels(perm) if isinstance(op, InterpolatedObservations)
-              else PointObservations(perm[op.channel_idx], op.iy, op.ix))
+        op = op.with_channels(perm)
         count = np.ones(op.n_obs, np.int64)
         if superobs:
             op, y, sigma_y, count = superobservations(op, y, sigma_y, errors=spec.superob_error)
