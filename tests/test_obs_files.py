@@ -58,6 +58,21 @@ def test_argo_profile_file_reads_as_rows_with_qc_and_errors(tmp_path):
     assert np.isclose(table["level"], 50).sum() == 3  # the QC-2 sample is kept
 
 
+def test_unreadable_or_all_bad_netcdf_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad_qc.nc"
+    xr.Dataset({"TEMP": (("N_PROF", "N_LEVELS"), np.ones((1, 2))),
+                "TEMP_QC": (("N_PROF", "N_LEVELS"), np.array([[b"4", b"4"]])),
+                "LATITUDE": ("N_PROF", [42.0]), "LONGITUDE": ("N_PROF", [-78.0])}).to_netcdf(bad)
+    with pytest.raises(GeoftError, match="no usable sample of TEMP") as info:
+        obs.read_netcdf_observations(bad, errors={"thetao": 0.1})
+    assert str(bad) in str(info.value)
+    garbage = tmp_path / "garbage.nc"
+    garbage.write_text("not netcdf")
+    with pytest.raises(GeoftError, match="cannot read netCDF") as info:
+        obs.read_table(garbage)
+    assert "\n" not in str(info.value)
+
+
 def test_along_track_file_needs_a_mapping_and_an_error(tmp_path):
     n = 40
     ds = xr.Dataset({"sla_filtered": ("time", np.linspace(-0.1, 0.1, n)),

@@ -518,7 +518,8 @@ def read_netcdf_observations(path, variables: Mapping[str, str] | None = None,
     try:
         ds = xr.open_dataset(path, decode_timedelta=False)
     except (ValueError, OSError) as exc:
-        raise GeoftError(f"cannot read netCDF observation file: {exc}", where=str(path),
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GeoftError(f"cannot read netCDF observation file: {first_line}", where=str(path),
                          fix="check the file (ncdump -h) or convert it to CSV/parquet") from exc
     with ds:
         mapping = dict(variables) if variables else {
@@ -575,6 +576,10 @@ def read_netcdf_observations(path, variables: Mapping[str, str] | None = None,
             frame["variable"] = target
             frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
+    if table.empty:
+        raise GeoftError(f"no usable sample of {', '.join(mapping)}: every value is missing "
+                         "or flagged bad by its QC variable (good: 1, 2)", where=str(path),
+                         fix="check the file's QC flags or use another file")
     if "level" not in table.columns:
         table["level"] = np.nan
     return table
