@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from geoft.diffusion.config import DiffusionTraining, TableObservations, UNetOptions  # noqa: F401
+from geoft.diffusion.config import (DiffusionTraining, ObservingOptions,  # noqa: F401
+                                   TableObservations, UNetOptions)
 from geoft.schema import Strict
 from geoft.errors import GeoftError
 
@@ -49,23 +50,37 @@ class SDAOptions(Strict):
     gamma: float = Field(1e-2, ge=0)
 
 
-class ObservedVariable(Strict):
-    """An OSSE observation of one channel (a name from ``variables``).
+class ObservedVariable(ObservingOptions):
+    """An OSSE observation of one channel (a name from ``variables``), drawn by the observing
+    systems densify trains on (:mod:`geoft.diffusion.masks`).
 
     ``operator``: ``points`` (a ``fraction`` of the ocean pixels, random), ``tracks``
-    (satellite swaths covering about ``fraction`` of the box, ``width`` pixels wide) or
-    ``coarse`` (``factor`` x ``factor`` block means, optionally Gaussian-``smooth``ed first,
-    like an L4 product). ``noise``: observation-error std in units of the variable's
-    normalisation std (0.05 = 5 % of its variability).
+    (altimeter ground tracks: ``days`` of the ``missions``, or passes until about
+    ``fraction`` of the box is seen), ``clouds`` (clear-sky patches covering ``fraction``),
+    ``argo`` (profiles: ``days`` at the real array's density, default 10, or a ``fraction``
+    of the pixels) or ``coarse`` (``factor`` x ``factor`` block means, optionally
+    Gaussian-``smooth``ed first, like an L4 product). ``noise``: observation-error std in
+    units of the variable's normalisation std (0.05 = 5 % of its variability).
     """
 
     variable: str
-    operator: Literal["points", "tracks", "coarse"] = "points"
+    operator: Literal["points", "tracks", "clouds", "argo", "coarse"] = "points"
     fraction: float = Field(0.05, ge=0.0, le=1.0)
-    width: float | None = Field(None, gt=0)
     factor: int = Field(4, ge=1)
     smooth: float | None = Field(None, gt=0)
     noise: float = Field(0.05, gt=0)
+
+    @model_validator(mode="after")
+    def _window(self) -> "ObservedVariable":
+        if self.days is not None:
+            if self.operator not in ("tracks", "argo"):
+                raise ValueError(f"days is a window of tracks or argo, not of {self.operator}")
+            low, high = self.days_range
+            if low != high:
+                raise ValueError("an OSSE observes one window: give days as one value")
+        elif self.operator == "argo" and "fraction" not in self.model_fields_set:
+            self.days = 10.0
+        return self
 
 
 class AssimilateConfig(DiffusionTraining):
@@ -236,7 +251,7 @@ def prior_eps_fn(model, fields: "StoreFields", latlon: bool, parameterization: s
 def _osse_operator(fields: "StoreFields", cfg: AssimilateConfig, truth: np.ndarray,
                    rng: np.random.Generator, truth_valid: np.ndarray | None = None):
     """``(operator, y, sigma_y, observed_pixels (C, H, W) bool, description)`` for one case."""
-    from geoft.diffusion.masks import satellite_tracks
+    from geoft.diffusion.masks import geometry_of, observation_mask
     from geoft.diffusion.obs import (CoarseGrain, PointObservations, Stack, random_points,
                                      simulate_observations)
 
@@ -259,14 +274,20 @@ def _osse_operator(fields: "StoreFields", cfg: AssimilateConfig, truth: np.ndarr
             else:
                 op = random_points(grid, spec.fraction, rng, channels=(c,), valid_mask=valid)
         else:
-            mask = (satellite_tracks(grid, 1.0 - spec.fraction, rng, swath_width=spec.width)
-                    if spec.fraction > 0 else np.zeros(grid, bool)) & valid
+            days = spec.days_range[0] if spec.days is not None else None
+            if days is None and spec.fraction <= 0:
+                mask = np.zeros(grid, bool)
+            else:
+                mask = observation_mask(spec.operator, (1, *grid), 1.0 - spec.fraction
+                                        if days is None else None, rng, valid=valid[None],
+                                        geometry=geometry_of(fields), days=days,
+                                        **spec.observing())[0]
             iy, ix = np.nonzero(mask)
             op = PointObservations(np.full(iy.size, c), iy, ix)
         if op.n_obs == 0:
             raise GeoftError(f"the {spec.operator} observations of {spec.variable} are empty "
                              "(no ocean pixel observed)", where="assimilate.observe",
-                             fix="raise `fraction` or observe another variable")
+                             fix="raise `fraction` or `days`, or observe another variable")
         if isinstance(op, PointObservations):
             observed |= op.observed_mask(fields.shape)
         ops.append(op)

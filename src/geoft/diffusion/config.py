@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from geoft.schema import Strict
 
@@ -26,25 +26,79 @@ def _as_range(v: float | tuple[float, float] | list[float]) -> tuple[float, floa
     return (float(v), float(v)) if isinstance(v, (int, float)) else (float(v[0]), float(v[1]))
 
 
-class MaskOptions(Strict):
+class ObservingOptions(Strict):
+    """How a simulated observing system sees the grid (the one generator in
+    :mod:`geoft.diffusion.masks`, shared by densify and assimilate): ``days``, the window
+    ``tracks`` and ``argo`` observe (a value or a ``[low, high]`` range drawn per training
+    pair; instead of an occlusion/fraction: the real systems' coverage over that time);
+    ``missions``: the altimeters of ``tracks`` (default jason-3, sentinel-3a, sentinel-3b;
+    ``swot`` for its wide swaths); ``footprint_km``: a nadir altimeter's footprint;
+    ``cloud_km``: the size of cloud blobs; ``argo_density``: Argo profiles per 10^6 km2 of
+    ocean and day (about 1 for the real array)."""
+
+    days: float | tuple[float, float] | None = None
+    missions: list[str] | None = None
+    footprint_km: float = Field(7.0, gt=0)
+    cloud_km: float = Field(50.0, gt=0)
+    argo_density: float = Field(1.0, gt=0)
+
+    @field_validator("days")
+    @classmethod
+    def _check_days(cls, v):
+        if v is not None:
+            low, high = _as_range(v)
+            if not 0.0 <= low <= high:
+                raise ValueError("days must satisfy 0 <= low <= high")
+        return v
+
+    @field_validator("missions")
+    @classmethod
+    def _check_missions(cls, v):
+        from geoft.diffusion.masks import MISSIONS
+
+        unknown = [m for m in v or [] if m not in MISSIONS]
+        if unknown:
+            raise ValueError(f"unknown mission(s) {unknown}; choose from {sorted(MISSIONS)}")
+        return v
+
+    @property
+    def days_range(self) -> tuple[float, float] | None:
+        return None if self.days is None else _as_range(self.days)
+
+    def observing(self) -> dict:
+        """The generator options of :func:`geoft.diffusion.masks.observation_mask`."""
+        return {"missions": self.missions, "footprint_km": self.footprint_km,
+                "cloud_km": self.cloud_km, "argo_density": self.argo_density}
+
+
+DEFAULT_OCCLUSION = (0.5, 0.95)
+DEFAULT_ARGO_DAYS = (1.0, 30.0)
+
+
+class MaskOptions(ObservingOptions):
     """One way of observing for training pairs (and the OSSE): ``kind`` (pixels, tracks,
     clouds, argo), ``occlusion`` = share of pixels hidden, a value or a ``[low, high]`` range
-    drawn uniformly per training pair; ``channels``: indices into ``variables`` this kind
-    observes (default all); ``eval_occlusion``: the occlusion of the OSSE test masks
-    (default the middle of the range). ``noise``: the observation error of this kind, in
-    standard deviations of each variable (z-units), a value or a ``[low, high]`` range drawn
-    per training pair; densify adds it to the training observations and conditions on it
-    (0: exact observations)."""
+    drawn uniformly per training pair (default [0.5, 0.95]), or for ``tracks`` and ``argo``
+    a window of ``days`` (argo's default, [1, 30] days at the real array's density);
+    ``channels``: indices into ``variables`` this kind observes (default all);
+    ``eval_occlusion`` / ``eval_days``: the OSSE test masks' (default the middle of the
+    range). ``noise``: the observation error of this kind, in standard deviations of each
+    variable (z-units), a value or a ``[low, high]`` range drawn per training pair; densify
+    adds it to the training observations and conditions on it (0: exact observations).
+    See :class:`ObservingOptions` for missions, footprints, cloud sizes and Argo density."""
 
     kind: Literal["pixels", "tracks", "clouds", "argo"]
-    occlusion: float | tuple[float, float] = (0.5, 0.95)
+    occlusion: float | tuple[float, float] | None = None
     channels: list[int] | None = None
     eval_occlusion: float | None = None
+    eval_days: float | None = Field(None, ge=0.0)
     noise: float | tuple[float, float] = 0.0
 
     @field_validator("occlusion")
     @classmethod
     def _check_occlusion(cls, v):
+        if v is None:
+            return v
         low, high = _as_range(v)
         if not (0.0 <= low <= high < 1.0):
             raise ValueError("occlusion must satisfy 0 <= low <= high < 1")
@@ -57,6 +111,19 @@ class MaskOptions(Strict):
         if not (0.0 <= low <= high):
             raise ValueError("noise must satisfy 0 <= low <= high (standard deviations)")
         return v
+
+    @model_validator(mode="after")
+    def _window(self):
+        if self.days is not None and self.kind not in ("tracks", "argo"):
+            raise ValueError(f"days is a window of tracks or argo, not of {self.kind}: give "
+                             "an occlusion")
+        if self.days is not None and self.occlusion is not None:
+            raise ValueError("give occlusion or days, not both")
+        if self.eval_days is not None and self.days_range is None:
+            raise ValueError("eval_days needs days (a window) on this mask")
+        if self.kind == "argo" and self.occlusion is None and self.days is None:
+            self.days = DEFAULT_ARGO_DAYS
+        return self
 
     @property
     def noise_range(self) -> tuple[float, float]:
@@ -71,14 +138,33 @@ class MaskOptions(Strict):
 
     @property
     def occlusion_range(self) -> tuple[float, float]:
-        return _as_range(self.occlusion)
+        return DEFAULT_OCCLUSION if self.occlusion is None else _as_range(self.occlusion)
 
     @property
-    def test_occlusion(self) -> float:
+    def test_occlusion(self) -> float | None:
+        """The OSSE occlusion (None when this kind observes a window of days)."""
+        if self.days is not None:
+            return None
         if self.eval_occlusion is not None:
             return float(self.eval_occlusion)
         low, high = self.occlusion_range
         return 0.5 * (low + high)
+
+    @property
+    def test_days(self) -> float | None:
+        """The OSSE window in days (None when this kind observes an occlusion)."""
+        if self.days is None:
+            return None
+        if self.eval_days is not None:
+            return float(self.eval_days)
+        low, high = self.days_range
+        return 0.5 * (low + high)
+
+    def describe_test(self) -> dict:
+        """What the OSSE test masks are, for reports."""
+        if self.days is not None:
+            return {"kind": self.kind, "days": self.test_days}
+        return {"kind": self.kind, "occlusion": self.test_occlusion}
 
 
 class TableObservations(Strict):

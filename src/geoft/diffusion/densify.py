@@ -183,8 +183,19 @@ def make_repaint_scheduler(cfg: DensifyConfig):
 # ------------------------------------------------------------------------------------------
 # store access
 # ------------------------------------------------------------------------------------------
-def _mask_sampler(cfg: DensifyConfig, n_channels: int):
-    from geoft.diffusion.masks import MaskChoice, MaskSampler
+def osse_mask(spec: MaskOptions, fields: "StoreFields", rng: np.random.Generator,
+              valid: np.ndarray) -> np.ndarray:
+    """An OSSE test mask of ``spec`` on the store's grid: its ``eval_occlusion`` or
+    ``eval_days`` (the middle of the range by default), only where ``valid``."""
+    from geoft.diffusion.masks import geometry_of, observation_mask
+
+    return observation_mask(spec.kind, fields.shape, spec.test_occlusion, rng,
+                            channels=spec.channels, valid=valid, geometry=geometry_of(fields),
+                            days=spec.test_days, **spec.observing())
+
+
+def _mask_sampler(cfg: DensifyConfig, n_channels: int, fields: "StoreFields | None" = None):
+    from geoft.diffusion.masks import MaskChoice, MaskSampler, geometry_of
 
     choices = []
     for m in cfg.masks:
@@ -193,8 +204,8 @@ def _mask_sampler(cfg: DensifyConfig, n_channels: int):
                              where="densify.masks", fix="index into densify.variables")
         choices.append(MaskChoice(m.kind, m.occlusion_range,
                                   None if m.channels is None else tuple(m.channels),
-                                  m.noise_range))
-    return MaskSampler(choices)
+                                  m.noise_range, m.days_range, m.observing()))
+    return MaskSampler(choices, None if fields is None else geometry_of(fields))
 
 
 # ------------------------------------------------------------------------------------------
@@ -298,7 +309,7 @@ def estimate_residual_scale(fields: "StoreFields", train_indices: np.ndarray,
     pairs drawn with the training masks (own seeded RNG): the unit of the residual the network
     generates. Saved in the checkpoint, so sampling uses the training value."""
     rng = np.random.default_rng([cfg.seed, 23])
-    sampler = _mask_sampler(cfg, fields.shape[0])
+    sampler = _mask_sampler(cfg, fields.shape[0], fields)
     picks = rng.choice(np.asarray(train_indices), size=min(n_pairs, len(train_indices)),
                        replace=False)
     sq = np.zeros(fields.shape[0])
@@ -357,7 +368,7 @@ class ConditionalObjective:
         self.fields = fields
         self.train_indices = np.asarray(train_indices)
         self.scheduler = make_train_scheduler(cfg)
-        self.masks = _mask_sampler(cfg, fields.shape[0])
+        self.masks = _mask_sampler(cfg, fields.shape[0], fields)
         self.device = device
         self.static = torch.as_tensor(static_channels(fields, cfg.latlon), device=device)
         self.valid = torch.as_tensor(fields.valid, device=device)
@@ -638,7 +649,6 @@ def densify(store_path, cfg: DensifyConfig | dict | None, checkpoint_dir, out_di
     import pandas as pd
     import torch
 
-    from geoft.diffusion.masks import observation_mask
     from geoft.progress import progress_task
 
     cfg = load_config(cfg)
@@ -663,21 +673,20 @@ def densify(store_path, cfg: DensifyConfig | dict | None, checkpoint_dir, out_di
             rng = np.random.default_rng([cfg.seed, 11, int(i)])
             truth = fields.read(int(i))
             truth_valid = fields.valid_at(int(i))  # OSSE observations only where truth exists
-            mask = observation_mask(spec.kind, fields.shape, spec.test_occlusion, rng,
-                                    channels=spec.channels, valid=truth_valid)
+            mask = osse_mask(spec, fields, rng, truth_valid)
             sigma = cfg.test_noise
             noise = sigma * rng.standard_normal(fields.shape) if sigma else 0
             known = np.where(mask, truth + noise, 0.0).astype(np.float32)
             cases.append({"time": store.times[int(i)], "known": known, "mask": mask,
                           "error": np.where(mask, sigma, 0.0).astype(np.float32),
                           "truth": np.where(truth_valid, truth, np.nan),
-                          "report": {"kind": spec.kind,
-                                                     "occlusion": spec.test_occlusion}})
+                          "report": spec.describe_test()})
         mode = "osse"
     for case in cases:
         if not case["mask"].any():
             raise GeoftError(f"no observation at {case['time']}", where="densify",
-                             fix="lower the occlusion or check the observation table")
+                             fix="lower the occlusion, lengthen the window (eval_days) or "
+                                 "check the observation table")
     static = torch.as_tensor(static_channels(fields, cfg.latlon), device=device)
     valid = torch.as_tensor(fields.valid, device=device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -814,8 +823,6 @@ def _dineof_neighbour_frames(store, fields: "StoreFields", cfg: DensifyConfig,
     is read only at their own observed pixels."""
     import pandas as pd
 
-    from geoft.diffusion.masks import observation_mask
-
     split = np.asarray(store.indices(cfg.eval_split))
     at = pd.DatetimeIndex(store.times).get_indexer(pd.DatetimeIndex(times))
     at = at[at >= 0]
@@ -828,8 +835,7 @@ def _dineof_neighbour_frames(store, fields: "StoreFields", cfg: DensifyConfig,
     for i in picks:
         rng = np.random.default_rng([cfg.seed, 13, i])
         truth_valid = fields.valid_at(i)
-        mask = observation_mask(spec.kind, fields.shape, spec.test_occlusion, rng,
-                                channels=spec.channels, valid=truth_valid)
+        mask = osse_mask(spec, fields, rng, truth_valid)
         noise = cfg.test_noise * rng.standard_normal(fields.shape) if cfg.test_noise else 0.0
         frames.append(np.where(mask & truth_valid, fields.read(i) + noise, np.nan))
     return np.stack(frames).astype(np.float64) if frames else None
