@@ -2,7 +2,9 @@
 
 Measures, in one run on a synthetic prepared store (geoft.testing.make_tiny_store):
 
-* training throughput of the conditional UNet (samples/s, steady state from metrics.jsonl);
+* training throughput of the conditional UNet (samples/s, steady state from metrics.jsonl)
+  and the share of the step time spent waiting for data (``data_wait``: the loader's workers,
+  ``--workers``, read the samples and draw masks and the linear first guess; goal < 5 %);
 * reconstruction cost: seconds per member per DDIM step, for each DDIM step count;
 * DDIM steps vs quality: RMSE of the ensemble mean on hidden ocean pixels (in standard
   deviations, averaged over channels) and CRPS, next to nearest/linear interpolation on the
@@ -13,6 +15,11 @@ The defaults run on 2 CPU cores in a few minutes; raise ``--train-steps`` and th
 
     python bench/diffusion.py --help
     python bench/diffusion.py --train-steps 300 --ddim-steps 10,25,50,100
+    # GPU size: 5 channels of 128 x 128, clouds, batch 32, 4 loader workers
+    python bench/diffusion.py --device cuda --n-lat 128 --n-lon 128 \
+        --variables zos,thetao:0,thetao:1,so:0,so:1 --channels 64,128,256,256 \
+        --batch-size 32 --train-steps 400 --workers 4 --first-guess normalised \
+        --ddim-steps 50 --n-samples 4
 """
 
 from __future__ import annotations
@@ -47,6 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="observation mask kind for training and the test")
     p.add_argument("--occlusion", type=float, default=0.8,
                    help="share of pixels hidden in the test masks (training: 0.5-0.95)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="DataLoader worker processes for training pairs (densify.num_workers)")
+    p.add_argument("--first-guess", default="none", choices=["none", "linear", "normalised"],
+                   help="densify.first_guess")
     p.add_argument("--ddim-steps", default="10,25,50,100", help="DDIM step counts to compare")
     p.add_argument("--sampler", default="ddim", choices=["ddim", "ddim+clamp", "repaint"])
     p.add_argument("--members", type=int, default=4)
@@ -118,7 +129,8 @@ def main(argv=None) -> int:
         masks=[{"kind": args.mask, "occlusion": [0.5, 0.95]}],
         eval_mask={"kind": args.mask, "occlusion": args.occlusion}, members=args.members,
         n_samples=args.n_samples, sampler=args.sampler, keep_members=True,
-        baselines=["nearest", "linear"], figures=False, device=args.device)
+        baselines=["nearest", "linear"], figures=False, device=args.device,
+        num_workers=args.workers, first_guess=args.first_guess)
     print(f"store {store} grid {args.n_lat}x{args.n_lon}, channels {variables}, "
           f"torch threads {torch.get_num_threads()}", flush=True)
 
@@ -128,6 +140,7 @@ def main(argv=None) -> int:
     records = [json.loads(x) for x in (work / "densify-model" / "metrics.jsonl").read_text()
                .splitlines()]
     steady = [r["samples_per_s"] for r in records[len(records) // 4:]] or [np.nan]
+    waits = [r["data_wait"] for r in records[len(records) // 4:]] or [np.nan]
     print(f"trained {train['step']} steps in {time.perf_counter() - t0:.1f} s; loss "
           f"{records[0]['loss']:.3f} -> {records[-1]['loss']:.3f}", flush=True)
 
@@ -160,10 +173,12 @@ def main(argv=None) -> int:
     device = "cuda" if (args.device == "auto" and torch.cuda.is_available()) else args.device
     print()
     print(f"training: {np.median(steady):.1f} samples/s (median of the steady-state log, batch "
-          f"{args.batch_size}, device {device})")
+          f"{args.batch_size}, device {device}); waiting for data {100 * np.median(waits):.1f} "
+          f"% of the step time ({args.workers} loader workers, first guess {args.first_guess})")
     print(table.to_markdown(index=False, floatfmt=".4g"))
     if args.json:
         args.json.write_text(json.dumps({"train_samples_per_s": float(np.median(steady)),
+                                         "data_wait": float(np.median(waits)),
                                          "rows": table.to_dict(orient="records")}, indent=1,
                                         default=float))
     return 0

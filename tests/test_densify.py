@@ -169,16 +169,48 @@ def test_training_reduces_loss(trained):
         "model.pt", "ema.pt", "trainer.pt", "model_config.json"}
 
 
-def _trainer(tmp: Path, fields, idx, steps: int) -> Trainer:
-    """The densify model on the training engine, as train_densifier sets it up."""
-    cfg = tiny_cfg(steps=steps, checkpoint_every=3, log_every=1)
+def _trainer(tmp: Path, fields, idx, steps: int, **kw) -> Trainer:
+    """The densify model on the training engine, as train_densifier sets it up (samples read
+    and masked by the loader: keyed TrainingPairs)."""
+    cfg = tiny_cfg(steps=steps, checkpoint_every=3, log_every=1, **kw)
     torch.manual_seed(123)  # same initial weights for every trainer
     model, kwargs = D.build_model(3, D.static_channels(fields, True).shape[0],
-                                  fields.shape[1:], cfg.model)
+                                  fields.shape[1:], cfg.model,
+                                  first_guess=cfg.first_guess != "none",
+                                  obs_error=any(m.noise_range[1] > 0 for m in cfg.masks))
     spec = DiffusionSpec("diffusion-densify", model, kwargs,
                          lambda device: D.ConditionalObjective(fields, idx, cfg, device),
-                         len(idx), {"channels": fields.names})
+                         len(idx), {"channels": fields.names},
+                         pairs=D.training_pairs(fields, np.asarray(idx), cfg))
     return Trainer(spec, D.engine_config(cfg), tmp, progress=False)
+
+
+def test_loader_workers_draw_the_same_training_pairs(store, tmp_path):
+    """Masks, observation noise and the linear first guess are drawn in DataLoader workers,
+    seeded per (epoch, sample): 2 workers train exactly the weights the main process does, and
+    the metrics say how long the step waited for data."""
+    st, fields = D.open_fields(store, VARIABLES, where="test")
+    idx = st.indices("train")
+    kw = dict(first_guess="linear", masks=[{"kind": "tracks", "occlusion": [0.6, 0.9],
+                                            "noise": [0.0, 0.2]},
+                                           {"kind": "clouds", "occlusion": [0.5, 0.9]}])
+    inline = _trainer(tmp_path / "a", fields, idx, 4, num_workers=0, **kw)
+    inline.fit(resume=False)
+    workers = _trainer(tmp_path / "b", fields, idx, 4, num_workers=2, **kw)
+    assert workers.config.num_workers == 2
+    workers.fit(resume=False)
+    workers.close()
+    for (name, a), b in zip(inline.model.state_dict().items(),
+                            workers.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    lines = [json.loads(x) for x in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
+    assert all(0.0 <= line["data_wait"] <= 1.0 for line in lines)
+    # the key decides the pair: same key, same mask; another epoch, another mask
+    pairs = D.training_pairs(fields, np.asarray(idx), tiny_cfg(**kw))
+    a, b, c = pairs[(0, 5)], pairs[(0, 5)], pairs[(1, 5)]
+    assert np.array_equal(a["mask"], b["mask"]) and np.array_equal(a["x0"], c["x0"])
+    assert not np.array_equal(a["mask"], c["mask"])
+    assert a["first_guess"].shape == a["x0"].shape
 
 
 def test_exact_resume_after_interruption(store, tmp_path):

@@ -117,7 +117,7 @@ KINDS = {"aurora": aurora_spec, "aurora-replay": aurora_replay_spec,
 
 
 def _metrics(run: Path) -> list[dict]:
-    drop = ("seconds", "samples_per_s")
+    drop = ("seconds", "samples_per_s", "data_wait")  # timings
     return [{k: v for k, v in json.loads(line).items() if k not in drop}
             for line in (run / "metrics.jsonl").read_text().splitlines()]
 

@@ -46,7 +46,7 @@ def read_metrics(run_dir):
 
 def without_seconds(lines):
     """Metric lines without their timing fields (wall clock, throughput)."""
-    return [{k: v for k, v in line.items() if k not in ("seconds", "samples_per_s")}
+    return [{k: v for k, v in line.items() if k not in ("seconds", "samples_per_s", "data_wait")}
             for line in lines]
 
 

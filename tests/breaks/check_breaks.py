@@ -40,6 +40,11 @@ class Break:
 
 
 BREAKS: tuple[Break, ...] = (
+    Break("training masks seeded by the sample only: the same mask every epoch",
+          "src/geoft/diffusion/unet.py",
+          "rng = np.random.default_rng([self.seed, 31, int(epoch), int(i)])",
+          "rng = np.random.default_rng([self.seed, 31, int(i)])",
+          ("tests/test_densify.py",)),
     Break("ground tracks drift east (Earth turning the wrong way)",
           "src/geoft/diffusion/masks.py",
           "- mission.earth_deg_per_day * np.asarray(t_days, np.float64)",

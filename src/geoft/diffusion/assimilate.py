@@ -143,13 +143,21 @@ class PriorObjective:
         self.parameterization = parameterization
 
     def __call__(self, model, idx, rng, generator):
+        """The loss on the training samples at positions ``idx``, read here."""
+        from geoft.diffusion.unet import TrainingPairs, pairs_batch
+
+        return self.batch_loss(model, pairs_batch(
+            TrainingPairs(self.fields, self.train_indices, 0), idx, rng), generator)
+
+    def batch_loss(self, model, batch, generator):
+        """The loss on a batch of :class:`~geoft.diffusion.unet.TrainingPairs` (``x0`` and
+        ``valid``, read in the loader's workers)."""
         import torch
 
         from geoft.diffusion.unet import masked_mse, v_target
 
-        times = self.train_indices[idx]
-        x0 = torch.as_tensor(self.fields.read_many(times), device=self.device)
-        weight = torch.as_tensor(self.fields.valid_many(times), device=self.device)
+        x0 = batch["x0"].to(self.device, non_blocking=True)
+        weight = batch["valid"].to(self.device, non_blocking=True)
         t = torch.rand(x0.shape[0], generator=generator, device=self.device)
         eps = torch.randn(x0.shape, generator=generator, device=self.device)
         x_t, _ = self.schedule.perturb(x0, t, eps)
@@ -188,7 +196,7 @@ def train_prior(store_path, cfg: AssimilateConfig | dict | None, out_dir, *,
     per-pixel train mean in z-scores, the reference the analysis must beat) and
     ``config.json`` to ``out_dir``. Returns the trainer summary."""
     from geoft.diffusion.reconstruction import open_fields, static_channels
-    from geoft.diffusion.unet import DiffusionSpec, train_diffusion
+    from geoft.diffusion.unet import DiffusionSpec, TrainingPairs, train_diffusion
     from geoft.io import atomic_write, atomic_write_json
 
     cfg = load_config(cfg)
@@ -213,7 +221,7 @@ def train_prior(store_path, cfg: AssimilateConfig | dict | None, out_dir, *,
         "diffusion-prior", model, kwargs,
         lambda device: PriorObjective(fields, train_idx, cfg.latlon, device,
                                       cfg.parameterization),
-        len(train_idx), meta)
+        len(train_idx), meta, pairs=TrainingPairs(fields, np.asarray(train_idx), cfg.seed))
     summary = train_diffusion(spec, cfg, out_dir, progress=progress, resume=resume,
                               stop_at=stop_at, description="assimilate: training prior")
     summary["channels"] = fields.names

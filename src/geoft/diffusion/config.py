@@ -233,6 +233,10 @@ class DiffusionTraining(Strict):
     checkpoint_every: int = Field(250, ge=1)
     log_every: int = Field(25, ge=1)
     cache: bool = True  # keep read samples in memory (only if the selection fits 2 GiB)
+    # DataLoader processes that read samples and draw their observation masks (and the linear
+    # first guess) ahead of the training step; None: 0 on the CPU (the cores train), 4 on a GPU.
+    # Each keeps its own sample cache.
+    num_workers: int | None = Field(None, ge=0)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU "
@@ -242,12 +246,19 @@ class DiffusionTraining(Strict):
 def engine_config(cfg: DiffusionTraining):
     """The training engine's :class:`~geoft.training.config.TrainConfig` for a diffusion
     section: no validation split (the score is the reconstruction's evaluation), the two
-    newest checkpoints kept, data read in the training process (samples are cached)."""
+    newest checkpoints kept, ``num_workers`` loader processes (default: 0 on the CPU, 4 on a
+    GPU)."""
     from geoft.training.config import TrainConfig
+    from geoft.training.engine import resolve_device
+
+    workers = cfg.num_workers
+    if workers is None:
+        workers = 4 if resolve_device(cfg.device).type == "cuda" else 0
 
     return TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                        weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
                        grad_clip=cfg.grad_clip or None, ema_decay=cfg.ema_decay,
                        checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
-                       keep_checkpoints=2, num_workers=0, seed=cfg.seed, device=cfg.device,
+                       keep_checkpoints=2, num_workers=workers, seed=cfg.seed,
+                       device=cfg.device,
                        cpu_threads=cfg.cpu_threads, val_every=10**9)

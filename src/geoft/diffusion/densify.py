@@ -299,6 +299,7 @@ def first_guess_batch(kind: str, obs: "torch.Tensor", masks: np.ndarray, valid: 
             return normalised_first_guess(obs, torch.as_tensor(masks, device=obs.device),
                                           torch.as_tensor(valid, device=obs.device))
     obs_np = obs.cpu().numpy()
+    masks = masks.cpu().numpy() if torch.is_tensor(masks) else np.asarray(masks, bool)
     return torch.as_tensor(np.stack([linear_first_guess(obs_np[b] * masks[b], masks[b], valid)
                                      for b in range(obs_np.shape[0])]), device=obs.device)
 
@@ -379,32 +380,41 @@ class ConditionalObjective:
         if cfg.first_guess != "none" and residual_scale is None:
             residual_scale = estimate_residual_scale(fields, self.train_indices, cfg)
         self.residual_scale = residual_scale if cfg.first_guess != "none" else None
+        self.pairs = training_pairs(fields, self.train_indices, cfg, self.masks)
 
     def __call__(self, model, idx, rng, generator):
+        """The loss on the training samples at positions ``idx``, read and masked here."""
+        from geoft.diffusion.unet import pairs_batch
+
+        return self.batch_loss(model, pairs_batch(self.pairs, idx, rng), generator)
+
+    def batch_loss(self, model, batch, generator):
+        """The loss on a batch of :class:`~geoft.diffusion.unet.TrainingPairs` (read and
+        masked in the loader's workers): first guess (normalised: batched here on the device),
+        noise, timestep, network, masked squared error."""
         import torch
 
         from geoft.diffusion.unet import masked_mse, v_target
 
-        times = self.train_indices[idx]
-        x0 = torch.as_tensor(self.fields.read_many(times), device=self.device)
-        # observation masks only where the truth exists (the static mask, and gaps)
-        valid_b = self.fields.valid_many(times)
-        drawn = [self.masks.draw(self.fields.shape, rng, v) for v in valid_b]
-        masks = np.stack([m for m, _ in drawn])
-        weight = torch.as_tensor(valid_b, device=self.device)
-        mask = torch.as_tensor(masks, device=self.device, dtype=x0.dtype)
+        def dev(name, dtype=None):
+            return batch[name].to(self.device, dtype=dtype, non_blocking=True)
+
+        x0 = dev("x0")
+        weight = dev("valid")
+        mask = dev("mask", x0.dtype)
+        obs = dev("obs")
+        error = dev("error") if self.obs_error else None
         noise = torch.randn(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (x0.shape[0],),
                           generator=generator, device=self.device)
-        obs, error = x0, None
-        if self.obs_error:  # observations with their error; the target stays the truth
-            error = torch.as_tensor(np.stack([e for _, e in drawn]), device=self.device)
-            obs = x0 + error * torch.randn(x0.shape, generator=generator,
-                                           device=self.device, dtype=x0.dtype)
         first_guess = None
         target_field = x0
         if self.first_guess != "none":
-            first_guess = first_guess_batch(self.first_guess, obs, masks, self.fields.valid)
+            if "first_guess" in batch:
+                first_guess = dev("first_guess")
+            else:
+                first_guess = first_guess_batch(self.first_guess, obs, mask.bool(),
+                                                self.fields.valid)
             scale = torch.as_tensor(self.residual_scale, device=self.device, dtype=x0.dtype)
             target_field = (x0 - first_guess) / scale[:, None, None] * self.valid
         x_t = self.scheduler.add_noise(target_field, noise, t)
@@ -416,6 +426,19 @@ class ConditionalObjective:
         else:
             target = noise
         return masked_mse(pred, target, weight)
+
+
+def training_pairs(fields: "StoreFields", train_indices: np.ndarray, cfg: DensifyConfig,
+                   masks=None):
+    """The host side of densify's training pairs (:class:`~geoft.diffusion.unet.TrainingPairs`:
+    read, mask, noisy observations, and the linear first guess when asked: CPU work that runs
+    in the loader's workers; the normalised one runs batched on the device)."""
+    from geoft.diffusion.unet import TrainingPairs
+
+    return TrainingPairs(fields, train_indices, cfg.seed,
+                         masks=masks if masks is not None else
+                         _mask_sampler(cfg, fields.shape[0], fields),
+                         first_guess=linear_first_guess if cfg.first_guess == "linear" else None)
 
 
 def build_model(n_channels: int, n_static: int, field_shape, options: UNetOptions,
@@ -472,7 +495,7 @@ def train_densifier(store_path, cfg: DensifyConfig | dict | None, out_dir, *,
         "diffusion-densify", model, kwargs,
         lambda device: ConditionalObjective(fields, train_idx, cfg, device,
                                             residual_scale=residual_scale),
-        len(train_idx), meta)
+        len(train_idx), meta, pairs=training_pairs(fields, np.asarray(train_idx), cfg))
     summary = train_diffusion(spec, cfg, out_dir, progress=progress, resume=resume,
                               stop_at=stop_at, description="densify: training")
     summary["channels"] = fields.names

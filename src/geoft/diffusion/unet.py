@@ -319,6 +319,60 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -
 LossFn = Callable[[nn.Module, np.ndarray, np.random.Generator, torch.Generator], torch.Tensor]
 
 
+class TrainingPairs(torch.utils.data.Dataset):
+    """The host side of the diffusion training samples, run in DataLoader workers: sample
+    ``key = (epoch, i)`` reads training time ``train_indices[i]`` (z-scores ``x0`` and where
+    they are real, ``valid``) and, with a :class:`~geoft.diffusion.masks.MaskSampler`, draws
+    its observation ``mask``, the observation ``error`` and the observed values ``obs`` (truth
+    plus that error) from an RNG seeded by ``(seed, epoch, i)``; ``first_guess`` (a host
+    function of ``(known, mask, valid)``, e.g. the linear interpolation) runs here too. The
+    same key gives the same sample in any worker, with or without workers and after a resume.
+    A plain integer key is epoch 0."""
+
+    def __init__(self, fields: "StoreFields", train_indices: np.ndarray, seed: int, *,
+                 masks=None, first_guess: Callable | None = None):
+        self.fields = fields
+        self.train_indices = np.asarray(train_indices)
+        self.seed = int(seed)
+        self.masks = masks
+        self.first_guess = first_guess
+
+    def __len__(self) -> int:
+        return int(self.train_indices.size)
+
+    def __getitem__(self, key) -> dict[str, np.ndarray]:
+        epoch, i = key if isinstance(key, (tuple, list)) else (0, key)
+        t = int(self.train_indices[int(i)])
+        x0 = self.fields.read(t)
+        valid = self.fields.valid_at(t)
+        out = {"x0": x0, "valid": valid}
+        if self.masks is None:
+            return out
+        rng = np.random.default_rng([self.seed, 31, int(epoch), int(i)])
+        mask, error = self.masks.draw(self.fields.shape, rng, valid)
+        obs = x0
+        if self.masks.noisy:  # observations with their error; the target stays the truth
+            obs = (x0 + error * rng.standard_normal(x0.shape)).astype(np.float32)
+        out.update(mask=mask, error=error, obs=obs)
+        if self.first_guess is not None:
+            out["first_guess"] = self.first_guess(np.where(mask, obs, 0.0), mask,
+                                                  self.fields.valid).astype(np.float32)
+        return out
+
+
+def collate_pairs(samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """Stack :class:`TrainingPairs` samples into CPU tensors (pinned by the loader on CUDA)."""
+    return {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in samples[0]}
+
+
+def pairs_batch(pairs: TrainingPairs, idx: np.ndarray, rng: np.random.Generator
+                ) -> dict[str, torch.Tensor]:
+    """A batch of ``pairs`` at positions ``idx`` in this process, keyed by an epoch drawn from
+    ``rng`` (for direct calls of an objective, outside the engine's loader)."""
+    epoch = int(rng.integers(2**31))
+    return collate_pairs([pairs[(epoch, int(i))] for i in idx])
+
+
 class DiffusionSpec:
     """A diffusion model as the training engine sees it: ``model`` (built by the caller,
     seeded), ``make_objective(device) -> LossFn`` (the objective needs the device for its
@@ -330,7 +384,7 @@ class DiffusionSpec:
 
     def __init__(self, kind: str, model: "PaddedUNet", model_kwargs: dict[str, Any],
                  make_objective: Callable[[torch.device], LossFn], n_samples: int,
-                 meta: dict[str, Any]):
+                 meta: dict[str, Any], pairs: TrainingPairs | None = None):
         self.kind = kind
         self._model = model
         self.model_kwargs = dict(model_kwargs)
@@ -338,6 +392,9 @@ class DiffusionSpec:
         self.n_samples = int(n_samples)
         self.meta = dict(meta)
         self.objective: LossFn | None = None
+        # with host-side pairs the loader's workers read and mask the samples, keyed per epoch
+        self.pairs = pairs
+        self.keyed_samples = pairs is not None
 
     def build_model(self, device: torch.device) -> nn.Module:
         self.objective = self.make_objective(device)
@@ -352,13 +409,19 @@ class DiffusionSpec:
     def dataset(self, split: str):
         from geoft.training.engine import IndexDataset
 
+        if self.pairs is not None:
+            return self.pairs if split == "train" else IndexDataset(0)
         return IndexDataset(self.n_samples if split == "train" else 0)
 
-    def collate(self, samples: list[int]) -> np.ndarray:
+    def collate(self, samples: list) -> Any:
+        if self.pairs is not None:
+            return collate_pairs(samples)
         return np.asarray(samples, np.int64)
 
-    def loss(self, module: nn.Module, indices: np.ndarray, ctx) -> tuple[torch.Tensor, dict]:
-        return self.objective(module, indices, ctx.rng, ctx.generator), {}
+    def loss(self, module: nn.Module, batch: Any, ctx) -> tuple[torch.Tensor, dict]:
+        if self.pairs is not None:
+            return self.objective.batch_loss(module, batch, ctx.generator), {}
+        return self.objective(module, batch, ctx.rng, ctx.generator), {}
 
     def config(self) -> dict[str, Any]:
         return {"model_kwargs": self.model_kwargs,

@@ -117,10 +117,16 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
     rank gets the same number of batches, as ``DistributedSampler`` does). The training loop
     advances :attr:`offset` for each batch it *consumes*, so the DataLoader's prefetching does
     not move the saved position.
+
+    ``keyed``: yield ``(epoch, index)`` keys instead of indices, for datasets that draw random
+    augmentations per sample (observation masks) in DataLoader workers: seeded by the key, a
+    sample is the same whichever worker draws it, with or without workers, after a resume, and
+    differs between epochs.
     """
 
     def __init__(self, n_samples: int, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, drop_last: bool = True):
+                 rank: int = 0, world_size: int = 1, drop_last: bool = True,
+                 keyed: bool = False):
         if n_samples < 1:
             raise GeoftError("no samples: every window crosses a gap or a split boundary",
                              fix="widen the split or reduce train.rollout_steps")
@@ -135,6 +141,7 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
         self.drop_last = drop_last and per_rank >= batch_size
         self.epoch = 0
         self.offset = 0  # batches consumed in the current epoch
+        self.keyed = keyed
 
     def _indices(self, epoch: int) -> np.ndarray:
         if self.shuffle:
@@ -146,10 +153,13 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
         perm = np.resize(perm, total)  # wrap around to pad
         return perm[self.rank::self.world_size]
 
-    def batches(self, epoch: int) -> list[list[int]]:
+    def batches(self, epoch: int) -> list[list]:
         idx = self._indices(epoch)
         n = len(idx) // self.batch_size * self.batch_size if self.drop_last else len(idx)
-        return [idx[i:i + self.batch_size].tolist() for i in range(0, n, self.batch_size)]
+        out = [idx[i:i + self.batch_size].tolist() for i in range(0, n, self.batch_size)]
+        if self.keyed:
+            out = [[(epoch, i) for i in batch] for batch in out]
+        return out
 
     def __len__(self) -> int:
         per_rank = math.ceil(self.n_samples / self.world_size)

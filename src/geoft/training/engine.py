@@ -264,6 +264,7 @@ class Counters:
     bad_validations: int = 0
     elapsed: float = 0.0  # seconds of training in earlier processes (resume)
     samples: int = 0  # training samples consumed (all ranks)
+    data_s: float = 0.0  # seconds spent waiting for batches (all processes of the run)
 
 
 @dataclass
@@ -274,6 +275,7 @@ class _Window:
     parts: dict[str, float] = field(default_factory=dict)
     n: int = 0
     samples: int = 0
+    data_s: float = 0.0  # seconds spent waiting for batches
     t0: float = field(default_factory=time.perf_counter)
 
     def add(self, loss: float, parts: dict[str, float], samples: int) -> None:
@@ -318,7 +320,8 @@ class Trainer:
                              fix="check the store's train split (and train.rollout_steps)")
         self.sampler = ResumableBatchSampler(
             len(self.train_set), cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed,
-            rank=self.dist.rank, world_size=self.dist.world_size)
+            rank=self.dist.rank, world_size=self.dist.world_size,
+            keyed=bool(getattr(spec, "keyed_samples", False)))
         self.loader = self._loader(self.train_set, batch_sampler=self.sampler)
         self.val_set = spec.dataset("val")
         n_val = len(self.val_set)
@@ -438,8 +441,14 @@ class Trainer:
                 "loss_parts": dict(zip(names, values[1:-1]))}
 
     def run_step(self, window: _Window) -> dict[str, Any]:
-        """Fetch a batch, train on it, record it: the body of the training loop."""
+        """Fetch a batch, train on it, record it: the body of the training loop. ``data_wait``
+        in the metrics lines: the share of the wall time spent waiting for batches (the loader
+        not keeping up; on a GPU, time the device may idle)."""
+        t_data = time.perf_counter()
         batch = self.next_batch()
+        t_data = time.perf_counter() - t_data
+        window.data_s += t_data
+        self.counters.data_s += t_data
         metrics = self.train_step(batch)
         self.sampler.advance()
         self.counters.step += 1
@@ -454,6 +463,7 @@ class Trainer:
             line = {**line, "loss": window.loss / window.n, "grad_norm": float(line["grad_norm"]),
                     "loss_parts": {k: v / window.n for k, v in window.parts.items()},
                     "samples_per_s": round(window.samples / max(now - window.t0, 1e-9), 3),
+                    "data_wait": round(window.data_s / max(now - window.t0, 1e-9), 4),
                     "seconds": round(self.elapsed(), 3)}
             if self.ema is not None:
                 line["ema_decay"] = float(self.ema.cur_decay_value)
@@ -634,6 +644,7 @@ class Trainer:
                 self.metrics_path.unlink()  # a fresh run: no stale lines from an aborted start
         self._started = time.monotonic()
         started_at, first_step = self.counters.elapsed, self.counters.step
+        data_at_start = self.counters.data_s
         last = self.total_steps if stop_at is None else min(self.total_steps, int(stop_at))
         stop_reason = "steps" if stop_at is None or last == self.total_steps else "stop_at"
         losses: list[float] = []
@@ -684,6 +695,8 @@ class Trainer:
             if losses else None,
             "samples_per_s": round(steps_run * cfg.batch_size * self.dist.world_size
                                    / max(run, 1e-9), 3) if steps_run else None,
+            "data_wait": round((self.counters.data_s - data_at_start) / max(run, 1e-9), 4)
+            if steps_run else None,
             "best_val_loss": None if math.isinf(self.counters.best_val) else self.counters.best_val,
             "best_step": self.counters.best_step,
             "latest_checkpoint": _str(read_pointer(self.ckpt_root, "latest")),
