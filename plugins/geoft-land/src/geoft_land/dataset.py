@@ -1,0 +1,125 @@
+"""The ``land`` dataset: ERA5 points + MODIS granules -> the core's tabular layout, one frame
+per month of granules (the join of :mod:`geoft_land.join`), streamed into ``geoft prepare``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Iterator
+
+from pydantic import Field
+
+from geoft.errors import GeoftError
+from geoft.schema import Strict
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    import xarray as xr
+
+    from geoft.table import CanonicalTable
+
+
+@dataclass
+class LandRaw:
+    """What the land sources open: ERA5 on ``(time, point)`` and the MODIS granule files."""
+
+    era: "xr.Dataset"
+    granules: list[Path]
+    qc: str = "good"
+    attrs: dict = field(default_factory=dict)
+
+
+class LandOptions(Strict):
+    """``data.options`` of the ``land`` dataset: ``features`` (ERA5 variables, hourly or static;
+    default: all in the files), ``max_km``: the largest pixel-to-point distance kept (float64
+    haversine), ``target`` (``lst``)."""
+
+    features: list[str] | None = None
+    max_km: float = Field(50.0, gt=0)
+    target: str = "lst"
+
+
+def granules_by_month(granules: list[Path]) -> dict[str, list[Path]]:
+    from geoft_land.modis import date_of
+
+    out: dict[str, list[Path]] = {}
+    for g in sorted(granules):
+        out.setdefault(date_of(g).strftime("%Y-%m"), []).append(g)
+    return out
+
+
+class LandDataset:
+    summary: ClassVar[str] = ("ERA5 points + MODIS LST granules -> rows (nearest ERA point on "
+                              "the sphere, per hour; pixels averaged per point and hour)")
+    Options: ClassVar = LandOptions
+
+    def to_canonical(self, raw: LandRaw, options: LandOptions) -> "CanonicalTable":
+        from geoft.table import CanonicalTable
+        from geoft_land.join import EraPoints, JoinReport
+
+        if not isinstance(raw, LandRaw):
+            raise GeoftError("the land dataset needs a land source (land, synthetic-land)",
+                             where="data.dataset", fix="use source name land or synthetic-land")
+        era = raw.era
+        available = [v for v in era.data_vars if "point" in era[v].dims]
+        features = options.features or available
+        missing = [f for f in features if f not in era.data_vars]
+        if missing:
+            raise GeoftError(f"ERA5 lacks feature(s) {missing} (it has {available})",
+                             where="data.options.features", fix="fetch them or drop them")
+        if not raw.granules:
+            raise GeoftError("no MODIS granules", where="source", fix="run geoft fetch first")
+        points = EraPoints(era["lat"].values, era["lon"].values)
+        report = JoinReport()
+        empty: list[str] = []
+        attrs = {"join": report.as_dict(), "granules_without_good_pixels": empty,
+                 "max_km": options.max_km, "era_points": int(era.sizes["point"])}
+
+        def frames() -> Iterator["pd.DataFrame"]:
+            import numpy as np
+            import pandas as pd
+
+            from geoft_land.join import join
+            from geoft_land.modis import read_myd11a1
+
+            for month, files in granules_by_month(raw.granules).items():
+                parts = []
+                for f in files:
+                    px = read_myd11a1(f, qc=raw.qc)
+                    if len(px) == 0:
+                        empty.append(Path(f).name)
+                    parts.append(px)
+                pixels = pd.concat(parts, ignore_index=True)
+                if len(pixels) == 0:
+                    continue
+                t0 = pixels["time"].min() - pd.Timedelta(hours=1)
+                t1 = pixels["time"].max() + pd.Timedelta(hours=1)
+                hourly = [v for v in features if "time" in era[v].dims]
+                sub = era[features].sel(time=slice(t0, t1)) if hourly else era[features]
+                sub = sub.transpose(*[d for d in ("time", "point") if d in sub.dims]).load()
+                if hourly and sub.sizes.get("time", 0) == 0:
+                    report.add(type(report)(pixels=len(pixels), no_era_hour=len(pixels),
+                                            missing_hours=[month]))
+                    continue
+                table, part = join(sub, points, pixels, features, max_km=options.max_km,
+                                   target=options.target)
+                report.add(part)
+                attrs["join"] = report.as_dict()
+                if len(table):
+                    table["point"] = table["point"].astype(np.int64)
+                    yield table
+            attrs["join"] = report.as_dict()
+            if report.rows == 0:
+                raise GeoftError(
+                    f"the join kept no rows: {report.pixels} pixels, {report.too_far} farther "
+                    f"than {options.max_km} km from every ERA point, {report.no_era_hour} at "
+                    "hours ERA5 does not have", where="data.options",
+                    fix="check that ERA5 covers the MODIS tiles and hours (area, dates), or "
+                        "raise max_km")
+
+        units = {f: era[f].attrs.get("units", "1") for f in features}
+        units[options.target] = "K"
+        return CanonicalTable(frames=frames(), features=list(features),
+                              targets=[options.target],
+                              keys=["point", f"{options.target}_count", f"{options.target}_std"],
+                              units=units, attrs=attrs)

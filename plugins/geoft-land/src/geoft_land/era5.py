@@ -1,0 +1,373 @@
+"""ERA5 single-level fields as the land plugin's features: fetched with ``cdsapi`` (regular
+lat/lon, or a reduced Gaussian grid such as the native N320 with ``grid: N320``) or read from
+local GRIB / netCDF files, always as a **point set** (dims ``time, point`` with ``lat``/``lon``
+per point): reduced Gaussian grids are kept as they are, never silently interpolated, and
+regular grids are flattened to their points.
+
+Names follow the core lexicon: CDS parameter names in requests (:data:`geoft.lexicon.ERA5`),
+GRIB ``shortName`` (cfgrib's ``GRIB_shortName``) or canonical names in files.
+"""
+
+from __future__ import annotations
+
+import calendar
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from pydantic import Field, field_validator
+
+from geoft.errors import GeoftError
+from geoft.schema import Strict
+
+if TYPE_CHECKING:  # pragma: no cover
+    import xarray as xr
+
+    from geoft.protocols import FetchResult
+
+#: hourly surface features (canonical names)
+DEFAULT_VARIABLES = ["skt", "2t", "2d", "10u", "10v", "sp", "ssrd", "swvl1"]
+#: time-constant fields
+DEFAULT_STATIC = ["lsm", "z", "cvh", "cvl", "cl"]
+#: GRIB shortName (as cfgrib names the variable, or its GRIB_shortName) -> canonical
+GRIB_NAMES = {"t2m": "2t", "d2m": "2d", "u10": "10u", "v10": "10v", "2t": "2t", "2d": "2d",
+              "10u": "10u", "10v": "10v"}
+GRIDS_KEPT = ("reduced_gg", "regular_gg", "regular_ll")
+
+
+class Era5Options(Strict):
+    """``geoft fetch era5``: ``variables`` (hourly, canonical names) and ``static`` (time-constant)
+    fields from ``start`` to ``end`` at ``hours`` (UTC), in ``area`` ``[north, west, south,
+    east]``; ``grid``: None for the CDS default (0.25 degree lat/lon) or a MARS grid such as
+    ``N320`` (ERA5's native reduced Gaussian grid, kept as points). ``files``: local GRIB or
+    netCDF files (globs) instead of downloading. ``url``/``key``: CDS credentials (default:
+    ``~/.cdsapirc`` or ``CDSAPI_URL``/``CDSAPI_KEY``)."""
+
+    variables: list[str] = Field(default_factory=lambda: list(DEFAULT_VARIABLES))
+    static: list[str] = Field(default_factory=lambda: list(DEFAULT_STATIC))
+    start: str | None = None
+    end: str | None = None
+    hours: list[int] = Field(default_factory=lambda: list(range(24)))
+    area: tuple[float, float, float, float] | None = None
+    grid: str | None = None
+    dataset: str = "reanalysis-era5-single-levels"
+    files: list[str] | None = None
+    url: str | None = None
+    key: str | None = None
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _date(cls, v):
+        from geoft_land.dates import iso_date
+
+        return iso_date(v)
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, v):
+        if not v or any(not 0 <= h <= 23 for h in v):
+            raise ValueError("hours must be UTC hours 0..23")
+        return sorted(set(v))
+
+    @field_validator("variables", "static")
+    @classmethod
+    def _known(cls, v):
+        from geoft.lexicon import ERA5
+
+        unknown = [n for n in v if n not in ERA5.entries]
+        if unknown:
+            raise ValueError(f"no CDS name for {unknown}; known: {sorted(ERA5.entries)}")
+        return v
+
+
+def months(start: str, end: str) -> list[tuple[int, int]]:
+    import pandas as pd
+
+    first, last = pd.Timestamp(start), pd.Timestamp(end)
+    if last < first:
+        raise GeoftError(f"end {end} is before start {start}", where="source.options",
+                         fix="swap start and end")
+    return [(p.year, p.month) for p in pd.period_range(first, last, freq="M")]
+
+
+def requests(options: Era5Options) -> list[tuple[dict, str]]:
+    """``(request, file name)`` per month of hourly fields, plus one for the static fields."""
+    import pandas as pd
+
+    from geoft.lexicon import ERA5
+
+    if options.start is None or options.end is None:
+        raise GeoftError("ERA5 needs start and end dates (or local files)",
+                         where="source.options", fix="set start and end, or files")
+    first, last = pd.Timestamp(options.start), pd.Timestamp(options.end)
+    out = []
+    common = {"product_type": ["reanalysis"], "data_format": "grib", "download_format":
+              "unarchived"}
+    if options.area is not None:
+        common["area"] = list(options.area)
+    if options.grid is not None:
+        common["grid"] = options.grid
+    for year, month in months(options.start, options.end):
+        days = [d for d in range(1, calendar.monthrange(year, month)[1] + 1)
+                if first.normalize() <= pd.Timestamp(year, month, d) <= last.normalize()]
+        req = {**common, "variable": [ERA5.entries[v] for v in options.variables],
+               "year": [f"{year}"], "month": [f"{month:02d}"],
+               "day": [f"{d:02d}" for d in days],
+               "time": [f"{h:02d}:00" for h in options.hours]}
+        out.append((req, f"era5-{year}-{month:02d}.grib"))
+    if options.static:
+        req = {**common, "variable": [ERA5.entries[v] for v in options.static],
+               "year": [f"{first.year}"], "month": [f"{first.month:02d}"],
+               "day": [f"{first.day:02d}"], "time": ["00:00"]}
+        out.append((req, "era5-static.grib"))
+    return out
+
+
+def _client(options: Era5Options):
+    import cdsapi
+
+    url = options.url or os.environ.get("CDSAPI_URL")
+    key = options.key or os.environ.get("CDSAPI_KEY")
+    rc = Path(os.environ.get("CDSAPI_RC", Path.home() / ".cdsapirc"))
+    if not (url and key) and not rc.is_file():
+        raise GeoftError("no Climate Data Store credentials", where="geoft fetch era5",
+                         fix="write ~/.cdsapirc (url and key from your CDS profile), set "
+                             "CDSAPI_URL and CDSAPI_KEY, or give local files")
+    kwargs = {"url": url, "key": key} if url and key else {}
+    return cdsapi.Client(quiet=True, progress=False, **kwargs)
+
+
+class Era5Source:
+    summary: ClassVar[str] = ("ERA5 single levels via cdsapi (0.25 degree or native reduced "
+                              "Gaussian, kept as points) or local GRIB/netCDF files")
+    Options: ClassVar = Era5Options
+
+    def fetch(self, options: Era5Options, out_dir: Path, *, dry_run: bool = False,
+              progress: bool = True) -> "FetchResult":
+        from geoft.io import atomic_write
+        from geoft.protocols import FetchResult
+        from geoft.sources import expand
+
+        out_dir = Path(out_dir)
+        if options.files:
+            files = expand(options.files)
+            return FetchResult(files=files, requests=[{"file": str(f)} for f in files],
+                               provenance={"files": [str(f) for f in files]})
+        todo = requests(options)
+        result = FetchResult(provenance={"dataset": options.dataset, "grid": options.grid
+                                         or "0.25x0.25", "area": options.area,
+                                         "start": options.start, "end": options.end})
+        client = None
+        for request, name in todo:
+            path = out_dir / name
+            entry = {"dataset": options.dataset, "request": request, "file": str(path)}
+            if path.is_file() and path.stat().st_size > 0:
+                result.skipped.append(entry)
+                result.files.append(path)
+                continue
+            result.requests.append(entry)
+            if dry_run:
+                continue
+            if client is None:
+                client = _client(options)
+            try:
+                atomic_write(path, lambda p: client.retrieve(options.dataset, request, str(p)))
+            except GeoftError:
+                raise
+            except Exception as exc:  # the CDS reports errors as plain exceptions
+                raise GeoftError(f"the CDS request for {name} failed: {exc}",
+                                 where="geoft fetch era5",
+                                 fix="check the variables, dates and area; the request is "
+                                     "in fetch's dry-run output") from None
+            result.files.append(path)
+        return result
+
+    def open(self, options: Era5Options, out_dir: Path) -> "xr.Dataset":
+        from geoft.sources import expand
+
+        files = expand(options.files) if options.files else \
+            sorted(Path(out_dir).glob("era5-*.grib")) + sorted(Path(out_dir).glob("era5-*.nc"))
+        if not files:
+            raise GeoftError("no ERA5 files", where=str(out_dir), fix="run geoft fetch first")
+        return open_era5(files)
+
+
+# ------------------------------------------------------------------------------------------
+# reading: GRIB (cfgrib) or netCDF -> (time, point)
+# ------------------------------------------------------------------------------------------
+def _grib_parts(path: Path) -> list["xr.Dataset"]:
+    import pyproj  # noqa: F401  (before cfgrib/eccodes: bundled PROJ clash)
+    import cfgrib
+
+    try:
+        parts = cfgrib.open_datasets(str(path), indexpath="", cache_geo_coords=True)
+    except Exception as exc:
+        raise GeoftError(f"cannot read GRIB file: {exc}", where=str(path),
+                         fix="check the file is GRIB (ERA5 from the CDS)") from None
+    out = []
+    for ds in parts:
+        for name, da in ds.data_vars.items():
+            grid = da.attrs.get("GRIB_gridType")
+            if grid not in GRIDS_KEPT:
+                raise GeoftError(f"{name} is on a {grid} grid; the land plugin reads lat/lon "
+                                 "and Gaussian grids", where=str(path),
+                                 fix="request ERA5 on a lat/lon or Gaussian grid "
+                                     "(grid: N320 or the default 0.25)")
+        out.append(ds)
+    return out
+
+
+def _to_points(ds: "xr.Dataset", where: str) -> "xr.Dataset":
+    """One cfgrib/netCDF hypercube -> dims (time, point) or (point,), canonical names."""
+    import numpy as np
+
+    ds = ds.drop_vars([c for c in ("number", "surface", "heightAboveGround", "depthBelowLandLayer",
+                                   "entireAtmosphere") if c in ds.coords])
+    ren = {}
+    for name, da in ds.data_vars.items():
+        short = da.attrs.get("GRIB_shortName", name)
+        ren[name] = GRIB_NAMES.get(short, GRIB_NAMES.get(name, short))
+    ds = ds.rename({k: v for k, v in ren.items() if k != v})
+    lat = "latitude" if "latitude" in ds.coords else "lat"
+    lon = "longitude" if "longitude" in ds.coords else "lon"
+    if lat not in ds.coords or lon not in ds.coords:
+        raise GeoftError("no latitude/longitude coordinates", where=where,
+                         fix="ERA5 files from the CDS, or netCDF with lat/lon")
+    # accumulations: (time, step) -> valid times
+    if "step" in ds.dims:
+        ds = ds.stack(vt=("time", "step"))
+        ds = ds.assign_coords(vt=ds["valid_time"].values).drop_vars(
+            [c for c in ("time", "step", "valid_time") if c in ds.coords])
+        ds = ds.rename(vt="time")
+    elif "valid_time" in ds.coords and "time" in ds.dims:
+        ds = ds.assign_coords(time=ds["valid_time"].values).drop_vars("valid_time")
+    elif "valid_time" in ds.dims:  # new-CDS netCDF
+        ds = ds.rename(valid_time="time")
+    for c in ("step", "valid_time", "expver"):
+        if c in ds.coords and c not in ds.dims:
+            ds = ds.drop_vars(c)
+    if ds[lat].ndim == 1 and ds[lat].dims == ds[lon].dims:  # already points (reduced grids)
+        if ds[lat].dims[0] != "point":
+            ds = ds.rename({ds[lat].dims[0]: "point"})
+    elif ds[lat].ndim == 1 and ds[lon].ndim == 1:  # regular grid -> its points
+        ds = ds.stack(point=(lat, lon))
+        ds = ds.reset_index("point")
+    else:
+        raise GeoftError("unexpected ERA5 grid layout", where=where,
+                         fix="use ERA5 on lat/lon or Gaussian grids")
+    ds = ds.rename({lat: "lat", lon: "lon"}).set_coords(["lat", "lon"])
+    ds = ds.drop_vars([c for c in ds.coords if c not in ("time", "lat", "lon")])
+    ds["lon"] = ((ds["lon"] + 180.0) % 360.0) - 180.0
+    if "time" in ds.dims:
+        ds = ds.sortby("time")
+    ds["lat"] = ds["lat"].astype(np.float64)
+    return ds
+
+
+def open_era5(files: list[Path]) -> "xr.Dataset":
+    """ERA5 files (GRIB or netCDF) -> one Dataset on dims ``(time, point)`` (statics on
+    ``point``), canonical names, ``lat``/``lon`` per point. Every file must hold the same
+    points; hours present in several files are kept once."""
+    import numpy as np
+    import xarray as xr
+
+    parts: list[xr.Dataset] = []
+    for path in files:
+        path = Path(path)
+        raw = _grib_parts(path) if path.suffix.lower() in (".grib", ".grib2", ".grb") else \
+            [xr.open_dataset(path)]
+        for ds in raw:
+            parts.append(_to_points(ds, str(path)))
+    ref = parts[0]
+    for part, path in zip(parts[1:], files):
+        if part.sizes["point"] != ref.sizes["point"] or not (
+                np.allclose(part["lat"].values, ref["lat"].values)
+                and np.allclose(part["lon"].values, ref["lon"].values)):
+            raise GeoftError("ERA5 files hold different grids", where=str(path),
+                             fix="fetch every month with the same grid and area")
+    static = [p.drop_vars("time") for p in parts if "time" not in p.dims]
+    timed = [p for p in parts if "time" in p.dims]
+    # a static field fetched with a time stamp (one hour only) is static too
+    keep = []
+    for p in timed:
+        if p.sizes["time"] == 1 and all(v in DEFAULT_STATIC for v in p.data_vars):
+            static.append(p.isel(time=0, drop=True))
+        else:
+            keep.append(p)
+    merged = []
+    by_vars: dict[tuple, list] = {}
+    for p in keep:
+        by_vars.setdefault(tuple(sorted(p.data_vars)), []).append(p)
+    for group in by_vars.values():
+        cat = xr.concat(group, dim="time", data_vars="all", coords="minimal",
+                        compat="override")
+        _, first = np.unique(cat["time"].values, return_index=True)
+        merged.append(cat.isel(time=np.sort(first)))
+    out = xr.merge(merged + static, compat="override", join="outer") if merged or static \
+        else ref
+    for name in out.data_vars:
+        out[name].attrs.setdefault("units", _UNITS.get(name, out[name].attrs.get("units", "")))
+    return out
+
+
+_UNITS = {"skt": "K", "2t": "K", "2d": "K", "10u": "m s-1", "10v": "m s-1", "sp": "Pa",
+          "ssrd": "J m-2", "swvl1": "m3 m-3", "lsm": "1", "z": "m2 s-2", "cvh": "1",
+          "cvl": "1", "cl": "1"}
+
+
+# ------------------------------------------------------------------------------------------
+# reduced Gaussian geometry and GRIB writing (tests and the synthetic demo)
+# ------------------------------------------------------------------------------------------
+def reduced_gaussian(n: int):
+    """``(lat, lon, pl)`` of every point of the reduced Gaussian grid N\\ ``n`` from eccodes'
+    sample ``reduced_gg_pl_<n>_grib2`` (the exact ERA5 geometry for n = 320)."""
+    import numpy as np
+    import pyproj  # noqa: F401
+    import eccodes
+
+    h = eccodes.codes_grib_new_from_samples(f"reduced_gg_pl_{n}_grib2")
+    try:
+        lat = np.asarray(eccodes.codes_get_array(h, "latitudes"), np.float64)
+        lon = np.asarray(eccodes.codes_get_array(h, "longitudes"), np.float64)
+        pl = np.asarray(eccodes.codes_get_array(h, "pl"), np.int64)
+    finally:
+        eccodes.codes_release(h)
+    return lat, lon, pl
+
+
+def write_reduced_gg_grib(path: str | os.PathLike, fields: dict[str, "np.ndarray"], times,
+                          *, n: int = 32) -> Path:
+    """Write GRIB2 messages on the reduced Gaussian grid N\\ ``n`` (eccodes sample): for each
+    canonical name in ``fields`` an array ``(time, points)`` (or ``(points,)``: one message at
+    the first time). Written to a temporary file, then renamed."""
+    import numpy as np
+    import pandas as pd
+    import pyproj  # noqa: F401
+    import eccodes
+
+    from geoft.io import atomic_write
+
+    short = {"2t": "2t", "2d": "2d", "10u": "10u", "10v": "10v"}
+    times = pd.DatetimeIndex(times)
+
+    def write(tmp: Path) -> None:
+        sample = eccodes.codes_grib_new_from_samples(f"reduced_gg_pl_{n}_grib2")
+        try:
+            with open(tmp, "wb") as f:
+                for name, values in fields.items():
+                    values = np.asarray(values, np.float64)
+                    stack = values[None] if values.ndim == 1 else values
+                    for k, row in enumerate(stack):
+                        m = eccodes.codes_clone(sample)
+                        eccodes.codes_set(m, "centre", "ecmf")
+                        eccodes.codes_set(m, "shortName", short.get(name, name))
+                        t = times[k]
+                        eccodes.codes_set(m, "dataDate", int(t.strftime("%Y%m%d")))
+                        eccodes.codes_set(m, "dataTime", int(t.strftime("%H%M")))
+                        eccodes.codes_set_values(m, row)
+                        eccodes.codes_write(m, f)
+                        eccodes.codes_release(m)
+        finally:
+            eccodes.codes_release(sample)
+
+    return atomic_write(path, write)

@@ -1,0 +1,187 @@
+"""ERA5 as points (GRIB written with eccodes' reduced Gaussian sample, netCDF), the CDS fetch
+with only the network call patched, and the MODIS-to-ERA join against brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pyproj  # noqa: F401  (before eccodes/cfgrib)
+
+from geoft.errors import GeoftError
+from geoft.grid import haversine_km
+from geoft_land.era5 import (Era5Options, Era5Source, open_era5, reduced_gaussian, requests,
+                             write_reduced_gg_grib)
+from geoft_land.join import EraPoints, join
+
+TIMES = pd.date_range("2021-06-01T12:00", periods=3, freq="h")
+
+
+def test_reduced_gaussian_geometry_is_the_gaussian_grid():
+    lat, lon, pl = reduced_gaussian(32)
+    assert lat.size == pl.sum() == 6114 and pl.size == 64
+    # the rows sit at the Gaussian latitudes: arcsin of the Legendre roots
+    roots, _ = np.polynomial.legendre.leggauss(64)
+    rows = np.unique(np.round(lat, 6))[::-1]
+    assert np.allclose(np.sort(rows), np.sort(np.rad2deg(np.arcsin(roots))), atol=1e-5)
+    # each row is evenly spaced in longitude with pl points
+    first = lat == lat.max()
+    assert np.allclose(np.diff(lon[first]), 360.0 / pl[0])
+
+
+def _grib(tmp_path, name="era5-2021-06.grib"):
+    lat, lon, _ = reduced_gaussian(32)
+    rng = np.random.default_rng(0)
+    skt = 290 + 10 * np.cos(np.deg2rad(lat))[None] + rng.normal(0, 1, (3, lat.size))
+    t2 = skt - 2
+    path = write_reduced_gg_grib(tmp_path / name, {"skt": skt, "2t": t2}, TIMES, n=32)
+    return path, lat, lon, skt, t2
+
+
+def test_grib_on_the_reduced_gaussian_grid_stays_points(tmp_path):
+    path, lat, lon, skt, t2 = _grib(tmp_path)
+    static = write_reduced_gg_grib(tmp_path / "era5-static.grib",
+                                   {"lsm": (lat > 0).astype(float)}, TIMES[:1], n=32)
+    ds = open_era5([path, static])
+    assert set(ds.data_vars) == {"skt", "2t", "lsm"}
+    assert ds["skt"].dims == ("time", "point") and ds["lsm"].dims == ("point",)
+    assert ds.sizes["point"] == 6114  # not interpolated to a regular grid
+    assert np.allclose(ds["lat"].values, lat)
+    assert np.allclose(ds["lon"].values, ((lon + 180) % 360) - 180)
+    assert (ds["lon"].values >= -180).all() and (ds["lon"].values < 180).all()
+    assert list(pd.DatetimeIndex(ds["time"].values)) == list(TIMES)
+    assert np.allclose(ds["skt"].values, skt, atol=0.01)  # GRIB packing precision
+    assert np.allclose(ds["2t"].values, t2, atol=0.01)
+    assert ds["skt"].attrs["units"] == "K"
+
+
+def test_grib_on_an_unexpected_grid_names_the_file(tmp_path):
+    import eccodes
+
+    h = eccodes.codes_grib_new_from_samples("sh_ml_grib2")  # spectral coefficients
+    path = tmp_path / "era5-spectral.grib"
+    with open(path, "wb") as f:
+        eccodes.codes_write(h, f)
+    eccodes.codes_release(h)
+    with pytest.raises(GeoftError, match="era5-spectral.grib"):
+        open_era5([path])
+
+
+def test_netcdf_points_read_like_grib(tmp_path):
+    import xarray as xr
+
+    lat, lon = np.array([40.0, 41.0]), np.array([-3.0, 359.0])
+    ds = xr.Dataset({"skt": (("time", "values"), np.ones((3, 2)), {"units": "K"})},
+                    coords={"time": TIMES, "latitude": ("values", lat),
+                            "longitude": ("values", lon)})
+    ds.to_netcdf(tmp_path / "era5.nc")
+    out = open_era5([tmp_path / "era5.nc"])
+    assert out["skt"].dims == ("time", "point") and np.allclose(out["lon"], [-3.0, -1.0])
+
+
+# -- fetch (cdsapi; only the network call is patched) -----------------------------------------
+def test_cds_fetch_requests_resume_and_credentials(tmp_path, monkeypatch):
+    import cdsapi
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CDSAPI_URL", raising=False)
+    monkeypatch.delenv("CDSAPI_KEY", raising=False)
+    monkeypatch.delenv("CDSAPI_RC", raising=False)
+    opts = Era5Options(variables=["skt", "2t"], static=["lsm"], start="2021-06-30",
+                       end="2021-07-01", hours=[12, 13], area=(44, -10, 36, 4), grid="N320")
+    reqs = requests(opts)
+    assert [name for _, name in reqs] == ["era5-2021-06.grib", "era5-2021-07.grib",
+                                          "era5-static.grib"]
+    june = reqs[0][0]
+    assert june["variable"] == ["skin_temperature", "2m_temperature"]
+    assert june["day"] == ["30"] and june["time"] == ["12:00", "13:00"]
+    assert june["grid"] == "N320" and june["area"] == [44, -10, 36, 4]
+    assert reqs[2][0]["variable"] == ["land_sea_mask"]
+    with pytest.raises(GeoftError, match="credentials"):
+        Era5Source().fetch(opts, tmp_path / "raw")
+    calls = []
+
+    def retrieve(self, dataset, request, target):
+        calls.append((dataset, request["variable"]))
+        write_reduced_gg_grib(target, {"skt": np.full((1, 6114), 290.0)}, TIMES[:1], n=32)
+
+    # a "UID:key" gets cdsapi's own client, which touches the network only in retrieve (a
+    # personal token gets the ecmwf-datastores client, which calls the server when built)
+    monkeypatch.setattr(cdsapi.Client, "retrieve", retrieve)
+    opts = opts.model_copy(update={"url": "https://cds.example/api", "key": "123:abc"})
+    dry = Era5Source().fetch(opts, tmp_path / "raw", dry_run=True)
+    assert len(dry.requests) == 3 and not calls
+    done = Era5Source().fetch(opts, tmp_path / "raw")
+    assert len(calls) == 3 and len(done.files) == 3
+    again = Era5Source().fetch(opts, tmp_path / "raw")
+    assert len(calls) == 3 and len(again.skipped) == 3  # resumed: nothing fetched twice
+
+    def failing(self, dataset, request, target):
+        raise RuntimeError("request rejected: variable not available")
+
+    monkeypatch.setattr(cdsapi.Client, "retrieve", failing)
+    with pytest.raises(GeoftError, match="not available"):
+        Era5Source().fetch(opts.model_copy(update={"end": "2021-08-01"}), tmp_path / "raw")
+    assert not (tmp_path / "raw" / "era5-2021-08.grib").exists()  # nothing half-written
+
+
+# -- the join ----------------------------------------------------------------------------------
+def _brute(plat, plon, qlat, qlon):
+    d = haversine_km(qlat[:, None], qlon[:, None], plat[None, :], plon[None, :])
+    return d.argmin(axis=1), d.min(axis=1)
+
+
+@pytest.mark.parametrize("case", ["global", "poles-and-dateline", "regional"])
+def test_nearest_point_matches_brute_force_haversine(case):
+    rng = np.random.default_rng(1)
+    if case == "global":
+        lat, lon, _ = reduced_gaussian(32)
+        qlat = np.rad2deg(np.arcsin(rng.uniform(-1, 1, 3000)))
+        qlon = rng.uniform(-180, 180, 3000)
+    elif case == "poles-and-dateline":
+        lat = np.concatenate([rng.uniform(80, 90, 300), rng.uniform(-90, -80, 300),
+                              rng.uniform(-10, 10, 300)])
+        lon = np.concatenate([rng.uniform(-180, 180, 600), rng.uniform(170, 190, 300)])
+        qlat = np.concatenate([rng.uniform(84, 90, 500), rng.uniform(-90, -84, 500),
+                               rng.uniform(-5, 5, 500)])
+        qlon = np.concatenate([rng.uniform(-180, 180, 1000), rng.uniform(175, 185, 500)])
+    else:  # a regional ERA cut: pixels outside it must be dropped by the threshold
+        lat, lon, _ = reduced_gaussian(32)
+        keep = (lat > 35) & (lat < 45) & (lon > 350) | (lat > 35) & (lat < 45) & (lon < 5)
+        lat, lon = lat[keep], lon[keep]
+        qlat = rng.uniform(30, 50, 3000)
+        qlon = rng.uniform(-15, 10, 3000)
+    points = EraPoints(lat, lon)
+    idx, dist = points.nearest(qlat, qlon, max_km=1e9)
+    want, want_d = _brute(lat, np.asarray(lon, float), qlat, qlon)
+    assert np.mean(idx == want) > 0.999
+    assert np.allclose(dist, want_d, atol=1e-6)
+    flat, _ = points.nearest(qlat, qlon, max_km=150.0)
+    assert np.array_equal(flat >= 0, want_d <= 150.0)
+    if case == "regional":
+        assert 0.1 < np.mean(flat < 0) < 0.9  # the threshold matters here
+
+
+def test_join_averages_pixels_per_point_and_hour():
+    import xarray as xr
+
+    lat = np.array([40.0, 40.0, 41.0])
+    lon = np.array([0.0, 1.0, 0.0])
+    era = xr.Dataset({"skt": (("time", "point"), np.arange(9.0).reshape(3, 3) + 280),
+                      "lsm": (("point",), np.array([1.0, 1.0, 0.5]))},
+                     coords={"time": TIMES, "lat": ("point", lat), "lon": ("point", lon)})
+    pixels = pd.DataFrame({
+        "time": [TIMES[0], TIMES[0], TIMES[1], TIMES[1], TIMES[0] - pd.Timedelta(hours=5)],
+        "lat": [40.01, 39.99, 40.02, 45.0, 40.0],
+        "lon": [0.01, -0.01, 0.98, 0.0, 0.0],
+        "lst": [300.0, 302.0, 310.0, 320.0, 330.0]})
+    table, report = join(era, EraPoints(lat, lon), pixels, ["skt", "lsm"], max_km=50.0)
+    assert report.pixels == 5 and report.too_far == 1 and report.no_era_hour == 1
+    assert report.matched == 3 and report.rows == 2
+    first = table.iloc[0]
+    assert first["point"] == 0 and first["lst"] == 301.0 and first["lst_count"] == 2
+    assert first["lst_std"] == pytest.approx(np.std([300.0, 302.0], ddof=1))
+    assert first["skt"] == 280.0 and first["lsm"] == 1.0  # point 0 at the first hour
+    second = table.iloc[1]
+    assert second["point"] == 1 and second["skt"] == 284.0 and second["lst_std"] == 0.0

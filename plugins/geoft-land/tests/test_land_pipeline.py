@@ -1,0 +1,120 @@
+"""The land workflow end to end on the synthetic source (N320 points in netCDF, MYD11A1-like
+HDF4 granules): fetch -> prepare (the join) -> finetune (MLP) -> evaluate beside ERA5's own
+temperatures; and the join's bad inputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import pyproj  # noqa: F401
+
+from geoft.errors import GeoftError
+
+SPLIT = {"train": ["2021-06-01", "2021-06-06"], "val": ["2021-06-07", "2021-06-08"],
+         "test": ["2021-06-09", "2021-06-10"]}
+SOURCE = {"name": "synthetic-land",
+          "options": {"lon_min": -6.0, "lon_max": 0.0, "lat_min": 38.0, "lat_max": 42.0,
+                      "start": "2021-06-01", "days": 10, "tile_pixels": 60, "seed": 1}}
+
+
+def _run(tmp_path: Path, **over) -> subprocess.CompletedProcess:
+    recipe = {"name": "land-test", "workdir": str(tmp_path / "w"), "source": SOURCE,
+              "data": {"dataset": "land", "split": SPLIT,
+                       "options": {"features": ["skt", "2t", "2d", "ssrd", "swvl1", "z", "cvh"]}},
+              "model": {"name": "mlp", "options": {"hidden": [32, 32]}},
+              "train": {"steps": 400, "batch_size": 128, "lr": 3e-3, "val_every": 200,
+                        "checkpoint_every": 200, "device": "cpu", "cpu_threads": 1,
+                        "num_workers": 0},
+              "evaluate": {"baselines": ["era5-skt", "era5-2t", "train-mean"]}}
+    for key, value in over.items():
+        recipe[key] = {**recipe[key], **value}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return subprocess.run([sys.executable, "-m", "geoft.cli", "run", str(path)],
+                          capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("land")
+    res = _run(tmp)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return tmp / "w"
+
+
+def test_join_table_and_model_beat_era5(demo):
+    meta = json.loads((demo / "prepared/table.parquet/table.json").read_text())
+    join = meta["attrs"]["join"]
+    assert join["pixels"] > 1000 and join["rows"] == sum(meta["rows"].values())
+    assert join["matched"] == join["pixels"] - join["too_far"] - join["no_era_hour"]
+    assert meta["rows"]["test"] > 100
+    # rows are per ERA point and hour, with the number of pixels averaged
+    part = pd.read_parquet(demo / "prepared/table.parquet/split=train")
+    assert not part.duplicated(["point", "time"]).any()
+    assert (part["lst_count"] >= 1).all() and part["lst_count"].sum() > len(part)
+    assert set(pd.DatetimeIndex(part["time"]).minute) == {0}  # ERA hours
+    metrics = pd.read_csv(demo / "evaluate/metrics.csv")
+    rmse = metrics[metrics.metric == "rmse"].set_index("source").value
+    assert set(rmse.index) == {"model", "era5-skt", "era5-2t", "train-mean"}
+    assert rmse["model"] < 0.6 * rmse["era5-skt"] and rmse["model"] < 0.6 * rmse["train-mean"]
+    assert (demo / "evaluate/report.md").is_file()
+
+
+def test_pixels_go_to_their_nearest_point_and_hour(demo):
+    """Recompute one row from the raw files: the mean LST of the clear pixels whose nearest
+    ERA point (brute-force haversine) is that point, at that hour."""
+    import xarray as xr
+
+    from geoft.grid import haversine_km
+    from geoft_land.modis import read_myd11a1
+
+    era = xr.open_dataset(next((demo / "raw/era5").glob("*.nc")))
+    granules = sorted((demo / "raw/modis").glob("*.hdf"))
+    pixels = pd.concat([read_myd11a1(g) for g in granules if "A2021155" in g.name])
+    d = haversine_km(pixels["lat"].to_numpy()[:, None], pixels["lon"].to_numpy()[:, None],
+                     era["lat"].values[None], era["lon"].values[None])
+    pixels["point"] = d.argmin(axis=1)
+    want = pixels.groupby(["time", "point"])["lst"].mean()
+    table = pd.read_parquet(demo / "prepared/table.parquet/split=train")
+    got = table[pd.DatetimeIndex(table["time"]).day_of_year == 155].set_index(
+        ["time", "point"])["lst"]
+    common = want.index.intersection(got.index)
+    assert len(common) > 0.99 * len(want)
+    np.testing.assert_allclose(got.loc[common].to_numpy(), want.loc[common].to_numpy(),
+                               rtol=0, atol=1e-3)
+
+
+def test_a_threshold_that_drops_everything_is_an_error(tmp_path):
+    res = _run(tmp_path, data={"options": {"max_km": 0.001, "features": ["skt"]}})
+    assert res.returncode != 0
+    assert "the join kept no rows" in res.stdout + res.stderr
+    assert "Traceback" not in res.stdout + res.stderr
+    assert not (tmp_path / "w/prepared/table.parquet").exists()  # nothing half-written
+
+
+def test_cloudy_granules_and_missing_features_are_reported(demo, tmp_path):
+    from geoft_land.dataset import LandDataset, LandOptions, LandRaw
+    from geoft_land.era5 import open_era5
+    from geoft_land.modis import write_myd11a1
+
+    era = open_era5(sorted((demo / "raw/era5").glob("*.nc")))
+    cloudy = write_myd11a1(tmp_path / "MYD11A1.A2021152.h17v05.061.cloudy.hdf",
+                           lst_k=np.full((30, 30), np.nan), qc=np.full((30, 30), 2, np.uint8),
+                           view_time_h=np.full((30, 30), np.nan), h=17, v=5,
+                           date=pd.Timestamp("2021-06-01"))
+    granules = sorted((demo / "raw/modis").glob("*A2021152*.hdf")) + [cloudy]
+    table = LandDataset().to_canonical(LandRaw(era, granules), LandOptions(features=["skt"]))
+    frames = list(table.iter_frames())
+    assert sum(len(f) for f in frames) > 0
+    assert cloudy.name in table.attrs["granules_without_good_pixels"]
+    with pytest.raises(GeoftError, match="lacks feature"):
+        LandDataset().to_canonical(LandRaw(era, granules), LandOptions(features=["stl9"]))
