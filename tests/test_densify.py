@@ -189,7 +189,8 @@ def test_loader_workers_draw_the_same_training_pairs(store, tmp_path):
     """Masks, observation noise and the linear first guess are drawn in DataLoader workers,
     seeded per (epoch, sample): 2 workers train exactly the weights the main process does, and
     the metrics say how long the step waited for data."""
-    st, fields = D.open_fields(store, VARIABLES, where="test")
+    # no sample cache: the workers read the store (lazily, through dask) after the fork
+    st, fields = D.open_fields(store, VARIABLES, where="test", cache=False)
     idx = st.indices("train")
     kw = dict(first_guess="linear", masks=[{"kind": "tracks", "occlusion": [0.6, 0.9],
                                             "noise": [0.0, 0.2]},

@@ -231,6 +231,17 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def _worker_init(worker_id: int) -> None:
+    """In each DataLoader worker: dask computes in the calling thread. A forked worker inherits
+    the parent's dask thread pool object but none of its threads, so a lazily read store would
+    wait forever on a queue nobody serves."""
+    try:
+        import dask
+    except ImportError:  # pragma: no cover - dask is a core dependency
+        return
+    dask.config.set(scheduler="synchronous")
+
+
 def _rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -376,6 +387,7 @@ class Trainer:
         workers = self.config.num_workers
         return torch.utils.data.DataLoader(
             dataset, collate_fn=self.spec.collate, num_workers=workers,
+            worker_init_fn=_worker_init if workers > 0 else None,
             persistent_workers=workers > 0, pin_memory=self.device.type == "cuda",
             # A private generator: creating iterators must not draw from the global RNG, or a
             # resumed run would diverge from an uninterrupted one.
