@@ -169,7 +169,8 @@ def test_point_table_prepare_finetune_evaluate(cli, tmp_path, layouts_plugin):
         data={"dataset": "points-table", "split": split},
         model={"name": "mlp", "options": {"hidden": [32, 32]}},
         train={"steps": 300, "batch_size": 128, "lr": 3e-3, "val_every": 100,
-               "checkpoint_every": 100, "device": "cpu", "cpu_threads": 1, "log_every": 50})
+               "checkpoint_every": 100, "device": "cpu", "cpu_threads": 1, "log_every": 50},
+        evaluate={"groups": ["month", "region"], "region_deg": 5.0})
     res = cli("run", recipe, "--json")
     assert res.code == 0, res
     out = json.loads(res.out.strip().splitlines()[-1])
@@ -194,6 +195,22 @@ def test_point_table_prepare_finetune_evaluate(cli, tmp_path, layouts_plugin):
     assert (table.n == expected["test"]).all()
     skill = pd.read_csv(tmp_path / "w/evaluate/skill.csv")
     assert (skill[skill.metric == "rmse"].skill > 0).all()
+    # scores per month and per 5-degree box: each group splits the test rows exactly, and
+    # the row-weighted MSEs give back the overall RMSE
+    groups = pd.read_csv(tmp_path / "w/evaluate/groups.csv")
+    test_rows = clear[(days >= split["test"][0]) & (days <= split["test"][1])]
+    for group in ("month", "region"):
+        g = groups[(groups.group == group) & (groups.metric == "rmse") & (groups.source == "model")]
+        assert g.n.sum() == expected["test"]
+        np.testing.assert_allclose(np.sqrt((g.n * g.value ** 2).sum() / g.n.sum()),
+                                   rmse["model"], rtol=1e-6)
+    assert set(groups[groups.group == "month"].label) == {"2020-02"}
+    boxes = {f"{a:+05.1f}N{o:+06.1f}E" for a, o in zip(np.floor(test_rows.lat / 5) * 5,
+                                                       np.floor(test_rows.lon / 5) * 5)}
+    assert set(groups[groups.group == "region"].label) == boxes
+    assert "## RMSE per region" in (tmp_path / "w/evaluate/report.md").read_text()
+    bad = cli("evaluate", recipe, "--set", "evaluate.groups=[biome]")
+    assert bad.code != 0 and "cannot group by 'biome'" in bad.out + bad.err
 
 
 def test_densify_only_recipe_on_a_surface_field_never_imports_aurora(tmp_path):

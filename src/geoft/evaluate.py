@@ -372,6 +372,48 @@ def call_forecast(adapter, ckpt, store, init, lead_steps, **kwargs):
               **{k: v for k, v in kwargs.items() if k in params})
 
 
+def group_labels(store, split: str, truth: dict, group: str, region_deg: float) -> np.ndarray:
+    """The label of each row of ``split`` for ``group``: ``month`` (YYYY-MM), ``region`` (the
+    south-west corner of its ``region_deg`` box) or the values of a key column."""
+    if group == "month":
+        return pd.DatetimeIndex(truth["time"]).strftime("%Y-%m").to_numpy()
+    if group == "region":
+        lat = np.floor(np.asarray(truth["lat"], np.float64) / region_deg) * region_deg
+        lon = np.floor(((np.asarray(truth["lon"], np.float64) + 180) % 360 - 180) / region_deg) \
+            * region_deg
+        return np.array([f"{a:+05.1f}N{o:+06.1f}E" for a, o in zip(lat, lon)])
+    keys = list(getattr(store, "keys", []) or [])
+    if group not in keys and group not in store.features:
+        raise GeoftError(f"cannot group by {group!r}: not month, region or a column of the "
+                         f"table ({', '.join(keys + list(store.features))})",
+                         where="evaluate.groups", fix="use month, region or a key column")
+    return np.asarray(store.read(split, [group])[group]).astype(str)
+
+
+def group_scores(store, split: str, truth: dict, predictions: dict, entries: dict,
+                 groups: list[str], region_deg: float) -> pd.DataFrame:
+    """Long table: group, label, source, variable, metric, value, n -- every metric of every
+    prediction on the rows of each label of each group."""
+    out = []
+    for group in groups:
+        labels = group_labels(store, split, truth, group, region_deg)
+        for label in np.unique(labels):
+            rows = labels == label
+            for target in store.targets:
+                t = xr.DataArray(np.asarray(truth[target], np.float64)[rows], dims="row")
+                for source, pred in predictions.items():
+                    p = xr.DataArray(np.asarray(pred[target], np.float64)[rows], dims="row")
+                    for mname, entry in entries.items():
+                        with blame(entry, f"scoring {target} of {source} for {group}={label}"):
+                            value = call_metric(entry.load(), p, t, weights=None, mask=None,
+                                                reduce_dims=("row",), time_dim=None,
+                                                climatology=None, reference=None)
+                        out.append({"group": group, "label": str(label), "source": source,
+                                    "variable": target, "metric": mname, "value": float(value),
+                                    "n": int(rows.sum())})
+    return pd.DataFrame(out)
+
+
 def evaluate_table(loaded, store, *, checkpoint: str | None = None, progress: bool = True,
                    adapter=None) -> dict[str, Any]:
     """Score the model's predictions of every target on the split's rows beside the table
@@ -424,8 +466,11 @@ def evaluate_table(loaded, store, *, checkpoint: str | None = None, progress: bo
     skills = skill_table(table, metric_names, baseline_names)
     out_dir = loaded.recipe.evaluate_dir
     out_dir.mkdir(parents=True, exist_ok=True)
+    groups = group_scores(store, split, truth, predictions, entries, cfg.groups, cfg.region_deg)
     figures = write_table_report(out_dir, store, predictions, truth, table, skills,
-                                 checkpoint=ckpt, recipe=loaded, split=split)
+                                 checkpoint=ckpt, recipe=loaded, split=split, groups=groups)
+    if len(groups):
+        _write_csv(groups, out_dir / "groups.csv")
     _write_csv(skills, out_dir / "skill.csv")
     _write_csv(table, out_dir / "metrics.csv")
     record = make_lineage("evaluate", loaded, inputs=[ckpt], facts={

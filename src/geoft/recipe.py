@@ -111,6 +111,11 @@ class EvaluateSection(Strict):
         None, description="registered reference forecasts (default: persistence, climatology "
                           "on grids; train-mean, climatology on tables)")
     maps: bool = Field(True, description="write PNG maps of truth/prediction/error")
+    groups: list[str] = Field(
+        default_factory=list, description="tables: also score per group of rows: 'month' (of "
+        "the row's time), 'region' (lat/lon boxes of region_deg) or a key column of the table "
+        "(e.g. 'landcover'); written to groups.csv and the report")
+    region_deg: float = Field(5.0, gt=0, description="size of the 'region' boxes, degrees")
     batch_size: int = Field(4, ge=1, description="initial times per forward pass; evaluation "
                             "streams them in batches of this size (memory is one batch)")
     save_forecasts: bool = Field(False, description="also write the model's forecasts to "

@@ -156,8 +156,9 @@ def write_report(out: Path, store, forecasts, truth, table, *, skill, checkpoint
 
 
 def write_table_report(out: Path, store, predictions, truth, table, skills, *, checkpoint,
-                       recipe, split: str) -> list[Path]:
-    """report.md and a predicted-vs-true scatter per target for a prepared table."""
+                       recipe, split: str, groups=None) -> list[Path]:
+    """report.md, a predicted-vs-true scatter per target, a map of the model's mean error per
+    location, and the RMSE per group (``groups``: :func:`geoft.evaluate.group_scores`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,6 +181,25 @@ def write_table_report(out: Path, store, predictions, truth, table, skills, *, c
         fig.tight_layout()
         figures.append(_savefig(fig, out / f"scatter_{target}.png"))
         plt.close(fig)
+    if "model" in predictions and len(truth["time"]):
+        lat = np.round(np.asarray(truth["lat"], np.float64), 4)
+        lon = np.round(((np.asarray(truth["lon"], np.float64) + 180) % 360) - 180, 4)
+        for target in store.targets:
+            err = np.asarray(predictions["model"][target], np.float64) - \
+                np.asarray(truth[target], np.float64)
+            frame = pd.DataFrame({"lat": lat, "lon": lon, "err": err}).groupby(
+                ["lat", "lon"])["err"].mean().reset_index()
+            lim = float(np.nanpercentile(np.abs(frame["err"]), 98)) or 1.0
+            fig, ax = plt.subplots(figsize=(6, 4.2))
+            sc = ax.scatter(frame["lon"], frame["lat"], c=frame["err"], cmap="RdBu_r",
+                            vmin=-lim, vmax=lim, s=12)
+            fig.colorbar(sc, ax=ax, label=f"mean error ({store.units.get(target, '')})")
+            ax.set_xlabel("longitude")
+            ax.set_ylabel("latitude")
+            ax.set_title(f"model - truth, {target}: mean per location", fontsize=9)
+            fig.tight_layout()
+            figures.append(_savefig(fig, out / f"error_map_{target}.png"))
+            plt.close(fig)
     pivot = table.pivot_table(index=["variable", "metric"], columns="source",
                               values="value").reset_index()
     lines = [f"# geoft evaluation: {recipe.recipe.name}", "",
@@ -188,7 +208,17 @@ def write_table_report(out: Path, store, predictions, truth, table, skills, *, c
              f"features {', '.join(store.features)}; targets {', '.join(store.targets)}", "",
              "## Scores", "", pivot.to_markdown(index=False, floatfmt=".4g"), ""]
     lines += _skill_lines(skills)
+    if groups is not None and len(groups):
+        rmse = groups[groups.metric == "rmse"]
+        for group, part in rmse.groupby("group", sort=False):
+            wide = part.pivot_table(index=["variable", "label"], columns="source",
+                                    values="value").reset_index()
+            n = part.groupby(["variable", "label"])["n"].first().to_numpy()
+            wide.insert(2, "n", n)
+            lines += [f"## RMSE per {group}", "", wide.to_markdown(index=False, floatfmt=".4g"),
+                      ""]
     lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures]
-    lines += ["", "Full table: `metrics.csv` (source, variable, metric, value, n)."]
+    lines += ["", "Full table: `metrics.csv` (source, variable, metric, value, n)"
+              + ("; per group: `groups.csv`." if groups is not None and len(groups) else ".")]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     return figures

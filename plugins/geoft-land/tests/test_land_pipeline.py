@@ -33,7 +33,8 @@ def _run(tmp_path: Path, **over) -> subprocess.CompletedProcess:
               "train": {"steps": 400, "batch_size": 128, "lr": 3e-3, "val_every": 200,
                         "checkpoint_every": 200, "device": "cpu", "cpu_threads": 1,
                         "num_workers": 0},
-              "evaluate": {"baselines": ["era5-skt", "era5-2t", "train-mean"]}}
+              "evaluate": {"baselines": ["era5-skt", "era5-2t", "train-mean"],
+                           "groups": ["landcover", "region"], "region_deg": 2.0}}
     for key, value in over.items():
         recipe[key] = {**recipe[key], **value}
     path = tmp_path / "recipe.yaml"
@@ -67,6 +68,18 @@ def test_join_table_and_model_beat_era5(demo):
     assert set(rmse.index) == {"model", "era5-skt", "era5-2t", "train-mean"}
     assert rmse["model"] < 0.6 * rmse["era5-skt"] and rmse["model"] < 0.6 * rmse["train-mean"]
     assert (demo / "evaluate/report.md").is_file()
+    assert (demo / "evaluate/error_map_lst.png").is_file()
+    # per land-cover class and 2-degree region: the rows split exactly, and the class MSEs
+    # weighted by their rows give back the overall MSE
+    groups = pd.read_csv(demo / "evaluate/groups.csv")
+    for group in ("landcover", "region"):
+        g = groups[(groups.group == group) & (groups.metric == "rmse")
+                   & (groups.source == "model")]
+        assert g.n.sum() == meta["rows"]["test"] and len(g) >= 2
+        pooled = np.sqrt((g.n * g.value ** 2).sum() / g.n.sum())
+        assert pooled == pytest.approx(rmse["model"], rel=1e-6)
+    cover = set(groups[groups.group == "landcover"].label)
+    assert cover <= {"high vegetation", "low vegetation", "sparse"} and len(cover) >= 2
 
 
 def test_pixels_go_to_their_nearest_point_and_hour(demo):

@@ -48,6 +48,19 @@ def granules_by_month(granules: list[Path]) -> dict[str, list[Path]]:
     return out
 
 
+def landcover(era: "xr.Dataset"):
+    """A land-cover class per ERA point from its vegetation cover (``cvh``/``cvl``): ``high
+    vegetation`` (cvh >= 0.5), ``low vegetation`` (cvl >= 0.5), else ``sparse``; None when
+    the fields are missing. Evaluation can score per class (``evaluate.groups``)."""
+    import numpy as np
+
+    if "cvh" not in era or "cvl" not in era or "time" in era["cvh"].dims:
+        return None
+    cvh, cvl = np.asarray(era["cvh"].values), np.asarray(era["cvl"].values)
+    return np.where(cvh >= 0.5, "high vegetation",
+                    np.where(cvl >= 0.5, "low vegetation", "sparse")).astype(object)
+
+
 class LandDataset:
     summary: ClassVar[str] = ("ERA5 points + MODIS LST granules -> rows (nearest ERA point on "
                               "the sphere, per hour; pixels averaged per point and hour)")
@@ -70,6 +83,7 @@ class LandDataset:
         if not raw.granules:
             raise GeoftError("no MODIS granules", where="source", fix="run geoft fetch first")
         points = EraPoints(era["lat"].values, era["lon"].values)
+        cover = landcover(era)
         report = JoinReport()
         empty: list[str] = []
         attrs = {"join": report.as_dict(), "granules_without_good_pixels": empty,
@@ -107,6 +121,8 @@ class LandDataset:
                 attrs["join"] = report.as_dict()
                 if len(table):
                     table["point"] = table["point"].astype(np.int64)
+                    if cover is not None:
+                        table["landcover"] = cover[table["point"].to_numpy()]
                     yield table
             attrs["join"] = report.as_dict()
             if report.rows == 0:
@@ -119,7 +135,9 @@ class LandDataset:
 
         units = {f: era[f].attrs.get("units", "1") for f in features}
         units[options.target] = "K"
+        keys = ["point", f"{options.target}_count", f"{options.target}_std"]
+        if cover is not None:
+            keys.append("landcover")
         return CanonicalTable(frames=frames(), features=list(features),
-                              targets=[options.target],
-                              keys=["point", f"{options.target}_count", f"{options.target}_std"],
+                              targets=[options.target], keys=keys,
                               units=units, attrs=attrs)

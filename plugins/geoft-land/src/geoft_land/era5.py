@@ -286,7 +286,13 @@ def open_era5(files: list[Path]) -> "xr.Dataset":
             raise GeoftError("ERA5 files hold different grids", where=str(path),
                              fix="fetch every month with the same grid and area")
     static = [p.drop_vars("time") for p in parts if "time" not in p.dims]
-    timed = [p for p in parts if "time" in p.dims]
+    timed = []
+    for p in (p for p in parts if "time" in p.dims):
+        fixed = [v for v in p.data_vars if "time" not in p[v].dims]
+        if fixed:  # a file holding static fields beside hourly ones (netCDF)
+            static.append(p[fixed].drop_vars("time", errors="ignore"))
+            p = p.drop_vars(fixed)
+        timed.append(p)
     # a static field fetched with a time stamp (one hour only) is static too
     keep = []
     for p in timed:
