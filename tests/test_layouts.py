@@ -247,3 +247,39 @@ def test_densify_only_recipe_on_a_surface_field_never_imports_aurora(tmp_path):
 
     store = PreparedStore.open(tmp_path / "w/prepared/store.zarr")
     assert store.surface_vars == ("tos",) and not store.has_levels
+
+
+def test_spatial_holdout_keeps_a_region_out_of_training(cli, tmp_path, layouts_plugin):
+    """data.split.holdout: the box's rows never reach train or val (counted as dropped), stay
+    in test, and evaluate can score them apart (groups: [holdout])."""
+    split = {"train": ["2020-01-01", "2020-02-09"], "val": ["2020-02-10", "2020-02-19"],
+             "test": ["2020-02-20", "2020-02-29"],
+             "holdout": {"lat_min": 30.0, "lat_max": 37.0, "lon_min": -110.0, "lon_max": -100.0}}
+    recipe = _recipe(
+        tmp_path, source={"name": "points-demo", "options": {"points": 200, "days": 60}},
+        data={"dataset": "points-table", "split": split})
+    res = cli("run", recipe, "--stages", "fetch,prepare", "--json")
+    assert res.code == 0, res
+    raw = pd.read_parquet(tmp_path / "w/raw/rows.parquet").dropna(subset=["lst"])
+    inside = raw.lat.between(30, 37) & raw.lon.between(-110, -100)
+    days = pd.to_datetime(raw["time"])
+    in_test = (days >= "2020-02-20") & (days <= "2020-02-29")
+    from geoft.table import TableStore
+
+    store = TableStore.open(tmp_path / "w/prepared/table.parquet")
+    for name in ("train", "val"):
+        lat = store.read(name, ["lat"])["lat"]
+        lon = (store.read(name, ["lon"])["lon"] + 180) % 360 - 180
+        assert not ((lat >= 30) & (lat <= 37) & (lon >= -110) & (lon <= -100)).any()
+    assert store.meta["dropped"]["holdout"] == int((inside & ~in_test).sum()) > 0
+    assert store.rows("test") == int(in_test.sum())  # held-out rows stay in test
+    from geoft.evaluate import group_labels
+
+    truth = store.read("test", ["time", "lat", "lon"])
+    labels = group_labels(store, "test", truth, "holdout", 5.0)
+    assert (labels == "held out").sum() == int((inside & in_test).sum())
+    (tmp_path / "g").mkdir()
+    grid = _recipe(tmp_path / "g", source={"name": "lambert-demo", "options": {"days": 40}},
+                   data={"dataset": "lambert", "split": {**SPLIT, "holdout": split["holdout"]}})
+    bad = cli("run", grid, "--stages", "fetch,prepare")
+    assert bad.code != 0 and "hold-out" in bad.out + bad.err

@@ -374,7 +374,8 @@ def call_forecast(adapter, ckpt, store, init, lead_steps, **kwargs):
 
 def group_labels(store, split: str, truth: dict, group: str, region_deg: float) -> np.ndarray:
     """The label of each row of ``split`` for ``group``: ``month`` (YYYY-MM), ``region`` (the
-    south-west corner of its ``region_deg`` box) or the values of a key column."""
+    south-west corner of its ``region_deg`` box), ``holdout`` (``held out`` inside the table's
+    spatial hold-out box, ``seen`` outside) or the values of a key column."""
     if group == "month":
         return pd.DatetimeIndex(truth["time"]).strftime("%Y-%m").to_numpy()
     if group == "region":
@@ -382,6 +383,19 @@ def group_labels(store, split: str, truth: dict, group: str, region_deg: float) 
         lon = np.floor(((np.asarray(truth["lon"], np.float64) + 180) % 360 - 180) / region_deg) \
             * region_deg
         return np.array([f"{a:+05.1f}N{o:+06.1f}E" for a, o in zip(lat, lon)])
+    if group == "holdout":
+        box = getattr(store, "meta", {}).get("holdout")
+        if not box:
+            raise GeoftError("cannot group by holdout: the table has no spatial hold-out",
+                             where="evaluate.groups", fix="set data.split.holdout and prepare "
+                                                          "again, or drop this group")
+        from geoft.grid import _in_box
+        from geoft.recipe import BBox
+
+        inside = _in_box(np.asarray(truth["lat"], np.float64),
+                         np.mod(np.asarray(truth["lon"], np.float64), 360.0),
+                         BBox.model_validate(box))
+        return np.where(inside, "held out", "seen")
     keys = list(getattr(store, "keys", []) or [])
     if group not in keys and group not in store.features:
         raise GeoftError(f"cannot group by {group!r}: not month, region or a column of the "

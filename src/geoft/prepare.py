@@ -128,6 +128,10 @@ def _prepare_store(canonical: xr.Dataset, data: DataSection, out_path: str | Pat
     policy = _gap_policy(data, canonical)
 
     # -- split ----------------------------------------------------------------------------
+    if data.split.holdout is not None:
+        raise GeoftError("a spatial hold-out (data.split.holdout) splits the rows of a table; "
+                         "a gridded store splits by time only", where="data.split.holdout",
+                         fix="remove it, or evaluate on a cropped region instead")
     split = data.split.as_strings()
     indices = {}
     for name, (first, last) in split.items():

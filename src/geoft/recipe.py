@@ -53,6 +53,10 @@ class Split(Strict):
     train: tuple[_dt.date, _dt.date] = Field(description="first and last day (inclusive)")
     val: tuple[_dt.date, _dt.date]
     test: tuple[_dt.date, _dt.date]
+    holdout: BBox | None = Field(
+        None, description="tables: a spatial hold-out box; its rows never enter train or val "
+        "(dropped and counted there) and stay in test, so evaluate.groups: [holdout] scores "
+        "unseen places beside seen ones")
 
     @model_validator(mode="after")
     def _disjoint(self):

@@ -123,6 +123,7 @@ def prepare_table(table: CanonicalTable, data, out_path: str | os.PathLike, *,
                                                                               seconds=59))
                     for name, (a, b) in data.split.as_strings().items()}
     moments = {c: _Moments() for c in [*table.features, *table.targets]}
+    holdout = data.split.holdout
     rows = {s: 0 for s in SPLITS}
     parts = {s: 0 for s in SPLITS}
     dropped: dict[str, int] = {"outside_split": 0, "outside_bbox": 0}
@@ -158,8 +159,15 @@ def prepare_table(table: CanonicalTable, data, out_path: str | os.PathLike, *,
                     dropped[f"missing_{c}"] = dropped.get(f"missing_{c}", 0) + n
             df = df[~null.any(axis=1)]
             assigned = np.zeros(len(df), bool)
+            held = np.zeros(len(df), bool)
+            if holdout is not None:
+                held = _in_box(df["lat"].to_numpy(np.float64), df["lon"].to_numpy(), holdout)
             for name, (lo, hi) in split_ranges.items():
                 sel = ((df["time"] >= lo) & (df["time"] <= hi)).to_numpy()
+                if name != "test" and held.any():  # unseen places: test only
+                    dropped["holdout"] = dropped.get("holdout", 0) + int((sel & held).sum())
+                    assigned |= sel & held
+                    sel = sel & ~held
                 assigned |= sel
                 part = df[sel]
                 if part.empty:
@@ -197,6 +205,7 @@ def prepare_table(table: CanonicalTable, data, out_path: str | os.PathLike, *,
             "keys": list(table.keys), "units": units,
             "stats": {c: list(moments[c].result()) for c in value_cols},
             "split": {n: [str(a), str(b)] for n, (a, b) in data.split.as_strings().items()},
+            "holdout": None if holdout is None else holdout.model_dump(),
             "rows": rows, "dropped": dropped, "attrs": table.attrs,
             "lineage": lineage or {},
         }
