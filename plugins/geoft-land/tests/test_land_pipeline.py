@@ -131,3 +131,26 @@ def test_cloudy_granules_and_missing_features_are_reported(demo, tmp_path):
     assert cloudy.name in table.attrs["granules_without_good_pixels"]
     with pytest.raises(GeoftError, match="lacks feature"):
         LandDataset().to_canonical(LandRaw(era, granules), LandOptions(features=["stl9"]))
+
+
+def test_lightgbm_second_model_on_the_same_table(demo, tmp_path):
+    """The plugin's second model: LightGBM trees, early-stopped on val, in the core's checkpoint
+    layout; better than ERA5's skin temperature, and a rerun resumes instead of retraining."""
+    from geoft.table import TableStore
+    from geoft.training.checkpoint import checkpoint_for
+    from geoft_land.gbm import GBM, GBMOptions, GBMTrainConfig
+
+    table = demo / "prepared/table.parquet"
+    opts, train = GBMOptions(n_estimators=300), GBMTrainConfig(threads=1)
+    summary = GBM.finetune(table, opts, train, tmp_path / "gbm", progress=False)
+    assert 1 <= summary["steps"] <= 300 and summary["resumed_from"] is None
+    ckpt = checkpoint_for(tmp_path / "gbm", "best")
+    store = TableStore.open(table)
+    pred = GBM.predict_table(ckpt, store, "test")["lst"]
+    truth = store.read("test", ["lst", "skt"])
+    rmse = np.sqrt(np.mean((pred - truth["lst"]) ** 2))
+    assert rmse < 0.6 * np.sqrt(np.mean((truth["skt"] - truth["lst"]) ** 2))
+    again = GBM.finetune(table, opts, train, tmp_path / "gbm", progress=False)
+    assert again["resumed_from"] is not None and again["steps"] == summary["steps"]
+    with pytest.raises(GeoftError, match="not in the table"):
+        GBM.finetune(table, GBMOptions(features=["stl9"]), train, tmp_path / "bad")

@@ -27,6 +27,14 @@ def geoft_datasets():
 
 
 @geoft.hookimpl
+def geoft_models():
+    return {
+        "lightgbm": Ref("geoft_land.gbm:GBM",
+                        summary="gradient-boosted trees (LightGBM) for prepared tables"),
+    }
+
+
+@geoft.hookimpl
 def geoft_baselines():
     return {
         "era5-skt": Ref("geoft_land.baselines:era5_skin_temperature",
