@@ -154,3 +154,29 @@ def test_lightgbm_second_model_on_the_same_table(demo, tmp_path):
     assert again["resumed_from"] is not None and again["steps"] == summary["steps"]
     with pytest.raises(GeoftError, match="not in the table"):
         GBM.finetune(table, GBMOptions(features=["stl9"]), train, tmp_path / "bad")
+
+
+def test_prepare_again_reads_joined_months_back(demo):
+    """Joined months are kept (raw/join-cache): preparing again joins nothing and writes the
+    same table; a changed granule makes its month be joined again."""
+    import os
+    import time as _time
+
+    before = pd.read_parquet(demo / "prepared/table.parquet/split=train")
+    recipe = demo.parent / "recipe.yaml"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def prepare():
+        res = subprocess.run([sys.executable, "-m", "geoft.cli", "prepare", str(recipe)],
+                             capture_output=True, text=True, timeout=300, env=env)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return json.loads((demo / "prepared/table.parquet/table.json").read_text())
+
+    meta = prepare()
+    assert meta["attrs"]["months_from_cache"] == ["2021-06"]
+    after = pd.read_parquet(demo / "prepared/table.parquet/split=train")
+    pd.testing.assert_frame_equal(before, after)
+    granule = sorted((demo / "raw/modis").glob("*.hdf"))[0]
+    _time.sleep(0.01)
+    os.utime(granule)  # a re-downloaded granule
+    assert prepare()["attrs"]["months_from_cache"] == []

@@ -27,6 +27,9 @@ class LandRaw:
     granules: list[Path]
     qc: str = "good"
     attrs: dict = field(default_factory=dict)
+    #: where joined months are kept (resume: a month already joined with the same inputs and
+    #: settings is read back, not joined again); None: no cache
+    cache_dir: Path | None = None
 
 
 class LandOptions(Strict):
@@ -37,6 +40,30 @@ class LandOptions(Strict):
     features: list[str] | None = None
     max_km: float = Field(50.0, gt=0)
     target: str = "lst"
+
+
+def _cache_path(raw: LandRaw, month: str, files: list[Path], features: list[str],
+                options: LandOptions) -> Path | None:
+    """``cache_dir/YYYY-MM-<key>.parquet``: the key covers the month's granules (names, sizes,
+    modification times), the ERA5 points and times, the features and the join settings."""
+    import hashlib
+
+    import numpy as np
+
+    if raw.cache_dir is None:
+        return None
+    era = raw.era
+    h = hashlib.sha256()
+    for f in files:
+        st = Path(f).stat()
+        h.update(f"{Path(f).name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    h.update(np.ascontiguousarray(era["lat"].values, np.float64).tobytes())
+    h.update(np.ascontiguousarray(era["lon"].values, np.float64).tobytes())
+    if "time" in era.dims:
+        h.update(np.asarray(era["time"].values).astype("datetime64[ns]").tobytes())
+    h.update(repr((sorted(features), options.max_km, options.target, raw.qc,
+                   sorted(raw.attrs.get("era_files", [])))).encode())
+    return Path(raw.cache_dir) / f"{month}-{h.hexdigest()[:16]}.parquet"
 
 
 def granules_by_month(granules: list[Path]) -> dict[str, list[Path]]:
@@ -86,10 +113,14 @@ class LandDataset:
         cover = landcover(era)
         report = JoinReport()
         empty: list[str] = []
+        from_cache: list[str] = []
         attrs = {"join": report.as_dict(), "granules_without_good_pixels": empty,
-                 "max_km": options.max_km, "era_points": int(era.sizes["point"])}
+                 "max_km": options.max_km, "era_points": int(era.sizes["point"]),
+                 "months_from_cache": from_cache}
 
         def frames() -> Iterator["pd.DataFrame"]:
+            import json
+
             import numpy as np
             import pandas as pd
 
@@ -97,6 +128,16 @@ class LandDataset:
             from geoft_land.modis import read_myd11a1
 
             for month, files in granules_by_month(raw.granules).items():
+                cached = _cache_path(raw, month, files, features, options)
+                if cached is not None and cached.is_file():
+                    table = pd.read_parquet(cached)
+                    part = json.loads(cached.with_suffix(".json").read_text())
+                    report.add(JoinReport(**part))
+                    from_cache.append(month)
+                    attrs["join"] = report.as_dict()
+                    if len(table):
+                        yield table
+                    continue
                 parts = []
                 for f in files:
                     px = read_myd11a1(f, qc=raw.qc)
@@ -123,6 +164,12 @@ class LandDataset:
                     table["point"] = table["point"].astype(np.int64)
                     if cover is not None:
                         table["landcover"] = cover[table["point"].to_numpy()]
+                if cached is not None:  # the month is done: kept for a resumed prepare
+                    from geoft.io import atomic_write, atomic_write_json
+
+                    atomic_write(cached, lambda p: table.to_parquet(p, index=False))
+                    atomic_write_json(cached.with_suffix(".json"), part.as_dict(full=True))
+                if len(table):
                     yield table
             attrs["join"] = report.as_dict()
             if report.rows == 0:

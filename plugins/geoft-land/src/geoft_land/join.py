@@ -36,10 +36,10 @@ class JoinReport:
         self.rows += other.rows
         self.missing_hours += [h for h in other.missing_hours if h not in self.missing_hours]
 
-    def as_dict(self) -> dict:
+    def as_dict(self, full: bool = False) -> dict:
         return {"pixels": self.pixels, "matched": self.matched, "too_far": self.too_far,
                 "no_era_hour": self.no_era_hour, "rows": self.rows,
-                "missing_hours": self.missing_hours[:50]}
+                "missing_hours": self.missing_hours if full else self.missing_hours[:50]}
 
 
 class EraPoints:

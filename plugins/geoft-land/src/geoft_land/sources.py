@@ -41,4 +41,7 @@ class LandSource:
 
         era = Era5Source().open(options.era5, Path(out_dir) / "era5")
         granules = ModisSource().open(options.modis, Path(out_dir) / "modis")
-        return LandRaw(era=era, granules=list(granules), qc=options.modis.qc)
+        return LandRaw(era=era, granules=list(granules), qc=options.modis.qc,
+                       attrs={"era_files": [f"{p.name}:{p.stat().st_size}" for p in sorted(
+                           (Path(out_dir) / "era5").glob("era5-*"))]},
+                       cache_dir=Path(out_dir) / "join-cache")

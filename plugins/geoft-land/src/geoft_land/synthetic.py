@@ -248,4 +248,7 @@ class SyntheticLandSource:
 
         out_dir = Path(out_dir)
         era = open_era5(sorted((out_dir / "era5").glob("*.nc")))
-        return LandRaw(era=era, granules=sorted((out_dir / "modis").glob("*.hdf")), qc="good")
+        return LandRaw(era=era, granules=sorted((out_dir / "modis").glob("*.hdf")), qc="good",
+                       attrs={"era_files": [f"{p.name}:{p.stat().st_size}" for p in
+                                            sorted((out_dir / "era5").glob("*.nc"))]},
+                       cache_dir=out_dir / "join-cache")
