@@ -21,12 +21,15 @@ class Strict(BaseModel):
 
 
 def validate_section(model: type[M], cfg: Any, where: str) -> M:
-    """``cfg`` (None, an instance of ``model`` or a dict) -> a validated ``model``; a bad key or
+    """``cfg`` (None, an instance of ``model``, another model or a dict) -> a validated ``model``;
+    a bad key or
     value is a one-line :class:`~geoft.errors.GeoftError` naming ``where.key``."""
     if cfg is None:
         return model()
     if isinstance(cfg, model):
         return cfg
+    if isinstance(cfg, BaseModel):  # another model's values (e.g. a plugin's options class)
+        cfg = cfg.model_dump()
     from pydantic import ValidationError
 
     from geoft.errors import GeoftError

@@ -662,10 +662,9 @@ class ModisSource:
 
     @staticmethod
     def _options(options: BaseModel | dict) -> ModisOptions:
-        if isinstance(options, ModisOptions):
-            return options
-        data = options.model_dump() if isinstance(options, BaseModel) else dict(options)
-        return ModisOptions.model_validate(data)
+        from geoft.schema import validate_section
+
+        return validate_section(ModisOptions, options, "source.options")
 
     @staticmethod
     def search_request(options: ModisOptions) -> dict[str, Any]:

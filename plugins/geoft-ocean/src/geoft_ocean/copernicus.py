@@ -678,10 +678,9 @@ class CopernicusSource:
 
     @staticmethod
     def _options(options: BaseModel | dict) -> CopernicusOptions:
-        if isinstance(options, CopernicusOptions):
-            return options
-        data = options.model_dump() if isinstance(options, BaseModel) else dict(options)
-        return CopernicusOptions.model_validate(data)
+        from geoft.schema import validate_section
+
+        return validate_section(CopernicusOptions, options, "source.options")
 
     def _provenance(self, options: CopernicusOptions, mode: str,
                     credentials_source: str | None) -> dict[str, Any]:
