@@ -180,3 +180,29 @@ def test_prepare_again_reads_joined_months_back(demo):
     _time.sleep(0.01)
     os.utime(granule)  # a re-downloaded granule
     assert prepare()["attrs"]["months_from_cache"] == []
+
+
+def test_months_joined_in_parallel_match_the_serial_join(tmp_path):
+    """workers: 2 joins the months on a local dask.distributed cluster: the same rows as the
+    in-process join."""
+    from geoft_land.dataset import LandDataset, LandOptions
+    from geoft_land.synthetic import SyntheticLandOptions, SyntheticLandSource
+
+    src = SyntheticLandSource()
+    opts = SyntheticLandOptions(lon_min=-4.0, lon_max=-1.0, lat_min=39.0, lat_max=41.0,
+                                start="2021-06-28", days=6, tile_pixels=24, seed=2)
+    src.fetch(opts, tmp_path / "raw")
+    raw = src.open(opts, tmp_path / "raw")
+    raw.cache_dir = None  # join every month, both ways
+
+    def rows(**kw):
+        table = LandDataset().to_canonical(raw, LandOptions(features=["skt", "z"], **kw))
+        frames = list(table.iter_frames())
+        return pd.concat(frames, ignore_index=True), table.attrs
+
+    serial, attrs = rows()
+    assert sorted(pd.DatetimeIndex(serial.time).strftime("%Y-%m").unique()) == ["2021-06",
+                                                                               "2021-07"]
+    parallel, pattrs = rows(workers=2)
+    pd.testing.assert_frame_equal(serial, parallel)
+    assert attrs["join"] == pattrs["join"]

@@ -30,6 +30,8 @@ class LandRaw:
     #: where joined months are kept (resume: a month already joined with the same inputs and
     #: settings is read back, not joined again); None: no cache
     cache_dir: Path | None = None
+    #: the ERA5 files ``era`` was opened from (dask.distributed workers open them again)
+    era_paths: list[Path] = field(default_factory=list)
 
 
 class LandOptions(Strict):
@@ -40,6 +42,10 @@ class LandOptions(Strict):
     features: list[str] | None = None
     max_km: float = Field(50.0, gt=0)
     target: str = "lst"
+    workers: int = Field(1, ge=1, description="join months in parallel in this many "
+                         "dask.distributed worker processes (a local cluster); 1: in-process")
+    scheduler: str | None = Field(None, description="address of a running dask.distributed "
+                                  "scheduler to join months on instead (e.g. tcp://host:8786)")
 
 
 def _cache_path(raw: LandRaw, month: str, files: list[Path], features: list[str],
@@ -88,6 +94,83 @@ def landcover(era: "xr.Dataset"):
                     np.where(cvl >= 0.5, "low vegetation", "sparse")).astype(object)
 
 
+def join_month(era, points, cover, files: list[Path], features: list[str],
+               options: LandOptions, qc: str):
+    """One month of granules joined to ERA5: ``(rows, JoinReport, granules without a good
+    pixel)``."""
+    import numpy as np
+    import pandas as pd
+
+    from geoft_land.join import JoinReport, join
+    from geoft_land.modis import read_myd11a1
+
+    parts, no_good = [], []
+    for f in files:
+        px = read_myd11a1(f, qc=qc)
+        if len(px) == 0:
+            no_good.append(Path(f).name)
+        parts.append(px)
+    pixels = pd.concat(parts, ignore_index=True)
+    if len(pixels) == 0:
+        return pixels.iloc[:0], JoinReport(), no_good
+    t0 = pixels["time"].min() - pd.Timedelta(hours=1)
+    t1 = pixels["time"].max() + pd.Timedelta(hours=1)
+    hourly = [v for v in features if "time" in era[v].dims]
+    sub = era[features].sel(time=slice(t0, t1)) if hourly else era[features]
+    sub = sub.transpose(*[d for d in ("time", "point") if d in sub.dims]).load()
+    if hourly and sub.sizes.get("time", 0) == 0:
+        month = pd.Timestamp(t0).strftime("%Y-%m")
+        return pixels.iloc[:0], JoinReport(pixels=len(pixels), no_era_hour=len(pixels),
+                                           missing_hours=[month]), no_good
+    table, report = join(sub, points, pixels, features, max_km=options.max_km,
+                         target=options.target)
+    if len(table):
+        table["point"] = table["point"].astype(np.int64)
+        if cover is not None:
+            table["landcover"] = cover[table["point"].to_numpy()]
+    return table, report, no_good
+
+
+def join_month_from_files(era_paths: list[Path], files: list[Path], features: list[str],
+                          options: dict, qc: str):
+    """:func:`join_month` in a dask.distributed worker: opens ERA5 itself."""
+    import pyproj  # noqa: F401  (before cfgrib)
+
+    from geoft_land.era5 import open_era5
+    from geoft_land.join import EraPoints
+
+    era = open_era5([Path(p) for p in era_paths])
+    points = EraPoints(era["lat"].values, era["lon"].values)
+    return join_month(era, points, landcover(era), files, features,
+                      LandOptions.model_validate(options), qc)
+
+
+def _submit(raw: LandRaw, months: dict[str, list[Path]], features: list[str],
+            options: LandOptions):
+    """Months to join on dask.distributed (``workers > 1`` or a ``scheduler``): futures by
+    month and the client; ``({}, None)`` in-process."""
+    if not months or (options.workers <= 1 and options.scheduler is None):
+        return {}, None
+    if not raw.era_paths:
+        raise GeoftError("this source cannot join in parallel (no ERA5 file list)",
+                         where="data.options.workers", fix="set workers: 1")
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise GeoftError("joining in parallel needs dask.distributed", where="data.options",
+                         fix="pip install distributed, or set workers: 1") from None
+    if options.scheduler is not None:
+        client = Client(options.scheduler)
+    else:
+        client = Client(LocalCluster(n_workers=options.workers, threads_per_worker=1,
+                                     processes=True, dashboard_address=None))
+    opts = options.model_dump(mode="json")
+    futures = {m: client.submit(join_month_from_files, [str(p) for p in raw.era_paths],
+                                [str(f) for f in files], features, opts, raw.qc, pure=False)
+               for m, files in months.items()}
+    return futures, client
+
+
 class LandDataset:
     summary: ClassVar[str] = ("ERA5 points + MODIS LST granules -> rows (nearest ERA point on "
                               "the sphere, per hour; pixels averaged per point and hour)")
@@ -119,15 +202,23 @@ class LandDataset:
                  "months_from_cache": from_cache}
 
         def frames() -> Iterator["pd.DataFrame"]:
+            months = granules_by_month(raw.granules)
+            todo = {m: f for m, f in months.items()
+                    if (c := _cache_path(raw, m, f, features, options)) is None
+                    or not c.is_file()}
+            pending, client = _submit(raw, todo, features, options)
+            try:
+                yield from _frames(months, pending)
+            finally:
+                if client is not None:
+                    client.close()
+
+        def _frames(months, pending) -> Iterator["pd.DataFrame"]:
             import json
 
-            import numpy as np
             import pandas as pd
 
-            from geoft_land.join import join
-            from geoft_land.modis import read_myd11a1
-
-            for month, files in granules_by_month(raw.granules).items():
+            for month, files in months.items():
                 cached = _cache_path(raw, month, files, features, options)
                 if cached is not None and cached.is_file():
                     table = pd.read_parquet(cached)
@@ -138,32 +229,14 @@ class LandDataset:
                     if len(table):
                         yield table
                     continue
-                parts = []
-                for f in files:
-                    px = read_myd11a1(f, qc=raw.qc)
-                    if len(px) == 0:
-                        empty.append(Path(f).name)
-                    parts.append(px)
-                pixels = pd.concat(parts, ignore_index=True)
-                if len(pixels) == 0:
-                    continue
-                t0 = pixels["time"].min() - pd.Timedelta(hours=1)
-                t1 = pixels["time"].max() + pd.Timedelta(hours=1)
-                hourly = [v for v in features if "time" in era[v].dims]
-                sub = era[features].sel(time=slice(t0, t1)) if hourly else era[features]
-                sub = sub.transpose(*[d for d in ("time", "point") if d in sub.dims]).load()
-                if hourly and sub.sizes.get("time", 0) == 0:
-                    report.add(type(report)(pixels=len(pixels), no_era_hour=len(pixels),
-                                            missing_hours=[month]))
-                    continue
-                table, part = join(sub, points, pixels, features, max_km=options.max_km,
-                                   target=options.target)
+                if month in pending:
+                    table, part, no_good = pending[month].result()
+                else:
+                    table, part, no_good = join_month(era, points, cover, files, features,
+                                                      options, raw.qc)
+                empty.extend(no_good)
                 report.add(part)
                 attrs["join"] = report.as_dict()
-                if len(table):
-                    table["point"] = table["point"].astype(np.int64)
-                    if cover is not None:
-                        table["landcover"] = cover[table["point"].to_numpy()]
                 if cached is not None:  # the month is done: kept for a resumed prepare
                     from geoft.io import atomic_write, atomic_write_json
 

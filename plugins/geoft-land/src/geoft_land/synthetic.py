@@ -251,4 +251,5 @@ class SyntheticLandSource:
         return LandRaw(era=era, granules=sorted((out_dir / "modis").glob("*.hdf")), qc="good",
                        attrs={"era_files": [f"{p.name}:{p.stat().st_size}" for p in
                                             sorted((out_dir / "era5").glob("*.nc"))]},
-                       cache_dir=out_dir / "join-cache")
+                       cache_dir=out_dir / "join-cache",
+                       era_paths=sorted((out_dir / "era5").glob("*.nc")))
