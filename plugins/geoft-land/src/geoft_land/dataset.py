@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Iterator
+from typing import TYPE_CHECKING, ClassVar, Iterator, Literal
 
 from pydantic import Field
 
@@ -42,6 +42,9 @@ class LandOptions(Strict):
     features: list[str] | None = None
     max_km: float = Field(50.0, gt=0)
     target: str = "lst"
+    neighbours: Literal["kdtree", "faiss"] = Field(
+        "kdtree", description="nearest ERA point by an exact KD-tree on unit vectors, or faiss "
+        "(exhaustive float32 search, GPU when present)")
     workers: int = Field(1, ge=1, description="join months in parallel in this many "
                          "dask.distributed worker processes (a local cluster); 1: in-process")
     scheduler: str | None = Field(None, description="address of a running dask.distributed "
@@ -140,9 +143,9 @@ def join_month_from_files(era_paths: list[Path], files: list[Path], features: li
     from geoft_land.join import EraPoints
 
     era = open_era5([Path(p) for p in era_paths])
-    points = EraPoints(era["lat"].values, era["lon"].values)
-    return join_month(era, points, landcover(era), files, features,
-                      LandOptions.model_validate(options), qc)
+    opts = LandOptions.model_validate(options)
+    points = EraPoints(era["lat"].values, era["lon"].values, opts.neighbours)
+    return join_month(era, points, landcover(era), files, features, opts, qc)
 
 
 def _submit(raw: LandRaw, months: dict[str, list[Path]], features: list[str],
@@ -192,7 +195,7 @@ class LandDataset:
                              where="data.options.features", fix="fetch them or drop them")
         if not raw.granules:
             raise GeoftError("no MODIS granules", where="source", fix="run geoft fetch first")
-        points = EraPoints(era["lat"].values, era["lon"].values)
+        points = EraPoints(era["lat"].values, era["lon"].values, options.neighbours)
         cover = landcover(era)
         report = JoinReport()
         empty: list[str] = []

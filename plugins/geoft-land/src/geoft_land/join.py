@@ -43,19 +43,56 @@ class JoinReport:
 
 
 class EraPoints:
-    """The ERA point set (lat/lon of every point) with its nearest-point lookup."""
+    """The ERA point set (lat/lon of every point) with its nearest-point lookup: ``kdtree``
+    (exact: scipy's KD-tree on 3-D unit vectors, :meth:`geoft.grid.Grid.nearest`) or ``faiss``
+    (an exhaustive float32 search on the same unit vectors, on a GPU when faiss sees one;
+    faster on regional point sets, wrong for a few tenths of a percent of near-ties:
+    ``bench/land_join.py``). Distances are float64 haversine either way."""
 
-    def __init__(self, lat: np.ndarray, lon: np.ndarray):
+    def __init__(self, lat: np.ndarray, lon: np.ndarray, method: str = "kdtree"):
         from geoft.grid import PointGrid
 
         self.lat = np.asarray(lat, np.float64)
         self.lon = np.asarray(lon, np.float64)
         self.grid = PointGrid(self.lat, self.lon)
+        self.method = method
+        self._index = None
+        if method not in ("kdtree", "faiss"):
+            raise ValueError(f"unknown nearest-point method {method!r} (kdtree, faiss)")
+
+    def _faiss(self):
+        if self._index is None:
+            try:
+                import faiss
+            except ImportError:
+                from geoft.errors import GeoftError
+
+                raise GeoftError("the faiss join needs faiss", where="data.options.neighbours",
+                                 fix="pip install faiss-cpu (or faiss-gpu), or use kdtree") \
+                    from None
+            from geoft.grid import unit_vectors
+
+            index = faiss.IndexFlatL2(3)
+            if getattr(faiss, "get_num_gpus", lambda: 0)() > 0:  # pragma: no cover - GPU
+                index = faiss.index_cpu_to_all_gpus(index)
+            index.add(np.ascontiguousarray(unit_vectors(self.lat, self.lon), np.float32))
+            self._index = index
+        return self._index
 
     def nearest(self, lat, lon, max_km: float) -> tuple[np.ndarray, np.ndarray]:
         """``(point index or -1 beyond max_km, distance km)`` of each query point."""
-        found = self.grid.nearest(lat, lon, max_km=max_km)
-        return found.flat, found.distance_km
+        if self.method == "kdtree":
+            found = self.grid.nearest(lat, lon, max_km=max_km)
+            return found.flat, found.distance_km
+        from geoft.grid import haversine_km, unit_vectors
+
+        lat = np.asarray(lat, np.float64).ravel()
+        lon = np.asarray(lon, np.float64).ravel()
+        _, idx = self._faiss().search(
+            np.ascontiguousarray(unit_vectors(lat, lon), np.float32), 1)
+        idx = idx[:, 0].astype(np.int64)
+        dist = haversine_km(lat, lon, self.lat[idx], self.lon[idx])  # float64, from indices
+        return np.where(dist <= max_km, idx, -1), dist
 
 
 def join(era: "xr.Dataset", points: EraPoints, pixels: "pd.DataFrame", features: list[str],
