@@ -43,17 +43,25 @@ class Era5Options(Strict):
     netCDF files (globs) instead of downloading. ``url``/``key``: CDS credentials (default:
     ``~/.cdsapirc`` or ``CDSAPI_URL``/``CDSAPI_KEY``)."""
 
-    variables: list[str] = Field(default_factory=lambda: list(DEFAULT_VARIABLES))
-    static: list[str] = Field(default_factory=lambda: list(DEFAULT_STATIC))
-    start: str | None = None
-    end: str | None = None
-    hours: list[int] = Field(default_factory=lambda: list(range(24)))
-    area: tuple[float, float, float, float] | None = None
-    grid: str | None = None
-    dataset: str = "reanalysis-era5-single-levels"
-    files: list[str] | None = None
-    url: str | None = None
-    key: str | None = None
+    variables: list[str] = Field(default_factory=lambda: list(DEFAULT_VARIABLES),
+                                 description="hourly fields, canonical names (skt, 2t, ...)")
+    static: list[str] = Field(default_factory=lambda: list(DEFAULT_STATIC),
+                              description="time-constant fields (lsm, z, cvh, cvl, cl)")
+    start: str | None = Field(None, description="first day, YYYY-MM-DD")
+    end: str | None = Field(None, description="last day, YYYY-MM-DD (inclusive)")
+    hours: list[int] = Field(default_factory=lambda: list(range(24)),
+                             description="UTC hours to fetch")
+    area: tuple[float, float, float, float] | None = Field(
+        None, description="north west south east, degrees (default: global)")
+    grid: str | None = Field(None, description="MARS grid, e.g. N320 (native reduced "
+                             "Gaussian, kept as points); default: 0.25 degree lat/lon")
+    dataset: str = Field("reanalysis-era5-single-levels", description="CDS dataset")
+    files: list[str] | None = Field(None, description="local GRIB/netCDF files or globs "
+                                    "instead of downloading")
+    url: str | None = Field(None, description="CDS API url (default: ~/.cdsapirc or "
+                            "CDSAPI_URL)")
+    key: str | None = Field(None, description="CDS API key (default: ~/.cdsapirc or "
+                            "CDSAPI_KEY)")
 
     @field_validator("start", "end", mode="before")
     @classmethod

@@ -32,17 +32,18 @@ class SyntheticLandOptions(Strict):
     ERA5 ``hours`` (UTC), MODIS ``tile_pixels`` per tile side (1200 in real files; coarser is
     faster), cloud cover ``clouds`` (share of land pixels), ``seed``."""
 
-    lon_min: float = -9.5
-    lon_max: float = 3.0
-    lat_min: float = 37.0
-    lat_max: float = 43.5
-    start: str = "2021-06-01"
-    days: int = Field(45, ge=3)
-    hours: list[int] = Field(default_factory=lambda: [10, 11, 12, 13, 14, 15, 16])
-    n: int = 320
-    tile_pixels: int = Field(80, ge=4)
-    clouds: float = Field(0.35, ge=0.0, lt=1.0)
-    seed: int = 0
+    lon_min: float = Field(-9.5, description="western edge of the box, degrees east")
+    lon_max: float = Field(3.0, description="eastern edge, degrees east")
+    lat_min: float = Field(37.0, description="southern edge, degrees north")
+    lat_max: float = Field(43.5, description="northern edge, degrees north")
+    start: str = Field("2021-06-01", description="first day, YYYY-MM-DD")
+    days: int = Field(45, ge=3, description="number of days")
+    hours: list[int] = Field(default_factory=lambda: [10, 11, 12, 13, 14, 15, 16],
+                             description="ERA5 hours (UTC), around the Aqua overpass")
+    n: int = Field(320, description="reduced Gaussian grid N (eccodes sample)")
+    tile_pixels: int = Field(80, ge=4, description="MODIS pixels per tile side (1200 real)")
+    clouds: float = Field(0.35, ge=0.0, lt=1.0, description="cloudy share of land pixels")
+    seed: int = Field(0, description="random seed")
 
     @field_validator("start", mode="before")
     @classmethod
