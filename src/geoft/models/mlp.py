@@ -39,6 +39,11 @@ class MLPTrainConfig(TrainConfig):
     batch_size: int = Field(256, ge=1)
     loss: Literal["mse", "mae"] = "mse"
     num_workers: int = Field(0, ge=0)
+    data: Literal["auto", "greedy", "streamed"] = Field(
+        "auto", description="greedy: each split's feature and target columns are read once "
+        "into memory (standardised float32); streamed: every batch reads its rows from the "
+        "parquet parts; auto: greedy when a split fits in greedy_max_mb")
+    greedy_max_mb: int = Field(2048, ge=1)
 
 
 def _columns(store, options: MLPOptions) -> tuple[list[str], list[str]]:
@@ -84,6 +89,23 @@ class TableMLPSpec:
         self.options = validate_section(MLPOptions, options, "model.options")
         self.train_config = validate_section(MLPTrainConfig, config, "train")
         self.features, self.targets = _columns(self.store, self.options)
+        self._greedy: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def greedy(self, split: str) -> bool:
+        """Whether ``split`` is held in memory (``train.data``)."""
+        mode = self.train_config.data
+        if mode != "auto":
+            return mode == "greedy"
+        n_bytes = 4 * self.store.rows(split) * (len(self.features) + len(self.targets))
+        return n_bytes <= self.train_config.greedy_max_mb * 2**20
+
+    def _split_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        if split not in self._greedy:
+            cols = self.store.read(split, self.features + self.targets)
+            x = np.stack([self.store.normalise(c, cols[c]) for c in self.features], axis=1)
+            y = np.stack([self.store.normalise(c, cols[c]) for c in self.targets], axis=1)
+            self._greedy[split] = (x, y)
+        return self._greedy[split]
 
     # -- model -------------------------------------------------------------------------------
     def build_model(self, device):
@@ -107,6 +129,9 @@ class TableMLPSpec:
 
         split = samples[0][0]
         idx = np.asarray([i for _, i in samples], np.int64)
+        if self.greedy(split):
+            x, y = self._split_arrays(split)
+            return {"x": torch.from_numpy(x[idx]), "y": torch.from_numpy(y[idx])}
         rows = self.store.take(split, idx, self.features + self.targets)
         x = np.stack([self.store.normalise(c, rows[c]) for c in self.features], axis=1)
         y = np.stack([self.store.normalise(c, rows[c]) for c in self.targets], axis=1)
