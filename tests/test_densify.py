@@ -769,3 +769,24 @@ def test_table_observations_carry_their_superobservation_error(store, tmp_path):
     assert case["known"][k, a_i, a_j] == pytest.approx((0.2 - float(fields.mean[k])) / std,
                                                     rel=1e-5)
     assert (case["error"][~case["mask"]] == 0).all()
+
+
+def test_bf16_autocast_training_step(store):
+    """precision: bf16 runs the network under bfloat16 autocast with a float32 loss: finite,
+    close to the float32 loss on the same batch, and gradients reach every parameter."""
+    st, fields = D.open_fields(store, VARIABLES, where="test")
+    idx = st.indices("train")
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        cfg = tiny_cfg(precision=precision)
+        torch.manual_seed(0)
+        model, _ = D.build_model(3, D.static_channels(fields, True).shape[0], fields.shape[1:],
+                                 cfg.model)
+        objective = D.ConditionalObjective(fields, idx, cfg, torch.device("cpu"))
+        loss = objective(model, np.arange(4), np.random.default_rng(0),
+                         torch.Generator().manual_seed(0))
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        loss.backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+        losses[precision] = float(loss.detach())
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)

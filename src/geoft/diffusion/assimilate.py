@@ -128,7 +128,7 @@ class PriorObjective:
     ``v``, ``parameterization="v"``); land never counts."""
 
     def __init__(self, fields: "StoreFields", train_indices: np.ndarray, latlon: bool, device,
-                 parameterization: str = "v"):
+                 parameterization: str = "v", precision: str = "fp32"):
         import torch
 
         from geoft.diffusion.reconstruction import static_channels
@@ -141,6 +141,7 @@ class PriorObjective:
         self.static = torch.as_tensor(static_channels(fields, latlon), device=device)
         self.valid = torch.as_tensor(fields.valid, device=device)
         self.parameterization = parameterization
+        self.precision = precision
 
     def __call__(self, model, idx, rng, generator):
         """The loss on the training samples at positions ``idx``, read here."""
@@ -154,7 +155,7 @@ class PriorObjective:
         ``valid``, read in the loader's workers)."""
         import torch
 
-        from geoft.diffusion.unet import masked_mse, v_target
+        from geoft.diffusion.unet import forward, masked_mse, v_target
 
         x0 = batch["x0"].to(self.device, non_blocking=True)
         weight = batch["valid"].to(self.device, non_blocking=True)
@@ -162,7 +163,8 @@ class PriorObjective:
         eps = torch.randn(x0.shape, generator=generator, device=self.device)
         x_t, _ = self.schedule.perturb(x0, t, eps)
         static = self.static.expand(x_t.shape[0], *self.static.shape)
-        out = model(torch.cat([x_t, static], dim=1), self.schedule.unet_timestep(t))
+        out = forward(model, torch.cat([x_t, static], dim=1), self.schedule.unet_timestep(t),
+                      self.precision)
         target = (v_target(x0, eps, self.schedule.mu(t), self.schedule.sigma(t))
                   if self.parameterization == "v" else eps)
         return masked_mse(out, target, weight)  # land and gaps never count
@@ -220,7 +222,7 @@ def train_prior(store_path, cfg: AssimilateConfig | dict | None, out_dir, *,
     spec = DiffusionSpec(
         "diffusion-prior", model, kwargs,
         lambda device: PriorObjective(fields, train_idx, cfg.latlon, device,
-                                      cfg.parameterization),
+                                      cfg.parameterization, cfg.precision),
         len(train_idx), meta, pairs=TrainingPairs(fields, np.asarray(train_idx), cfg.seed))
     summary = train_diffusion(spec, cfg, out_dir, progress=progress, resume=resume,
                               stop_at=stop_at, description="assimilate: training prior")

@@ -223,6 +223,9 @@ class DiffusionTraining(Strict):
     # what the network predicts: "v" (velocity; bounded x0 estimates at every noise level) or
     # plain "epsilon"; samplers always receive epsilon (see unet.eps_from_v)
     parameterization: Literal["v", "epsilon"] = "v"
+    # bf16: the network's forward pass under torch.autocast (bfloat16 matmuls/convolutions,
+    # no loss scaling needed); the loss, the optimiser and the weights stay float32
+    precision: Literal["fp32", "bf16"] = "fp32"
     steps: int = Field(2000, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(2e-4, gt=0)

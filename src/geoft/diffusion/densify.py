@@ -381,6 +381,7 @@ class ConditionalObjective:
             residual_scale = estimate_residual_scale(fields, self.train_indices, cfg)
         self.residual_scale = residual_scale if cfg.first_guess != "none" else None
         self.pairs = training_pairs(fields, self.train_indices, cfg, self.masks)
+        self.precision = cfg.precision
 
     def __call__(self, model, idx, rng, generator):
         """The loss on the training samples at positions ``idx``, read and masked here."""
@@ -394,7 +395,7 @@ class ConditionalObjective:
         noise, timestep, network, masked squared error."""
         import torch
 
-        from geoft.diffusion.unet import masked_mse, v_target
+        from geoft.diffusion.unet import forward, masked_mse, v_target
 
         def dev(name, dtype=None):
             return batch[name].to(self.device, dtype=dtype, non_blocking=True)
@@ -419,7 +420,7 @@ class ConditionalObjective:
             target_field = (x0 - first_guess) / scale[:, None, None] * self.valid
         x_t = self.scheduler.add_noise(target_field, noise, t)
         cond = conditioning(obs, mask, self.static, first_guess, error)
-        pred = model(torch.cat([x_t, cond], dim=1), t)
+        pred = forward(model, torch.cat([x_t, cond], dim=1), t, self.precision)
         if self.parameterization == "v":
             abar = self.alphas_cumprod[t]
             target = v_target(target_field, noise, abar.sqrt(), (1 - abar).sqrt())

@@ -365,6 +365,15 @@ def collate_pairs(samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tenso
     return {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in samples[0]}
 
 
+def forward(model, x: torch.Tensor, t: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """``model(x, t)`` in float32, or under bfloat16 autocast (``precision="bf16"``) with a
+    float32 result (the loss is computed in float32)."""
+    if precision == "bf16":
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+            return model(x, t).float()
+    return model(x, t)
+
+
 def pairs_batch(pairs: TrainingPairs, idx: np.ndarray, rng: np.random.Generator
                 ) -> dict[str, torch.Tensor]:
     """A batch of ``pairs`` at positions ``idx`` in this process, keyed by an epoch drawn from
