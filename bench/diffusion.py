@@ -19,7 +19,7 @@ The defaults run on 2 CPU cores in a few minutes; raise ``--train-steps`` and th
     python bench/diffusion.py --device cuda --n-lat 128 --n-lon 128 \
         --variables zos,thetao:0,thetao:1,so:0,so:1 --channels 64,128,256,256 \
         --batch-size 32 --train-steps 400 --workers 4 --first-guess normalised \
-        --ddim-steps 50 --n-samples 4
+        --precision bf16 --ddim-steps 50 --n-samples 4
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="DataLoader worker processes for training pairs (densify.num_workers)")
     p.add_argument("--first-guess", default="none", choices=["none", "linear", "normalised"],
                    help="densify.first_guess")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="densify.precision (bf16: network under bfloat16 autocast)")
     p.add_argument("--ddim-steps", default="10,25,50,100", help="DDIM step counts to compare")
     p.add_argument("--sampler", default="ddim", choices=["ddim", "ddim+clamp", "repaint"])
     p.add_argument("--members", type=int, default=4)
@@ -130,7 +132,7 @@ def main(argv=None) -> int:
         eval_mask={"kind": args.mask, "occlusion": args.occlusion}, members=args.members,
         n_samples=args.n_samples, sampler=args.sampler, keep_members=True,
         baselines=["nearest", "linear"], figures=False, device=args.device,
-        num_workers=args.workers, first_guess=args.first_guess)
+        num_workers=args.workers, first_guess=args.first_guess, precision=args.precision)
     print(f"store {store} grid {args.n_lat}x{args.n_lon}, channels {variables}, "
           f"torch threads {torch.get_num_threads()}", flush=True)
 
