@@ -3,6 +3,8 @@ with only the network call patched, and the MODIS-to-ERA join against brute forc
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -116,6 +118,10 @@ def test_cds_fetch_requests_resume_and_credentials(tmp_path, monkeypatch):
     assert len(calls) == 3 and len(done.files) == 3
     again = Era5Source().fetch(opts, tmp_path / "raw")
     assert len(calls) == 3 and len(again.skipped) == 3  # resumed: nothing fetched twice
+    other = Era5Source().fetch(opts.model_copy(update={"hours": [12, 13, 14]}), tmp_path / "raw")
+    # other hours: both months fetched again; the static request is unchanged
+    assert len(calls) == 5 and [Path(e["file"]).name for e in other.skipped] == \
+        ["era5-static.grib"]
 
     def failing(self, dataset, request, target):
         raise RuntimeError("request rejected: variable not available")
@@ -203,3 +209,62 @@ def test_faiss_backend_agrees_with_the_kdtree():
     assert (d_fast >= d_exact - 1e-9).all() and np.max(d_fast - d_exact) < 1.0  # km
     near, _ = EraPoints(lat, lon, "faiss").nearest(qlat, qlon, 100.0)
     assert np.array_equal(near >= 0, d_fast <= 100.0)
+
+
+def _era5_day_grib(path, day, hours=range(24)):
+    """A day of ERA5 as the CDS writes it: skt instantaneous at each hour, ssrd accumulated
+    from base times 06/18 UTC with steps 1-12 (a day's first hours come from the previous
+    day's 18 UTC base). Values encode the valid time: ssrd = 1000 (100 day + hour)."""
+    import eccodes
+
+    day = pd.Timestamp(day)
+    sample = eccodes.codes_grib_new_from_samples("reduced_gg_pl_32_grib2")
+    with open(path, "wb") as f:
+        for h in hours:
+            vt = day + pd.Timedelta(hours=h)
+            base = vt.floor("D") + pd.Timedelta(hours=6 if 7 <= vt.hour <= 18 else 18)
+            if vt.hour <= 6:
+                base -= pd.Timedelta(days=1)
+            for accum in (False, True):
+                m = eccodes.codes_clone(sample)
+                eccodes.codes_set(m, "centre", "ecmf")
+                t = base if accum else vt
+                if accum:
+                    step = int((vt - base) / pd.Timedelta(hours=1))
+                    eccodes.codes_set(m, "productDefinitionTemplateNumber", 8)
+                    eccodes.codes_set(m, "paramId", 169)  # ssrd
+                    eccodes.codes_set(m, "stepType", "accum")
+                    eccodes.codes_set(m, "startStep", step - 1)
+                    eccodes.codes_set(m, "endStep", step)
+                else:
+                    eccodes.codes_set(m, "shortName", "skt")
+                eccodes.codes_set(m, "dataDate", int(t.strftime("%Y%m%d")))
+                eccodes.codes_set(m, "dataTime", int(t.strftime("%H%M")))
+                n = eccodes.codes_get(m, "numberOfDataPoints")
+                value = 1000.0 * (vt.day * 100 + vt.hour) if accum else 280.0 + vt.hour
+                eccodes.codes_set_values(m, np.full(n, value))
+                eccodes.codes_write(m, f)
+                eccodes.codes_release(m)
+    eccodes.codes_release(sample)
+    return path
+
+
+def test_accumulations_across_months_and_one_hour_files(tmp_path):
+    """ssrd's base-time x step layout becomes valid times, the empty combinations dropped and
+    an hour present in two months' files taken where it has a value; a file holding one hour
+    stays hourly data."""
+    jan = _era5_day_grib(tmp_path / "era5-2021-01.grib", "2021-01-31")
+    feb = _era5_day_grib(tmp_path / "era5-2021-02.grib", "2021-02-01")
+    ds = open_era5([jan, feb])
+    times = pd.DatetimeIndex(ds["time"].values)
+    assert len(times) == 48 and times[0] == pd.Timestamp("2021-01-31")
+    want = 1000.0 * (times.day * 100 + times.hour)
+    assert np.allclose(ds["ssrd"].isel(point=0).values, want, rtol=1e-6)
+    assert np.allclose(ds["skt"].isel(point=0).values, 280.0 + times.hour, atol=0.01)
+    # one file per hour (a subset of hours): hourly, with only those hours
+    files = [_era5_day_grib(tmp_path / f"era5-h{h}.grib", "2021-02-01", hours=[h])
+             for h in (12, 13, 14)]
+    hourly = open_era5(files)
+    assert hourly["skt"].dims == ("time", "point")
+    assert list(pd.DatetimeIndex(hourly["time"].values).hour) == [12, 13, 14]
+    assert np.allclose(hourly["skt"].isel(point=0).values, [292.0, 293.0, 294.0], atol=0.01)

@@ -120,11 +120,20 @@ def test_cloudy_granules_and_missing_features_are_reported(demo, tmp_path):
     from geoft_land.modis import write_myd11a1
 
     era = open_era5(sorted((demo / "raw/era5").glob("*.nc")))
-    cloudy = write_myd11a1(tmp_path / "MYD11A1.A2021152.h17v05.061.cloudy.hdf",
+    cloudy = write_myd11a1(tmp_path / "MYD11A1.A2021152.h19v05.061.cloudy.hdf",
                            lst_k=np.full((30, 30), np.nan), qc=np.full((30, 30), 2, np.uint8),
-                           view_time_h=np.full((30, 30), np.nan), h=17, v=5,
+                           view_time_h=np.full((30, 30), np.nan), h=19, v=5,
                            date=pd.Timestamp("2021-06-01"))
     granules = sorted((demo / "raw/modis").glob("*A2021152*.hdf")) + [cloudy]
+    # a reprocessed copy of a granule (later production stamp) replaces it, never doubles it
+    from geoft_land.dataset import granules_by_month
+
+    first = granules[0]
+    newer = tmp_path / first.name.replace(".synthetic.", ".zz-reprocessed.")
+    newer.write_bytes(first.read_bytes())
+    months = granules_by_month(granules + [newer])
+    assert newer in months["2021-06"] and first not in months["2021-06"]
+    assert len(months["2021-06"]) == len(granules)
     table = LandDataset().to_canonical(LandRaw(era, granules), LandOptions(features=["skt"]))
     frames = list(table.iter_frames())
     assert sum(len(f) for f in frames) > 0
@@ -152,6 +161,9 @@ def test_lightgbm_second_model_on_the_same_table(demo, tmp_path):
     assert rmse < 0.6 * np.sqrt(np.mean((truth["skt"] - truth["lst"]) ** 2))
     again = GBM.finetune(table, opts, train, tmp_path / "gbm", progress=False)
     assert again["resumed_from"] is not None and again["steps"] == summary["steps"]
+    with pytest.raises(GeoftError, match="other features"):  # not silently the old trees
+        GBM.finetune(table, GBMOptions(n_estimators=300, features=["skt", "2t"]), train,
+                     tmp_path / "gbm", progress=False)
     with pytest.raises(GeoftError, match="not in the table"):
         GBM.finetune(table, GBMOptions(features=["stl9"]), train, tmp_path / "bad")
 
@@ -180,6 +192,14 @@ def test_prepare_again_reads_joined_months_back(demo):
     _time.sleep(0.01)
     os.utime(granule)  # a re-downloaded granule
     assert prepare()["attrs"]["months_from_cache"] == []
+    era = next((demo / "raw/era5").glob("*.nc"))
+    _time.sleep(0.01)
+    os.utime(era)  # ERA5T replaced by final ERA5: same size, new file
+    assert prepare()["attrs"]["months_from_cache"] == []
+    for report in (demo / "raw/join-cache").glob("*.json"):
+        report.unlink()  # a run killed between the cache's two files
+    assert prepare()["attrs"]["months_from_cache"] == []  # a miss, not an error
+    assert prepare()["attrs"]["months_from_cache"] == ["2021-06"]
 
 
 def test_months_joined_in_parallel_match_the_serial_join(tmp_path):

@@ -19,6 +19,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from geoft.table import CanonicalTable
 
 
+CACHE_VERSION = 2  # raise when the join's output changes
+
+
 @dataclass
 class LandRaw:
     """What the land sources open: ERA5 on ``(time, point)`` and the MODIS granule files."""
@@ -41,7 +44,7 @@ class LandOptions(Strict):
 
     features: list[str] | None = None
     max_km: float = Field(50.0, gt=0)
-    target: str = "lst"
+    target: Literal["lst"] = "lst"
     neighbours: Literal["kdtree", "faiss"] = Field(
         "kdtree", description="nearest ERA point by an exact KD-tree on unit vectors, or faiss "
         "(exhaustive float32 search, GPU when present)")
@@ -70,16 +73,48 @@ def _cache_path(raw: LandRaw, month: str, files: list[Path], features: list[str]
     h.update(np.ascontiguousarray(era["lon"].values, np.float64).tobytes())
     if "time" in era.dims:
         h.update(np.asarray(era["time"].values).astype("datetime64[ns]").tobytes())
-    h.update(repr((sorted(features), options.max_km, options.target, raw.qc,
-                   sorted(raw.attrs.get("era_files", [])))).encode())
+    h.update(repr((CACHE_VERSION, sorted(features), options.max_km, options.target,
+                   options.neighbours, raw.qc, sorted(raw.attrs.get("era_files", [])))).encode())
     return Path(raw.cache_dir) / f"{month}-{h.hexdigest()[:16]}.parquet"
 
 
-def granules_by_month(granules: list[Path]) -> dict[str, list[Path]]:
-    from geoft_land.modis import date_of
+def file_key(path: Path) -> str:
+    """A file's name, size and modification time (what the join cache keys ERA5 files by)."""
+    st = Path(path).stat()
+    return f"{Path(path).name}:{st.st_size}:{st.st_mtime_ns}"
 
+
+def _read_cache(path: Path | None, check_only: bool = False):
+    """``(rows, report, granules without good pixels)`` of a joined month, or None when it is
+    not there or unreadable (joined again). ``check_only``: presence only."""
+    import json
+
+    import pandas as pd
+
+    if path is None or not path.is_file() or not path.with_suffix(".json").is_file():
+        return None
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+        if check_only:
+            return True
+        return pd.read_parquet(path), meta["report"], list(meta.get("no_good", []))
+    except Exception:  # a damaged cache entry is a miss
+        return None
+
+
+def granules_by_month(granules: list[Path]) -> dict[str, list[Path]]:
+    from geoft_land.modis import date_of, tile_of
+
+    # one granule per tile and day: a reprocessed one (a later production stamp, the 5th
+    # part of the name) replaces the older
+    newest: dict[tuple, Path] = {}
+    for g in sorted(granules, key=lambda p: Path(p).name):
+        key = (date_of(g), tile_of(g))
+        parts = Path(g).name.split(".")
+        if key not in newest or parts[4:] > Path(newest[key]).name.split(".")[4:]:
+            newest[key] = g
     out: dict[str, list[Path]] = {}
-    for g in sorted(granules):
+    for g in sorted(newest.values(), key=lambda p: Path(p).name):
         out.setdefault(date_of(g).strftime("%Y-%m"), []).append(g)
     return out
 
@@ -195,6 +230,10 @@ class LandDataset:
                              where="data.options.features", fix="fetch them or drop them")
         if not raw.granules:
             raise GeoftError("no MODIS granules", where="source", fix="run geoft fetch first")
+        if not any("time" in era[f].dims for f in features):
+            raise GeoftError(f"features {features} are all time-constant: the join matches "
+                             "pixels to ERA5 hours", where="data.options.features",
+                             fix="add an hourly field such as skt")
         points = EraPoints(era["lat"].values, era["lon"].values, options.neighbours)
         cover = landcover(era)
         report = JoinReport()
@@ -207,14 +246,17 @@ class LandDataset:
         def frames() -> Iterator["pd.DataFrame"]:
             months = granules_by_month(raw.granules)
             todo = {m: f for m, f in months.items()
-                    if (c := _cache_path(raw, m, f, features, options)) is None
-                    or not c.is_file()}
+                    if _read_cache(_cache_path(raw, m, f, features, options),
+                                   check_only=True) is None}
             pending, client = _submit(raw, todo, features, options)
             try:
                 yield from _frames(months, pending)
             finally:
                 if client is not None:
+                    cluster = client.cluster
                     client.close()
+                    if cluster is not None and options.scheduler is None:
+                        cluster.close()  # our local cluster: its workers go too
 
         def _frames(months, pending) -> Iterator["pd.DataFrame"]:
             import json
@@ -223,10 +265,11 @@ class LandDataset:
 
             for month, files in months.items():
                 cached = _cache_path(raw, month, files, features, options)
-                if cached is not None and cached.is_file():
-                    table = pd.read_parquet(cached)
-                    part = json.loads(cached.with_suffix(".json").read_text())
+                hit = _read_cache(cached)
+                if hit is not None:
+                    table, part, no_good = hit
                     report.add(JoinReport(**part))
+                    empty.extend(no_good)
                     from_cache.append(month)
                     attrs["join"] = report.as_dict()
                     if len(table):
@@ -243,8 +286,10 @@ class LandDataset:
                 if cached is not None:  # the month is done: kept for a resumed prepare
                     from geoft.io import atomic_write, atomic_write_json
 
+                    # the report first: a table without its report is a miss, never an error
+                    atomic_write_json(cached.with_suffix(".json"),
+                                      {"report": part.as_dict(full=True), "no_good": no_good})
                     atomic_write(cached, lambda p: table.to_parquet(p, index=False))
-                    atomic_write_json(cached.with_suffix(".json"), part.as_dict(full=True))
                 if len(table):
                     yield table
             attrs["join"] = report.as_dict()

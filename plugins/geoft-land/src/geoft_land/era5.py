@@ -11,6 +11,7 @@ GRIB ``shortName`` (cfgrib's ``GRIB_shortName``) or canonical names in files.
 from __future__ import annotations
 
 import calendar
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -152,7 +153,7 @@ class Era5Source:
 
     def fetch(self, options: Era5Options, out_dir: Path, *, dry_run: bool = False,
               progress: bool = True) -> "FetchResult":
-        from geoft.io import atomic_write
+        from geoft.io import atomic_write, atomic_write_json
         from geoft.protocols import FetchResult
         from geoft.sources import expand
 
@@ -169,7 +170,10 @@ class Era5Source:
         for request, name in todo:
             path = out_dir / name
             entry = {"dataset": options.dataset, "request": request, "file": str(path)}
-            if path.is_file() and path.stat().st_size > 0:
+            asked = path.with_name(path.name + ".request.json")
+            same = asked.is_file() and json.loads(asked.read_text()) == \
+                json.loads(json.dumps(entry["request"] | {"dataset": options.dataset}))
+            if path.is_file() and path.stat().st_size > 0 and same:
                 result.skipped.append(entry)
                 result.files.append(path)
                 continue
@@ -180,6 +184,7 @@ class Era5Source:
                 client = _client(options)
             try:
                 atomic_write(path, lambda p: client.retrieve(options.dataset, request, str(p)))
+                atomic_write_json(asked, request | {"dataset": options.dataset})
             except GeoftError:
                 raise
             except Exception as exc:  # the CDS reports errors as plain exceptions
@@ -197,7 +202,7 @@ class Era5Source:
             sorted(Path(out_dir).glob("era5-*.grib")) + sorted(Path(out_dir).glob("era5-*.nc"))
         if not files:
             raise GeoftError("no ERA5 files", where=str(out_dir), fix="run geoft fetch first")
-        return open_era5(files)
+        return open_era5(files, options.static)
 
 
 # ------------------------------------------------------------------------------------------
@@ -225,6 +230,43 @@ def _grib_parts(path: Path) -> list["xr.Dataset"]:
     return out
 
 
+def _valid_times(ds: "xr.Dataset") -> "xr.Dataset":
+    """A ``time`` dimension of valid times, whatever the file's layout: cfgrib's base times x
+    steps (ERA5 accumulations such as ssrd: base 06/18 UTC, steps 1-12; the empty
+    combinations dropped), a single time as a scalar (kept as a dimension of 1: a file per hour
+    is hourly data, not a static field), or the new CDS netCDF's ``valid_time``."""
+    import numpy as np
+
+    if "valid_time" in ds.dims:  # new-CDS netCDF
+        ds = ds.drop_vars([c for c in ("time", "step") if c in ds.coords and
+                           c not in ds.dims]).rename(valid_time="time")
+    if "step" in ds.coords or "time" in ds.coords:
+        if "time" in ds.coords and "time" not in ds.dims:
+            ds = ds.expand_dims("time")
+        if "step" in ds.coords and "step" not in ds.dims:
+            ds = ds.expand_dims("step")
+        times = ds["time"].values.astype("datetime64[ns]")
+        steps = ds["step"].values.astype("timedelta64[ns]") if "step" in ds.dims else \
+            np.zeros(1, "timedelta64[ns]")
+        if "step" in ds.dims:
+            ds = ds.stack(vt=("time", "step"))
+            ds = ds.drop_vars([c for c in ("vt", "time", "step", "valid_time")
+                               if c in ds.coords])
+            ds = ds.assign_coords(vt=(times[:, None] + steps[None, :]).ravel())
+            ds = ds.rename(vt="time")
+            # base time x step grids hold combinations nobody wrote (NaN everywhere)
+            have = np.zeros(ds.sizes["time"], bool)
+            for v in ds.data_vars:
+                other = [d for d in ds[v].dims if d != "time"]
+                have |= ds[v].notnull().any(other).values if other else \
+                    ds[v].notnull().values
+            ds = ds.isel(time=np.flatnonzero(have))
+        else:
+            ds = ds.assign_coords(time=times + steps[0])
+    return ds.drop_vars([c for c in ("step", "valid_time", "expver") if c in ds.coords
+                         and c not in ds.dims])
+
+
 def _to_points(ds: "xr.Dataset", where: str) -> "xr.Dataset":
     """One cfgrib/netCDF hypercube -> dims (time, point) or (point,), canonical names."""
     import numpy as np
@@ -241,19 +283,7 @@ def _to_points(ds: "xr.Dataset", where: str) -> "xr.Dataset":
     if lat not in ds.coords or lon not in ds.coords:
         raise GeoftError("no latitude/longitude coordinates", where=where,
                          fix="ERA5 files from the CDS, or netCDF with lat/lon")
-    # accumulations: (time, step) -> valid times
-    if "step" in ds.dims:
-        ds = ds.stack(vt=("time", "step"))
-        ds = ds.assign_coords(vt=ds["valid_time"].values).drop_vars(
-            [c for c in ("time", "step", "valid_time") if c in ds.coords])
-        ds = ds.rename(vt="time")
-    elif "valid_time" in ds.coords and "time" in ds.dims:
-        ds = ds.assign_coords(time=ds["valid_time"].values).drop_vars("valid_time")
-    elif "valid_time" in ds.dims:  # new-CDS netCDF
-        ds = ds.rename(valid_time="time")
-    for c in ("step", "valid_time", "expver"):
-        if c in ds.coords and c not in ds.dims:
-            ds = ds.drop_vars(c)
+    ds = _valid_times(ds)
     if ds[lat].ndim == 1 and ds[lat].dims == ds[lon].dims:  # already points (reduced grids)
         if ds[lat].dims[0] != "point":
             ds = ds.rename({ds[lat].dims[0]: "point"})
@@ -272,7 +302,7 @@ def _to_points(ds: "xr.Dataset", where: str) -> "xr.Dataset":
     return ds
 
 
-def open_era5(files: list[Path]) -> "xr.Dataset":
+def open_era5(files: list[Path], static: list[str] | None = None) -> "xr.Dataset":
     """ERA5 files (GRIB or netCDF) -> one Dataset on dims ``(time, point)`` (statics on
     ``point``), canonical names, ``lat``/``lon`` per point. Every file must hold the same
     points; hours present in several files are kept once."""
@@ -293,32 +323,36 @@ def open_era5(files: list[Path]) -> "xr.Dataset":
                 and np.allclose(part["lon"].values, ref["lon"].values)):
             raise GeoftError("ERA5 files hold different grids", where=str(path),
                              fix="fetch every month with the same grid and area")
-    static = [p.drop_vars("time") for p in parts if "time" not in p.dims]
-    timed = []
-    for p in (p for p in parts if "time" in p.dims):
-        fixed = [v for v in p.data_vars if "time" not in p[v].dims]
-        if fixed:  # a file holding static fields beside hourly ones (netCDF)
-            static.append(p[fixed].drop_vars("time", errors="ignore"))
+    # what is static is decided by name (a static field comes with one time stamp; an hourly
+    # field fetched one hour per file has one time too)
+    static_names = set(DEFAULT_STATIC) | set(static or ())
+    static_parts, timed = [], []
+    for p in parts:
+        fixed = [v for v in p.data_vars if v in static_names or "time" not in p[v].dims]
+        if fixed:
+            sp = p[fixed]
+            if "time" in sp.dims:
+                sp = sp.isel(time=0, drop=True)
+            static_parts.append(sp.drop_vars("time", errors="ignore"))
             p = p.drop_vars(fixed)
-        timed.append(p)
-    # a static field fetched with a time stamp (one hour only) is static too
-    keep = []
-    for p in timed:
-        if p.sizes["time"] == 1 and all(v in DEFAULT_STATIC for v in p.data_vars):
-            static.append(p.isel(time=0, drop=True))
-        else:
-            keep.append(p)
+        if p.data_vars:
+            timed.append(p)
     merged = []
     by_vars: dict[tuple, list] = {}
-    for p in keep:
+    for p in timed:
         by_vars.setdefault(tuple(sorted(p.data_vars)), []).append(p)
     for group in by_vars.values():
         cat = xr.concat(group, dim="time", data_vars="all", coords="minimal",
                         compat="override")
-        _, first = np.unique(cat["time"].values, return_index=True)
-        merged.append(cat.isel(time=np.sort(first)))
-    out = xr.merge(merged + static, compat="override", join="outer") if merged or static \
-        else ref
+        times = cat["time"].values
+        if np.unique(times).size < times.size:
+            # an hour in two files (a month's accumulations reach into the next): the first
+            # value that is not missing
+            cat = cat.groupby("time").first(skipna=True)
+        merged.append(cat.sortby("time"))
+    out = xr.merge(merged + static_parts, compat="override", join="outer") \
+        if merged or static_parts else ref
+    out = out.transpose(*[d for d in ("time", "point") if d in out.dims])
     for name in out.data_vars:
         out[name].attrs.setdefault("units", _UNITS.get(name, out[name].attrs.get("units", "")))
     return out

@@ -59,12 +59,25 @@ def finetune(store_path, options: GBMOptions, train: GBMTrainConfig, out_dir, *,
 
     out_dir = Path(out_dir)
     root = out_dir / CHECKPOINTS
-    done = read_pointer(root, "latest")
-    if done is not None and resume:
-        summary = json.loads((out_dir / "summary.json").read_text())
-        return {**summary, "resumed_from": str(done)}
     store = TableStore.open(store_path)
     features = options.features or list(store.features)
+    done = read_pointer(root, "latest")
+    summary_path = out_dir / "summary.json"
+    if done is not None and resume and summary_path.is_file():
+        config = json.loads((done / "model_config.json").read_text())
+        mine = {"features": features, "targets": list(store.targets),
+                "options": options.model_dump(mode="json"),
+                "table": store.meta.get("stats")}
+        theirs = {k: config.get(k) for k in mine}
+        if json.dumps(mine, sort_keys=True, default=str) != \
+                json.dumps(theirs, sort_keys=True, default=str):
+            changed = [k for k in mine if json.dumps(mine[k], sort_keys=True, default=str)
+                       != json.dumps(theirs[k], sort_keys=True, default=str)]
+            raise GeoftError(f"the trained trees used other {', '.join(changed)}",
+                             where=str(root), fix="use another output directory, or "
+                                                  "finetune --restart after removing it")
+        summary = json.loads(summary_path.read_text())
+        return {**summary, "resumed_from": str(done)}
     unknown = [f for f in features if f not in store.features]
     if unknown:
         raise GeoftError(f"features {unknown} are not in the table ({list(store.features)})",
@@ -103,15 +116,16 @@ def finetune(store_path, options: GBMOptions, train: GBMTrainConfig, out_dir, *,
         (tmp / "model_config.json").write_text(json.dumps(
             {"spec": "lightgbm", "features": features, "targets": targets,
              "options": options.model_dump(mode="json"), "best_iteration": best,
-             "lineage": lineage or {}}, indent=2, default=str))
-    set_pointer(root, "best", final)
-    set_pointer(root, "latest", final)
+             "table": store.meta.get("stats"), "lineage": lineage or {}}, indent=2,
+            default=str))
     summary = {"steps": step, "best_iteration": best, "val_rmse": val_rmse,
                "train_rows": int(rows.size), "val_rows": int(len(xv)),
                "seconds": round(time.perf_counter() - t0, 3),
                "latest_checkpoint": str(final), "best_checkpoint": str(final),
                "resumed_from": None}
-    atomic_write_json(out_dir / "summary.json", summary)
+    atomic_write_json(summary_path, summary)  # before the pointers: a pointer means done
+    set_pointer(root, "best", final)
+    set_pointer(root, "latest", final)
     return summary
 
 

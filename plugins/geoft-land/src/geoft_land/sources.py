@@ -38,7 +38,7 @@ class LandSource:
 
     def open(self, options: LandSourceOptions, out_dir: Path):
         from geoft.sources import expand
-        from geoft_land.dataset import LandRaw
+        from geoft_land.dataset import LandRaw, file_key
 
         era_dir = Path(out_dir) / "era5"
         era = Era5Source().open(options.era5, era_dir)
@@ -46,6 +46,6 @@ class LandSource:
             sorted(era_dir.glob("era5-*"))
         granules = ModisSource().open(options.modis, Path(out_dir) / "modis")
         return LandRaw(era=era, granules=list(granules), qc=options.modis.qc,
-                       attrs={"era_files": [f"{p.name}:{p.stat().st_size}" for p in era_files]},
+                       attrs={"era_files": [file_key(p) for p in era_files]},
                        cache_dir=Path(out_dir) / "join-cache",
                        era_paths=era_files)
