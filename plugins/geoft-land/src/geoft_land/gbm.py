@@ -92,21 +92,25 @@ def finetune(store_path, options: GBMOptions, train: GBMTrainConfig, out_dir, *,
     if train.max_rows is not None and len(x) > train.max_rows:
         rows = np.sort(rng.choice(len(x), train.max_rows, replace=False))
     boosters, best, val_rmse = {}, {}, {}
+    params = {"objective": "regression", "metric": "rmse",
+              "learning_rate": options.learning_rate, "num_leaves": options.num_leaves,
+              "min_data_in_leaf": options.min_child_samples,
+              "bagging_fraction": options.subsample,
+              "bagging_freq": 1 if options.subsample < 1 else 0,
+              "feature_fraction": options.colsample_bytree, "seed": train.seed,
+              "deterministic": True, "num_threads": train.threads or 0, "verbose": -1}
     for target in targets:
-        model = lgb.LGBMRegressor(
-            n_estimators=options.n_estimators, learning_rate=options.learning_rate,
-            num_leaves=options.num_leaves, min_child_samples=options.min_child_samples,
-            subsample=options.subsample, subsample_freq=1 if options.subsample < 1 else 0,
-            colsample_bytree=options.colsample_bytree, random_state=train.seed,
-            n_jobs=train.threads or 0, verbose=-1)
-        model.fit(x[rows], np.asarray(ys[target], np.float64)[rows],
-                  eval_X=(xv,), eval_y=(np.asarray(yvs[target], np.float64),),
-                  eval_metric="rmse",
-                  callbacks=[lgb.early_stopping(train.early_stopping_rounds, verbose=False)])
-        boosters[target] = model.booster_
-        best[target] = int(model.best_iteration_ or options.n_estimators)
-        pred = model.predict(xv, num_iteration=best[target])
-        val_rmse[target] = float(np.sqrt(np.mean((pred - np.asarray(yvs[target])) ** 2)))
+        y = np.asarray(ys[target], np.float64)
+        yv = np.asarray(yvs[target], np.float64)
+        train_set = lgb.Dataset(x[rows], y[rows], feature_name=features, free_raw_data=False)
+        booster = lgb.train(
+            params, train_set, num_boost_round=options.n_estimators,
+            valid_sets=[lgb.Dataset(xv, yv, reference=train_set)], valid_names=["val"],
+            callbacks=[lgb.early_stopping(train.early_stopping_rounds, verbose=False)])
+        boosters[target] = booster
+        best[target] = int(booster.best_iteration or options.n_estimators)
+        pred = booster.predict(xv, num_iteration=best[target])
+        val_rmse[target] = float(np.sqrt(np.mean((pred - yv) ** 2)))
     step = max(best.values())
     final = root / step_dir_name(step)
     with atomic_directory(final) as tmp:
