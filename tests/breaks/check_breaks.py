@@ -40,6 +40,17 @@ class Break:
 
 
 BREAKS: tuple[Break, ...] = (
+    Break("MODIS view time: UTC = local solar time + lon/15 (sign flipped)",
+          "plugins/geoft-land/src/geoft_land/modis.py",
+          "offset_ns = np.rint((view_h - lon / 15.0) * 3600e9).astype(\"int64\")",
+          "offset_ns = np.rint((view_h + lon / 15.0) * 3600e9).astype(\"int64\")",
+          ("plugins/geoft-land/tests/test_modis.py",)),
+    Break("land join keeps the first pixel of a point and hour, not their mean",
+          "plugins/geoft-land/src/geoft_land/join.py",
+          'stats = grouped.agg(["mean", "count", "std"]).reset_index()',
+          'stats = grouped.agg(["first", "count", "std"]).reset_index().rename('
+          'columns={"first": "mean"})',
+          ("plugins/geoft-land/tests/test_era5_join.py",)),
     Break("training masks seeded by the sample only: the same mask every epoch",
           "src/geoft/diffusion/unet.py",
           "rng = np.random.default_rng([self.seed, 31, int(epoch), int(i)])",
