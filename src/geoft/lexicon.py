@@ -93,6 +93,13 @@ CANONICAL: dict[str, Variable] = dict([
     _v("cl", "1", "lake cover", None, "static"),
     _v("cvh", "1", "high vegetation cover", None, "static"),
     _v("cvl", "1", "low vegetation cover", None, "static"),
+    _v("tvh", "1", "type of high vegetation (ECMWF class code)", None, "static"),
+    _v("tvl", "1", "type of low vegetation (ECMWF class code)", None, "static"),
+    _v("dl", "m", "lake total depth", None, "static"),
+    _v("stl1", "K", "soil temperature level 1 (0-7 cm)", "soil_temperature"),
+    _v("sd", "m", "snow depth (water equivalent)", "lwe_thickness_of_surface_snow_amount"),
+    _v("strd", "J m-2", "surface thermal radiation downwards",
+       "surface_downwelling_longwave_flux_in_air"),
 ])
 
 
@@ -263,5 +270,8 @@ ERA5 = Lexicon("era5", {
     "ssrd": "surface_solar_radiation_downwards", "swvl1": "volumetric_soil_water_layer_1",
     "lsm": "land_sea_mask", "slt": "soil_type", "cl": "lake_cover",
     "cvh": "high_vegetation_cover", "cvl": "low_vegetation_cover", "z": "geopotential",
+    "tvh": "type_of_high_vegetation", "tvl": "type_of_low_vegetation",
+    "dl": "lake_total_depth", "stl1": "soil_temperature_level_1",
+    "sd": "snow_depth", "strd": "surface_thermal_radiation_downwards",
     "t": "temperature", "u": "u_component_of_wind", "v": "v_component_of_wind",
     "q": "specific_humidity"})

@@ -100,6 +100,10 @@ def test_cds_fetch_requests_resume_and_credentials(tmp_path, monkeypatch):
     assert june["day"] == ["30"] and june["time"] == ["12:00", "13:00"]
     assert june["grid"] == "N320" and june["area"] == [44, -10, 36, 4]
     assert reqs[2][0]["variable"] == ["land_sea_mask"]
+    land_statics = requests(opts.model_copy(update={"static": ["tvh", "tvl", "dl", "slt"]}))
+    assert land_statics[-1][0]["variable"] == ["type_of_high_vegetation",
+                                               "type_of_low_vegetation", "lake_total_depth",
+                                               "soil_type"]
     with pytest.raises(GeoftError, match="credentials"):
         Era5Source().fetch(opts, tmp_path / "raw")
     calls = []

@@ -30,6 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_VARIABLES = ["skt", "2t", "2d", "10u", "10v", "sp", "ssrd", "swvl1"]
 #: time-constant fields
 DEFAULT_STATIC = ["lsm", "z", "cvh", "cvl", "cl"]
+#: every field that is time-constant in ERA5 (what makes a field static when reading files)
+STATIC_NAMES = {"lsm", "z", "cvh", "cvl", "cl", "tvh", "tvl", "dl", "slt"}
 #: GRIB shortName (as cfgrib names the variable, or its GRIB_shortName) -> canonical
 GRIB_NAMES = {"t2m": "2t", "d2m": "2d", "u10": "10u", "v10": "10v", "2t": "2t", "2d": "2d",
               "10u": "10u", "10v": "10v"}
@@ -325,7 +327,7 @@ def open_era5(files: list[Path], static: list[str] | None = None) -> "xr.Dataset
                              fix="fetch every month with the same grid and area")
     # what is static is decided by name (a static field comes with one time stamp; an hourly
     # field fetched one hour per file has one time too)
-    static_names = set(DEFAULT_STATIC) | set(static or ())
+    static_names = STATIC_NAMES | set(static or ())
     static_parts, timed = [], []
     for p in parts:
         fixed = [v for v in p.data_vars if v in static_names or "time" not in p[v].dims]
@@ -359,8 +361,9 @@ def open_era5(files: list[Path], static: list[str] | None = None) -> "xr.Dataset
 
 
 _UNITS = {"skt": "K", "2t": "K", "2d": "K", "10u": "m s-1", "10v": "m s-1", "sp": "Pa",
-          "ssrd": "J m-2", "swvl1": "m3 m-3", "lsm": "1", "z": "m2 s-2", "cvh": "1",
-          "cvl": "1", "cl": "1"}
+          "ssrd": "J m-2", "strd": "J m-2", "swvl1": "m3 m-3", "stl1": "K", "sd": "m",
+          "lsm": "1", "z": "m2 s-2", "cvh": "1", "cvl": "1", "cl": "1", "tvh": "1", "tvl": "1",
+          "dl": "m"}
 
 
 # ------------------------------------------------------------------------------------------
