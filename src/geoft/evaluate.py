@@ -404,6 +404,33 @@ def group_labels(store, split: str, truth: dict, group: str, region_deg: float) 
     return np.asarray(store.read(split, [group])[group]).astype(str)
 
 
+def score_rows(truth: dict, predictions: dict, targets, entries: dict, *,
+               select: np.ndarray | None = None, climatology: dict | None = None,
+               context: str = "") -> list[dict[str, Any]]:
+    """Every metric of ``entries`` for every prediction of every target on the table rows
+    ``select`` (a boolean row mask; default all): dicts ``source, variable, metric, value, n``
+    (``n``: rows where both are present)."""
+    def rows(values):
+        values = np.asarray(values, np.float64)
+        return xr.DataArray(values if select is None else values[select], dims="row")
+
+    out = []
+    for target in targets:
+        t = rows(truth[target])
+        clim = (climatology or {}).get(target)
+        clim = None if clim is None else rows(clim)
+        for source, pred in predictions.items():
+            p = rows(pred[target])
+            for mname, entry in entries.items():
+                with blame(entry, f"scoring {target} of {source}{context}"):
+                    value = call_metric(entry.load(), p, t, weights=None, mask=None,
+                                        reduce_dims=("row",), time_dim=None,
+                                        climatology=clim, reference=None)
+                out.append({"source": source, "variable": target, "metric": mname,
+                            "value": float(value), "n": int((p.notnull() & t.notnull()).sum())})
+    return out
+
+
 def group_scores(store, split: str, truth: dict, predictions: dict, entries: dict,
                  groups: list[str], region_deg: float) -> pd.DataFrame:
     """Long table: group, label, source, variable, metric, value, n -- every metric of every
@@ -412,19 +439,9 @@ def group_scores(store, split: str, truth: dict, predictions: dict, entries: dic
     for group in groups:
         labels = group_labels(store, split, truth, group, region_deg)
         for label in np.unique(labels):
-            rows = labels == label
-            for target in store.targets:
-                t = xr.DataArray(np.asarray(truth[target], np.float64)[rows], dims="row")
-                for source, pred in predictions.items():
-                    p = xr.DataArray(np.asarray(pred[target], np.float64)[rows], dims="row")
-                    for mname, entry in entries.items():
-                        with blame(entry, f"scoring {target} of {source} for {group}={label}"):
-                            value = call_metric(entry.load(), p, t, weights=None, mask=None,
-                                                reduce_dims=("row",), time_dim=None,
-                                                climatology=None, reference=None)
-                        out.append({"group": group, "label": str(label), "source": source,
-                                    "variable": target, "metric": mname, "value": float(value),
-                                    "n": int(rows.sum())})
+            for row in score_rows(truth, predictions, store.targets, entries,
+                                  select=labels == label, context=f" for {group}={label}"):
+                out.append({"group": group, "label": str(label), **row})
     return pd.DataFrame(out)
 
 
@@ -454,29 +471,19 @@ def evaluate_table(loaded, store, *, checkpoint: str | None = None, progress: bo
     n_rows = len(truth["time"])
     entries = {m: pm.entry("metric", m) for m in metric_names}
     clim = bl.table_climatology(store, split) if "acc" in metric_names else {}
-    rows = []
     for target in store.targets:
-        t = xr.DataArray(np.asarray(truth[target], np.float64), dims="row")
         for source, pred in predictions.items():
             if target not in pred:
                 raise GeoftError(f"prediction {source!r} lacks target {target!r}",
                                  where=str(ckpt), fix="retrain with this recipe")
-            p = xr.DataArray(np.asarray(pred[target], np.float64), dims="row")
-            if p.size != n_rows:
-                raise GeoftError(f"prediction {source!r} has {p.size} rows, the {split} split "
-                                 f"{n_rows}", where=str(ckpt), fix="predict every row in order")
-            for mname, entry in entries.items():
-                fn = entry.load()
-                with blame(entry, f"scoring {target} of {source}"):
-                    value = call_metric(fn, p, t, weights=None, mask=None, reduce_dims=("row",),
-                                        time_dim=None,
-                                        climatology=(xr.DataArray(clim[target], dims="row")
-                                                     if target in clim else None),
-                                        reference=None)
-                rows.append({"source": source, "variable": target, "level": np.nan, "lead": 0,
-                             "metric": mname, "value": float(value),
-                             "n": int((p.notnull() & t.notnull()).sum())})
-    table = pd.DataFrame(rows)
+            if np.size(pred[target]) != n_rows:
+                raise GeoftError(f"prediction {source!r} has {np.size(pred[target])} rows, the "
+                                 f"{split} split {n_rows}", where=str(ckpt),
+                                 fix="predict every row in order")
+    table = pd.DataFrame([
+        {"source": r["source"], "variable": r["variable"], "level": np.nan, "lead": 0,
+         "metric": r["metric"], "value": r["value"], "n": r["n"]}
+        for r in score_rows(truth, predictions, store.targets, entries, climatology=clim)])
     skills = skill_table(table, metric_names, baseline_names)
     out_dir = loaded.recipe.evaluate_dir
     out_dir.mkdir(parents=True, exist_ok=True)
