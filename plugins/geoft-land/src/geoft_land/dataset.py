@@ -29,7 +29,6 @@ class LandRaw:
     era: "xr.Dataset"
     granules: list[Path]
     qc: str = "good"
-    attrs: dict = field(default_factory=dict)
     #: where joined months are kept (resume: a month already joined with the same inputs and
     #: settings is read back, not joined again); None: no cache
     cache_dir: Path | None = None
@@ -74,7 +73,8 @@ def _cache_path(raw: LandRaw, month: str, files: list[Path], features: list[str]
     if "time" in era.dims:
         h.update(np.asarray(era["time"].values).astype("datetime64[ns]").tobytes())
     h.update(repr((CACHE_VERSION, sorted(features), options.max_km, options.target,
-                   options.neighbours, raw.qc, sorted(raw.attrs.get("era_files", [])))).encode())
+                   options.neighbours, raw.qc,
+                   sorted(file_key(p) for p in raw.era_paths))).encode())
     return Path(raw.cache_dir) / f"{month}-{h.hexdigest()[:16]}.parquet"
 
 
@@ -245,12 +245,12 @@ class LandDataset:
 
         def frames() -> Iterator["pd.DataFrame"]:
             months = granules_by_month(raw.granules)
+            paths = {m: _cache_path(raw, m, f, features, options) for m, f in months.items()}
             todo = {m: f for m, f in months.items()
-                    if _read_cache(_cache_path(raw, m, f, features, options),
-                                   check_only=True) is None}
+                    if _read_cache(paths[m], check_only=True) is None}
             pending, client = _submit(raw, todo, features, options)
             try:
-                yield from _frames(months, pending)
+                yield from _frames(months, paths, pending)
             finally:
                 if client is not None:
                     cluster = client.cluster
@@ -258,13 +258,9 @@ class LandDataset:
                     if cluster is not None and options.scheduler is None:
                         cluster.close()  # our local cluster: its workers go too
 
-        def _frames(months, pending) -> Iterator["pd.DataFrame"]:
-            import json
-
-            import pandas as pd
-
+        def _frames(months, paths, pending) -> Iterator["pd.DataFrame"]:
             for month, files in months.items():
-                cached = _cache_path(raw, month, files, features, options)
+                cached = paths[month]
                 hit = _read_cache(cached)
                 if hit is not None:
                     table, part, no_good = hit

@@ -197,14 +197,20 @@ class Era5Source:
             result.files.append(path)
         return result
 
-    def open(self, options: Era5Options, out_dir: Path) -> "xr.Dataset":
+    @staticmethod
+    def files(options: Era5Options, out_dir: Path) -> list[Path]:
+        """The ERA5 data files ``open`` reads: the local ``files``, else those fetched into
+        ``out_dir`` (GRIB and netCDF; not their request records)."""
         from geoft.sources import expand
 
         files = expand(options.files) if options.files else \
             sorted(Path(out_dir).glob("era5-*.grib")) + sorted(Path(out_dir).glob("era5-*.nc"))
         if not files:
             raise GeoftError("no ERA5 files", where=str(out_dir), fix="run geoft fetch first")
-        return open_era5(files, options.static)
+        return files
+
+    def open(self, options: Era5Options, out_dir: Path) -> "xr.Dataset":
+        return open_era5(self.files(options, out_dir), options.static)
 
 
 # ------------------------------------------------------------------------------------------

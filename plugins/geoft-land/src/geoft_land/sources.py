@@ -37,15 +37,11 @@ class LandSource:
                            provenance={"era5": era.provenance, "modis": modis.provenance})
 
     def open(self, options: LandSourceOptions, out_dir: Path):
-        from geoft.sources import expand
-        from geoft_land.dataset import LandRaw, file_key
+        from geoft_land.dataset import LandRaw
+        from geoft_land.era5 import open_era5
 
-        era_dir = Path(out_dir) / "era5"
-        era = Era5Source().open(options.era5, era_dir)
-        era_files = expand(options.era5.files) if options.era5.files else \
-            sorted(era_dir.glob("era5-*"))
+        era_files = Era5Source.files(options.era5, Path(out_dir) / "era5")
         granules = ModisSource().open(options.modis, Path(out_dir) / "modis")
-        return LandRaw(era=era, granules=list(granules), qc=options.modis.qc,
-                       attrs={"era_files": [file_key(p) for p in era_files]},
-                       cache_dir=Path(out_dir) / "join-cache",
+        return LandRaw(era=open_era5(era_files, options.era5.static), granules=list(granules),
+                       qc=options.modis.qc, cache_dir=Path(out_dir) / "join-cache",
                        era_paths=era_files)

@@ -244,13 +244,11 @@ class SyntheticLandSource:
         return sorted((out_dir / "era5").glob("*.nc")) + sorted((out_dir / "modis").glob("*.hdf"))
 
     def open(self, options: SyntheticLandOptions, out_dir: Path):
-        from geoft_land.dataset import LandRaw, file_key
+        from geoft_land.dataset import LandRaw
         from geoft_land.era5 import open_era5
 
         out_dir = Path(out_dir)
-        era = open_era5(sorted((out_dir / "era5").glob("*.nc")))
-        return LandRaw(era=era, granules=sorted((out_dir / "modis").glob("*.hdf")), qc="good",
-                       attrs={"era_files": [file_key(p) for p in
-                                            sorted((out_dir / "era5").glob("*.nc"))]},
-                       cache_dir=out_dir / "join-cache",
-                       era_paths=sorted((out_dir / "era5").glob("*.nc")))
+        era_files = sorted((out_dir / "era5").glob("*.nc"))
+        return LandRaw(era=open_era5(era_files),
+                       granules=sorted((out_dir / "modis").glob("*.hdf")), qc="good",
+                       cache_dir=out_dir / "join-cache", era_paths=era_files)
