@@ -147,6 +147,14 @@ class ObservingGeometry:
         return 2 * np.sin(np.minimum(np.asarray(km, np.float64) / (2 * EARTH_RADIUS_KM),
                                      np.pi / 2))
 
+    @staticmethod
+    def km(chord) -> np.ndarray:
+        """Great-circle distance in km of a chord length on the unit sphere (KD-tree
+        distances between unit vectors)."""
+        from geoft.grid import EARTH_RADIUS_KM
+
+        return 2 * EARTH_RADIUS_KM * np.arcsin(np.clip(np.asarray(chord) / 2, 0, 1))
+
 
 def as_geometry(geometry, shape: tuple[int, int] | None = None) -> ObservingGeometry:
     """An :class:`ObservingGeometry`, or a bare ``(H, W)`` shape turned into a planar one."""
@@ -246,7 +254,7 @@ def _rasterise(geometry: ObservingGeometry, mission: Mission, lat: np.ndarray, l
     outer cross-track distance), and for nadir instruments the pixel under each sample."""
     from scipy.spatial import cKDTree
 
-    from geoft.grid import EARTH_RADIUS_KM, unit_vectors
+    from geoft.grid import unit_vectors
 
     if lat.size == 0:
         return np.empty(0, np.int64)
@@ -260,11 +268,11 @@ def _rasterise(geometry: ObservingGeometry, mission: Mission, lat: np.ndarray, l
     hits = np.empty(0, np.int64)
     if cand.size:
         chord, _ = cKDTree(xyz).query(geometry.xyz[cand], k=1)
-        km = 2 * EARTH_RADIUS_KM * np.arcsin(np.clip(chord / 2, 0, 1))
+        km = geometry.km(chord)
         hits = cand[(km >= inner) & (km <= outer)]
     if mission.swath_km is None:  # the pixel under each sample, if the sample is inside it
         chord, flat = geometry.tree.query(xyz, k=1)
-        km = 2 * EARTH_RADIUS_KM * np.arcsin(np.clip(chord / 2, 0, 1))
+        km = geometry.km(chord)
         radius = np.sqrt(geometry.areas[flat]) * np.sqrt(2) / 2
         hits = np.concatenate([hits, flat[km <= radius]])
     return hits
