@@ -17,14 +17,15 @@ $(VENV)/.deps-installed:
 	$(BIN)/pip install -q --upgrade "pip>=24" "setuptools>=77" wheel
 	# torch from the CPU/CUDA wheel pinned in DEVELOPERS.md (served from local disk here)
 	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/pip install -q -e '.[test]' -e plugins/geoft-ocean -e plugins/geoft-land
+	$(BIN)/pip install -q -e '.[test]' -e plugins/geoft-ocean -e plugins/geoft-land \
+		-e plugins/geoft-hrrr
 	touch $@
 
 # Editable installs are re-pointed at this clone every time (a cached venv may come from
 # another clone); --no-deps keeps it a few seconds.
 install: $(VENV)/.deps-installed
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e . -e plugins/geoft-ocean \
-		-e plugins/geoft-land
+		-e plugins/geoft-land -e plugins/geoft-hrrr
 
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/geoft run $(RECIPE)

@@ -112,6 +112,9 @@ def score(store, forecasts: dict[str, xr.Dataset], truth: xr.Dataset,
         for source, fc in forecasts.items():
             n = (counted & fc[var].notnull()).sum(("init_time", *grid.dims))
             for mname, fn in metrics.items():
+                only = getattr(fn, "variables", None)
+                if only is not None and var not in only:
+                    continue  # e.g. reflectivity thresholds mean nothing for temperature
                 ref = _reference_name(fn)
                 with blame(entries[mname], f"scoring {var} of {source}"):
                     value = call_metric(

@@ -92,7 +92,8 @@ def geoft_metrics():
     ``reduce_dims`` (and ``time_dim``) reduced (see :data:`geoft.protocols.Metric` and
     ``docs/plugins.md``). ``metric.better = "lower" | "higher"`` puts it in the skill tables;
     ``metric.needs_reference = True`` (with ``metric.reference = "persistence"``) makes
-    evaluation pass that baseline's forecast as ``reference``.
+    evaluation pass that baseline's forecast as ``reference``. ``metric.variables = ("refc",)``
+    scores only those variables (e.g. reflectivity thresholds); without it, every variable.
     """
 
 

@@ -1,0 +1,56 @@
+"""geoft-hrrr's registrations. Import-light: only lazy references, no xarray/numpy here."""
+
+import geoft
+from geoft import Ref
+
+THRESHOLDS = (20, 35, 50)
+WINDOWS_KM = (3, 9, 27, 81)
+
+
+@geoft.hookimpl
+def geoft_sources():
+    return {
+        "hrrr": Ref("geoft_hrrr.sources:HrrrSource",
+                    summary="HRRR GRIB2 subsets through Herbie (byte ranges from the .idx)"),
+        "grib-lambert": Ref("geoft_hrrr.sources:LocalGribSource",
+                            summary="GRIB2 files on a Lambert conformal grid (HRRR, NAM, RAP)"),
+        "synthetic-hrrr": Ref("geoft_hrrr.synthetic:SyntheticHrrrSource",
+                              summary="offline, seeded convective storms on a window of the "
+                                      "HRRR grid, written as HRRR GRIB2"),
+    }
+
+
+@geoft.hookimpl
+def geoft_datasets():
+    return {
+        "hrrr": Ref("geoft_hrrr.dataset:HrrrDataset",
+                    summary="HRRR GRIB2 fields -> Lambert (y, x) or regridded lat/lon"),
+    }
+
+
+@geoft.hookimpl
+def geoft_metrics():
+    out = {}
+    words = {"csi": "critical success index", "ets": "equitable threat score",
+             "pod": "probability of detection", "far": "false alarm ratio",
+             "freq-bias": "frequency bias"}
+    for t in THRESHOLDS:
+        for name, text in words.items():
+            attr = f"{name.replace('-', '_')}_{t}"
+            out[f"{name}-{t}"] = Ref(f"geoft_hrrr.metrics:{attr}",
+                                     summary=f"{text} of reflectivity >= {t} dBZ (pooled)")
+    for t in (20, 35):
+        for w in WINDOWS_KM:
+            out[f"fss-{t}-{w}km"] = Ref(f"geoft_hrrr.metrics:fss_{t}_{w}km",
+                                        summary=f"fractions skill score, refc >= {t} dBZ, "
+                                                f"{w} km neighbourhood")
+    return out
+
+
+@geoft.hookimpl
+def geoft_baselines():
+    return {
+        "extrapolation": Ref("geoft_hrrr.nowcast:extrapolation",
+                             summary="optical-flow extrapolation nowcast (pysteps Lucas-Kanade "
+                                     "+ semi-Lagrangian advection)"),
+    }
