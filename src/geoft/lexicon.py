@@ -57,6 +57,8 @@ CANONICAL: dict[str, Variable] = dict([
     _v("u", "m s-1", "eastward wind", "eastward_wind", "level"),
     _v("v", "m s-1", "northward wind", "northward_wind", "level"),
     _v("q", "kg kg-1", "specific humidity", "specific_humidity", "level"),
+    _v("w", "Pa s-1", "vertical velocity (omega)", "lagrangian_tendency_of_air_pressure",
+       "level"),
     _v("lsm", "1", "land-sea mask (land fraction)", "land_binary_mask", "static"),
     _v("slt", "1", "soil type", None, "static"),
     # ocean (CMIP/GLORYS short names)

@@ -125,3 +125,31 @@ def test_variables_in_the_wrong_list_or_absent_are_one_line_errors(raw):
         _canonical(raw_ds.drop_vars("hlcy1"), surface_variables=["hlcy1"])
     with pytest.raises(GeoftError, match=r"level\(s\) \[700.0\] hPa not in the source"):
         _canonical(raw_ds, levels=[700.0])
+
+
+def test_derived_parameters_are_metpy_s_with_its_units(raw):
+    from geoft_hrrr import derived
+
+    # MetPy's documented examples through geoft's wrappers (25 kt = 12.86 m/s, 50 kt = 25.72)
+    assert derived.scp(np.array([2500.0]), np.array([0.0]), np.array([125.0]),
+                       np.array([50 * 0.514444]))[0] == pytest.approx(6.25, rel=1e-5)
+    assert derived.stp(np.array([3000.0]), np.array([750.0]), np.array([150.0]),
+                       np.array([25 * 0.514444]))[0] == pytest.approx(1.28611, rel=1e-4)
+    assert derived.shear06(np.array([1.0]), np.array([2.0]), np.array([4.0]),
+                           np.array([6.0]))[0] == pytest.approx(5.0)
+    # Espy: the LCL rises ~125 m per kelvin of dewpoint depression
+    h = derived.lcl_height(np.array([300.0, 300.0]), np.array([290.0, 300.0]),
+                           np.array([100000.0, 100000.0]))
+    assert h[0] == pytest.approx(1250.0, rel=0.1) and abs(h[1]) < 1.0
+
+    raw_ds, _ = raw
+    ds = _canonical(raw_ds, surface_variables=["refc", "cape"], derived=["scp", "stp", "lcl"])
+    assert ds.attrs["geoft_surface_vars"] == ["refc", "cape", "scp", "stp", "lcl"]
+    assert ds["scp"].chunks is not None  # lazy until prepare computes it
+    scp = ds["scp"].values
+    assert np.isfinite(scp).all() and (scp >= 0).all() and scp.max() > 1.0
+    assert ds["lcl"].attrs["units"] == "m" and ds["stp"].attrs["units"] == "1"
+    # where there is no CAPE there is no supercell composite
+    assert (scp[raw_ds["cape"].values == 0] == 0).all() and (raw_ds["cape"].values == 0).any()
+    with pytest.raises(GeoftError, match="scp need.s. hlcy3, not in the data"):
+        _canonical(raw_ds.drop_vars("hlcy3"), surface_variables=["refc"], derived=["scp"])

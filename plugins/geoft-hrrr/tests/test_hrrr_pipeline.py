@@ -1,6 +1,7 @@
 """The HRRR workflow end to end on synthetic HRRR GRIB2: fetch -> prepare (native Lambert) ->
-fine-tune a tiny Aurora with convective fields as new surface variables -> evaluate with the
-convective scores beside persistence and the extrapolation nowcast."""
+fine-tune a tiny Aurora with convective fields as new surface variables (design option 1) and
+vertical velocity as a new pressure-level variable with ``level_condition`` (option 2) ->
+evaluate with the convective scores beside persistence and the extrapolation nowcast."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -18,12 +20,13 @@ RECIPE = {
     "source": {"name": "synthetic-hrrr",
                "options": {"nx": 32, "ny": 32, "step": 2, "start": "2024-05-01T00:00:00",
                            "hours": 72, "variables": ["refc", "cape", "cin", "hlcy3", "mxuphl",
-                                                      "ustm", "vstm", "2t", "z", "u", "v"],
+                                                      "ustm", "vstm", "2t", "10u", "10v", "z",
+                                                      "u", "v", "w"],
                            "seed": 2}},
     "data": {"dataset": "hrrr",
              "options": {"surface_variables": ["refc", "cape", "cin", "hlcy3", "mxuphl",
-                                               "ustm", "vstm", "2t"],
-                         "level_variables": ["z", "u", "v"], "refc_floor": 0.0},
+                                               "ustm", "vstm", "2t", "10u", "10v"],
+                         "level_variables": ["z", "u", "v", "w"], "refc_floor": 0.0},
              "split": {"train": ["2024-05-01", "2024-05-01"], "val": ["2024-05-02", "2024-05-02"],
                        "test": ["2024-05-03", "2024-05-03"]}},
     "model": {"name": "aurora",
@@ -32,9 +35,15 @@ RECIPE = {
                                    "decoder_depths": [1, 1], "encoder_num_heads": [1, 2],
                                    "decoder_num_heads": [2, 1], "patch_size": 4},
                           "weights": {"kind": "random"}, "lora": {"engine": "none"},
-                          "predict_difference": True, "positive_surf_vars": ["refc", "cape"]}},
+                          "predict_difference": True, "positive_surf_vars": ["refc", "cape"],
+                          # design option 2: a convective variable (omega) on pressure levels,
+                          # with level-dependent embeddings
+                          "level_condition": True}},
     "train": {"steps": 6, "batch_size": 2, "val_every": 3, "checkpoint_every": 3,
-              "device": "cpu", "cpu_threads": 1, "num_workers": 0},
+              "device": "cpu", "cpu_threads": 1, "num_workers": 0,
+              # design option 5: physics-informed terms (signs, storm motion vs mean wind)
+              "physics": {"nonnegative": {"hlcy3": 1.0, "mxuphl": 1.0},
+                          "nonpositive": {"cin": 1.0}, "storm_motion": 0.1}},
     "evaluate": {"lead_steps": 2, "max_init_times": 6, "batch_size": 6,
                  "metrics": ["rmse", "csi-35", "ets-35", "freq-bias-35", "fss-35-27km"],
                  "baselines": ["persistence", "extrapolation"]},
@@ -51,6 +60,10 @@ def run(tmp_path_factory):
                          capture_output=True, text=True, timeout=900,
                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    case = subprocess.run([sys.executable, "-m", "geoft.cli", "hrrr-case", str(path)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert case.returncode == 0, case.stdout[-3000:] + case.stderr[-3000:]
     return tmp / "w"
 
 
@@ -61,9 +74,35 @@ def test_convective_scores_for_every_forecast_and_only_on_reflectivity(run: Path
     assert set(convective.source) == {"model", "persistence", "extrapolation"}
     assert set(convective.lead) == {1, 2}
     rmse = table[table.metric == "rmse"]
-    assert {"refc", "cape", "mxuphl", "z", "u"} <= set(rmse.variable)
+    assert {"refc", "cape", "mxuphl", "z", "u", "w"} <= set(rmse.variable)
+    assert set(rmse[rmse.variable == "w"].level) == {850.0, 500.0}
     # persistence is perfect nowhere, and the extrapolation nowcast is a different forecast
     pers = convective[(convective.source == "persistence") & (convective.metric == "csi-35")]
     extra = convective[(convective.source == "extrapolation") & (convective.metric == "csi-35")]
     assert (pers.value < 1).all() and not (pers.value.values == extra.value.values).all()
     assert (run / "evaluate" / "report.md").exists()
+
+
+def test_physics_terms_are_trained_and_logged(run: Path):
+    import json
+
+    lines = [json.loads(x) for x in (run / "finetune" / "metrics.jsonl").read_text().splitlines()]
+    parts = [x["loss_parts"] for x in lines if x.get("kind") == "train"]
+    assert parts and {"phys_nonneg_hlcy3", "phys_nonpos_cin", "phys_storm_motion"} <= set(parts[0])
+    assert all(np.isfinite(p["phys_storm_motion"]) for p in parts)
+
+
+def test_case_maps_and_gif_in_nws_colours(run: Path):
+    from PIL import Image
+
+    from geoft_hrrr.case import nws_reflectivity
+
+    case = run / "evaluate" / "case"
+    assert (case / "refc_case.png").stat().st_size > 10_000
+    with Image.open(case / "refc_case.gif") as gif:
+        assert gif.n_frames == 2  # one per lead
+    cmap, norm = nws_reflectivity()
+    rgba = [cmap(norm(v)) for v in (4.0, 35.0, 52.0)]
+    assert rgba[0][3] == 0  # below 5 dBZ: blank
+    assert np.allclose(rgba[1][:3], (0xfd / 255, 0xf8 / 255, 0x02 / 255))  # 35 dBZ yellow
+    assert np.allclose(rgba[2][:3], (0xfd / 255, 0, 0))  # 50-55 dBZ red

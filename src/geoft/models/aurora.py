@@ -968,6 +968,52 @@ def forecast_loss(adapter: AuroraAdapter, preds: list, targets: dict[str, torch.
     return total, per_var  # type: ignore[return-value]
 
 
+def physics_penalties(adapter: AuroraAdapter, preds: list, masks: dict[str, torch.Tensor],
+                      physics) -> dict[str, torch.Tensor]:
+    """The weighted penalties of :class:`geoft.models.aurora_options.PhysicsLoss` on ``preds``
+    (physical units, one Aurora batch per roll-out step), summed over steps, averaged over the
+    points that count: ``{"phys_<kind>_<var>": weighted term}``."""
+    out: dict[str, torch.Tensor] = {}
+
+    def field(pred, var):
+        return (pred.atmos_vars if var in adapter.level_vars else pred.surf_vars)[var][:, 0]
+
+    def scaled(var, x):  # x / std(var): the normalisation without its offset
+        return adapter.normalise(var, x) - adapter.normalise(var, torch.zeros_like(x))
+
+    def mean_over(var, err, k):
+        mask = masks[var]
+        if mask.dim() == err.dim() + 1:  # per sample and lead (gaps)
+            mask = mask[:, k]
+        mask = mask.expand_as(err)
+        return torch.where(mask, err, torch.zeros((), dtype=err.dtype, device=err.device)
+                           ).sum() / mask.sum().clamp_min(1)
+
+    def add(name, value):
+        out[name] = out[name] + value if name in out else value
+
+    for k, pred in enumerate(preds):
+        for var, w in physics.nonnegative.items():
+            if w > 0:
+                term = torch.relu(-scaled(var, field(pred, var)))
+                add(f"phys_nonneg_{var}", w * mean_over(var, term, k))
+        for var, w in physics.nonpositive.items():
+            if w > 0:
+                term = torch.relu(scaled(var, field(pred, var)))
+                add(f"phys_nonpos_{var}", w * mean_over(var, term, k))
+        if physics.storm_motion > 0:
+            low = [i for i, lev in enumerate(adapter.levels) if lev >= 500.0]
+            u = [field(pred, "10u")] + [field(pred, "u")[:, i] for i in low]
+            v = [field(pred, "10v")] + [field(pred, "v")[:, i] for i in low]
+            du = field(pred, "ustm") - torch.stack(u).mean(0)
+            dv = field(pred, "vstm") - torch.stack(v).mean(0)
+            dev = torch.sqrt(du.square() + dv.square() + 1e-6) - physics.storm_deviation
+            std = scaled("ustm", torch.ones_like(dev[:1, :1, :1]))
+            add("phys_storm_motion",
+                physics.storm_motion * mean_over("ustm", (dev * std).square(), k))
+    return out
+
+
 class AuroraSpec:
     """Aurora fine-tuning as the training engine sees it (:class:`geoft.training.engine.TrainSpec`):
     windows of the store (two history steps, ``rollout_steps`` targets), a roll-out module, the
@@ -990,6 +1036,12 @@ class AuroraSpec:
                              fix=f"use variables from {', '.join(self.adapter.variables)}")
         if sum(self.train_config.variable_weights.get(v, 1.0) for v in self.adapter.variables) <= 0:
             raise GeoftError("variable_weights are all zero", where="train.variable_weights")
+        if self.train_config.physics is not None:
+            absent = sorted(self.train_config.physics.variables() - set(self.adapter.variables))
+            if absent:
+                raise GeoftError(f"train.physics needs {', '.join(absent)}, not in the store",
+                                 where="train.physics", fix="prepare those variables or drop "
+                                 "the term")
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.find_unused_parameters = False
         self.masks: dict[str, torch.Tensor] = {}
@@ -1065,6 +1117,10 @@ class AuroraSpec:
             masks[v] = p.to(ctx.device) & self.masks[v]
         total, per_var = forecast_loss(self.adapter, preds, targets, masks, kind=cfg.loss,
                                        weights=cfg.variable_weights, area=self.area)
+        if cfg.physics is not None:
+            terms = physics_penalties(self.adapter, preds, masks, cfg.physics)
+            total = total + sum(terms.values())
+            per_var = {**per_var, **terms}
         return total, {v: x.detach() for v, x in per_var.items()}
 
     # -- roll-out training with a replay buffer (pushforward) ------------------------------------

@@ -269,6 +269,38 @@ class ReplayOptions(Strict):
     fresh_fraction: float = Field(0.25, gt=0, le=1)
 
 
+class PhysicsLoss(Strict):
+    """Physics-informed penalties on the prediction in physical units, each added to the loss
+    with its weight (``train.physics``), per roll-out step, over the points that count:
+
+    * ``nonnegative: {var: weight}``: mean of ``relu(-x) / std(var)`` (CAPE, reflectivity,
+      helicity cannot be negative);
+    * ``nonpositive: {var: weight}``: mean of ``relu(x) / std(var)`` (CIN <= 0);
+    * ``storm_motion: weight``: storm motion ``(ustm, vstm)`` consistent with the 0-6 km mean
+      wind: mean of ``((|storm motion - mean wind| - storm_deviation) / std(ustm))^2``, the
+      mean wind being the average of the 10 m wind and the pressure-level winds at or below
+      6 km (levels >= 500 hPa), ``storm_deviation`` Bunkers' 7.5 m/s.
+    """
+
+    nonnegative: dict[str, float] = Field(default_factory=dict)
+    nonpositive: dict[str, float] = Field(default_factory=dict)
+    storm_motion: float = Field(0.0, ge=0)
+    storm_deviation: float = Field(7.5, ge=0, description="m/s")
+
+    @model_validator(mode="after")
+    def _weights(self) -> "PhysicsLoss":
+        bad = {k: v for k, v in {**self.nonnegative, **self.nonpositive}.items() if v < 0}
+        if bad:
+            raise ValueError(f"physics weights must be >= 0, got {bad}")
+        return self
+
+    def variables(self) -> set[str]:
+        needed = set(self.nonnegative) | set(self.nonpositive)
+        if self.storm_motion > 0:
+            needed |= {"ustm", "vstm", "10u", "10v", "u", "v"}
+        return needed
+
+
 class AuroraTrainConfig(TrainConfig):
     """``train`` for Aurora: the engine's settings plus the roll-out loss.
 
@@ -278,7 +310,8 @@ class AuroraTrainConfig(TrainConfig):
     over variables with ``variable_weights`` (default 1 each). ``rollout_steps`` > 1 fine-tunes
     on unrolled autoregressive roll-outs (loss summed over steps); ``rollout_grad: last`` keeps
     gradients of the last step only. ``replay`` trains long leads one step at a time from a
-    replay buffer (:class:`ReplayOptions`).
+    replay buffer (:class:`ReplayOptions`). ``physics`` adds weighted physical penalties
+    (:class:`PhysicsLoss`).
     """
 
     loss: Literal["mae", "mse"] = "mae"
@@ -287,6 +320,7 @@ class AuroraTrainConfig(TrainConfig):
     rollout_steps: int = Field(1, ge=1)
     rollout_grad: Literal["all", "last"] = "all"
     replay: ReplayOptions | None = None
+    physics: PhysicsLoss | None = None
 
     @model_validator(mode="after")
     def _weights(self) -> "AuroraTrainConfig":

@@ -15,6 +15,8 @@ model's patch size). Options:
   it, in linear radar reflectivity factor Z (mm6 m-3), not in dBZ -- averaging dBZ would
   understate cores -- and converts back to dBZ. Conservative averaging needs a target cell
   larger than the source cells (coarsening); finer targets are interpolated;
+* ``derived``: bulk shear, LCL height, supercell composite and significant tornado parameter
+  from MetPy (:mod:`geoft_hrrr.derived`), added as surface variables;
 * ``refc_floor``: clip composite reflectivity below a floor (dBZ; HRRR writes clear air as
   about -10 to -20 dBZ): noise below the lowest threshold of interest would otherwise take
   a share of the loss.
@@ -52,6 +54,9 @@ class HrrrDatasetOptions(Strict):
         "south-west corner, end exclusive)")
     regrid: Regrid | None = Field(None, description="regular lat/lon grid instead of Lambert")
     refc_floor: float | None = Field(None, description="clip reflectivity below this (dBZ)")
+    derived: list[Literal["shear06", "lcl", "scp", "stp"]] = Field(
+        [], description="derived convective parameters from MetPy, added as surface variables "
+        "(0-6 km shear, LCL height, supercell composite, significant tornado parameter)")
 
 
 class HrrrDataset:
@@ -59,10 +64,15 @@ class HrrrDataset:
     Options: ClassVar[type[BaseModel]] = HrrrDatasetOptions
 
     def variables(self, options: HrrrDatasetOptions) -> dict[str, list[str]]:
-        return {"surface": list(options.surface_variables), "level": list(options.level_variables)}
+        return {"surface": list(options.surface_variables) + list(options.derived),
+                "level": list(options.level_variables)}
 
     def to_canonical(self, raw, options: HrrrDatasetOptions):
         wanted = list(options.surface_variables) + list(options.level_variables)
+        if options.derived:
+            from geoft_hrrr.derived import add_derived
+
+            raw = add_derived(raw, options.derived)
         for name in wanted:
             if name not in FIELDS:
                 raise GeoftError(f"unknown HRRR field {name!r}", where="data.options",
@@ -81,7 +91,7 @@ class HrrrDataset:
             if not FIELDS[name].on_pressure_levels:
                 raise GeoftError(f"{name} is a surface field; list it under surface_variables",
                                  where="data.options.level_variables")
-        ds = raw[wanted + (["crs"] if "crs" in raw else [])]
+        ds = raw[wanted + list(options.derived) + (["crs"] if "crs" in raw else [])]
         if options.levels is not None and options.level_variables:
             have = [float(v) for v in ds["level"].values]
             absent = [lev for lev in options.levels if float(lev) not in have]
@@ -98,7 +108,7 @@ class HrrrDataset:
         if options.regrid is not None:
             ds = regrid_latlon(ds, options.regrid)
         ds.attrs = dict(raw.attrs)
-        ds.attrs["geoft_surface_vars"] = list(options.surface_variables)
+        ds.attrs["geoft_surface_vars"] = list(options.surface_variables) + list(options.derived)
         ds.attrs["geoft_level_vars"] = list(options.level_variables)
         return ds
 

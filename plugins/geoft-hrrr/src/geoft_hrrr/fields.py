@@ -97,6 +97,7 @@ _FIELDS = [
     Field("u", "prs", "UGRD", "{level} mb", (0, 2, 2), ISOBARIC, (), "m s-1"),
     Field("v", "prs", "VGRD", "{level} mb", (0, 2, 3), ISOBARIC, (), "m s-1"),
     Field("q", "prs", "SPFH", "{level} mb", (0, 1, 0), ISOBARIC, (), "kg kg-1"),
+    Field("w", "prs", "VVEL", "{level} mb", (0, 2, 8), ISOBARIC, (), "Pa s-1"),
 ]
 
 #: canonical name -> :class:`Field`

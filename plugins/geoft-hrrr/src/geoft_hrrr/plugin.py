@@ -54,3 +54,9 @@ def geoft_baselines():
                              summary="optical-flow extrapolation nowcast (pysteps Lucas-Kanade "
                                      "+ semi-Lagrangian advection)"),
     }
+
+
+@geoft.hookimpl
+def geoft_commands():
+    return {"hrrr-case": Ref("geoft_hrrr.case:command",
+                             summary="maps and a GIF of one convective case (NWS colours)")}

@@ -37,7 +37,7 @@ from geoft_hrrr.fields import FIELDS
 
 SURFACE_FIELDS = ("refc", "cape", "cin", "mlcape", "mlcin", "hlcy1", "hlcy3", "mxuphl", "ustm",
                   "vstm", "2t", "2d", "10u", "10v", "mslma")
-LEVEL_FIELDS = ("z", "t", "u", "v", "q")
+LEVEL_FIELDS = ("z", "t", "u", "v", "q", "w")
 G = 9.80665
 
 
@@ -139,13 +139,14 @@ class Simulation:
 
     # -- storms ------------------------------------------------------------------------------
     def step_cells(self, env: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Advance the cells one hour; return reflectivity (dBZ) and hourly-max updraft
-        helicity."""
+        """Advance the cells one hour; return reflectivity (dBZ), hourly-max updraft helicity
+        and the updraft strength (0..1, for vertical velocity)."""
         o, rng = self.options, self.rng
         ustm, vstm = env["ustm"], env["vstm"]
         px_per_h = 3600.0 / 1000.0 / self.dx_km  # m/s -> pixels per hour
         alive = []
         uh = np.zeros((o.ny, o.nx))
+        updraft = np.zeros((o.ny, o.nx))
         for c in self.cells:
             j, i = int(np.clip(round(c.y), 0, o.ny - 1)), int(np.clip(round(c.x), 0, o.nx - 1))
             c.x += ustm[j, i] * px_per_h
@@ -177,10 +178,11 @@ class Simulation:
             zlin += 10 ** (dbz / 10.0) * shape
             core = shape > 0.5
             uh = np.maximum(uh, core * stage * env["hlcy3"] * (c.peak - 40.0) / 6.0)
+            updraft = np.maximum(updraft, stage * shape * (c.peak - 30.0) / 30.0)
             self.cold = np.maximum(self.cold, 4.0 * stage * shape)
         self.cold *= 0.8  # cold pools recover
         refc = np.maximum(10.0 * np.log10(zlin + 1e-10), -10.0)
-        return refc, np.clip(uh, 0.0, None)
+        return refc, np.clip(uh, 0.0, None), updraft
 
     def hours(self) -> Iterator[tuple[dt.datetime, dict[str, np.ndarray]]]:
         o = self.options
@@ -188,11 +190,13 @@ class Simulation:
         for h in range(-24, o.hours):  # one day of spin-up: storms already about at the start
             when = start + dt.timedelta(hours=h)
             env = self.environment(h, when)
-            refc, uh = self.step_cells(env)
+            refc, uh, updraft = self.step_cells(env)
             if h < 0:
                 continue
             out = {k: v for k, v in env.items() if k not in ("levels", "sun")}
             out.update(refc=refc, mxuphl=uh)
+            # omega (Pa/s): updrafts strongest aloft, weak subsidence around
+            env["levels"]["w"] = (0.05 - 1.5 * updraft, 0.08 - 4.0 * updraft)
             for name, (lo, hi) in env["levels"].items():
                 out[name] = {850.0: lo, 500.0: hi}
             yield when, out
