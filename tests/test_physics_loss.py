@@ -101,3 +101,30 @@ def test_physics_terms_need_their_variables(setup, tmp_path):
                       {"steps": 1, "device": "cpu",
                        "physics": {"nonnegative": {"refc": 1.0}, "storm_motion": 0.1}})
     assert spec.train_config.physics.storm_motion == 0.1
+
+
+def test_intensity_weights_weigh_points_by_the_target(setup):
+    from geoft.models.aurora import forecast_loss
+
+    _, adapter, pred = setup
+    masks = {v: torch.ones_like(m) for v, m in adapter.loss_masks().items()}
+    shape = pred.surf_vars["refc"][:, 0].shape
+    target = torch.zeros(shape)
+    target[0, 0, :4] = 40.0  # four storm points (>= 35: weight 5), the rest clear air
+    refc = torch.zeros(shape)
+    refc[0, 1, 0] = 10.0  # a false echo in clear air (weight 1)
+    preds = [_with(pred, refc=refc)]
+    targets = {v: (target if v == "refc" else f[:, 0].detach())[:, None]
+               for v, f in {**pred.surf_vars, **pred.atmos_vars}.items() if v in adapter.variables}
+    std = float(adapter.normalise("refc", torch.ones(1, 1)) - adapter.normalise("refc",
+                                                                              torch.zeros(1, 1)))
+    _, plain = forecast_loss(adapter, preds, targets, masks)
+    _, weighted = forecast_loss(adapter, preds, targets, masks,
+                                intensity={"refc": [(35.0, 5.0), (20.0, 2.0)]})
+    n = target.numel()
+    assert float(plain["refc"]) == pytest.approx(std * (4 * 40 + 10) / n, rel=1e-4)
+    # weighted mean: the storm points count 5 times, the denominator too
+    assert float(weighted["refc"]) == pytest.approx(std * (5 * 4 * 40 + 10) / (n + 4 * 4),
+                                                    rel=1e-4)
+    assert float(weighted["zos" if "zos" in weighted else "cin"]) == pytest.approx(
+        float(plain["zos" if "zos" in plain else "cin"]))

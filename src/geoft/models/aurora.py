@@ -935,7 +935,8 @@ false; `adapter.pt` holds the trainable tensors for resuming.
 def forecast_loss(adapter: AuroraAdapter, preds: list, targets: dict[str, torch.Tensor],
                   masks: dict[str, torch.Tensor], *, kind: str = "mae",
                   weights: dict[str, float] | None = None,
-                  area: torch.Tensor | None = None
+                  area: torch.Tensor | None = None,
+                  intensity: dict[str, list[tuple[float, float]]] | None = None
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Masked loss in normalised space, summed over roll-out steps.
 
@@ -944,6 +945,10 @@ def forecast_loss(adapter: AuroraAdapter, preds: list, targets: dict[str, torch.
     or ``(C, H, W)`` (static), or ``(B, n_lead, [C,] H, W)`` (per sample and lead: gaps), True
     where a point counts. Per variable: mean error over the points that count, over the batch;
     total: the ``weights``-weighted mean over variables (weight 1 by default).
+    ``intensity[var] = [(threshold, weight), ...]``: a point whose *target* is at or above a
+    threshold (physical units) weighs that much (the largest that applies; 1 below all), the
+    "balanced" loss of precipitation nowcasting (Shi et al. 2017) against the blur of rare
+    intense values; the mean is then weighted by those weights.
     Returns ``(total, {var: per-variable loss})``.
     """
     weights = weights or {}
@@ -960,6 +965,12 @@ def forecast_loss(adapter: AuroraAdapter, preds: list, targets: dict[str, torch.
                 mask = mask[:, k]
             mask = mask.expand_as(err)
             w = mask.to(err.dtype) if area is None else mask * area.to(err.dtype)
+            if intensity and var in intensity:
+                raw = targets[var][:, k]
+                pix = torch.ones_like(raw, dtype=err.dtype)
+                for threshold, weight in sorted(intensity[var]):
+                    pix = torch.where(raw >= threshold, torch.full_like(pix, float(weight)), pix)
+                w = w * pix
             term = torch.where(mask, err * w, torch.zeros((), dtype=err.dtype, device=err.device)
                                ).sum() / w.sum().clamp_min(1e-12)
             per_var[var] = per_var[var] + term if var in per_var else term
@@ -1036,6 +1047,10 @@ class AuroraSpec:
                              fix=f"use variables from {', '.join(self.adapter.variables)}")
         if sum(self.train_config.variable_weights.get(v, 1.0) for v in self.adapter.variables) <= 0:
             raise GeoftError("variable_weights are all zero", where="train.variable_weights")
+        odd = sorted(set(self.train_config.intensity_weights) - set(self.adapter.variables))
+        if odd:
+            raise GeoftError(f"intensity_weights names {', '.join(odd)}, not in the store",
+                             where="train.intensity_weights", fix="use the store's variables")
         if self.train_config.physics is not None:
             absent = sorted(self.train_config.physics.variables() - set(self.adapter.variables))
             if absent:
@@ -1116,7 +1131,8 @@ class AuroraSpec:
         for v, p in present.items():  # gaps never count
             masks[v] = p.to(ctx.device) & self.masks[v]
         total, per_var = forecast_loss(self.adapter, preds, targets, masks, kind=cfg.loss,
-                                       weights=cfg.variable_weights, area=self.area)
+                                       weights=cfg.variable_weights, area=self.area,
+                                       intensity=cfg.intensity_weights)
         if cfg.physics is not None:
             terms = physics_penalties(self.adapter, preds, masks, cfg.physics)
             total = total + sum(terms.values())

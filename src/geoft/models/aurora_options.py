@@ -311,7 +311,7 @@ class AuroraTrainConfig(TrainConfig):
     on unrolled autoregressive roll-outs (loss summed over steps); ``rollout_grad: last`` keeps
     gradients of the last step only. ``replay`` trains long leads one step at a time from a
     replay buffer (:class:`ReplayOptions`). ``physics`` adds weighted physical penalties
-    (:class:`PhysicsLoss`).
+    (:class:`PhysicsLoss`); ``intensity_weights`` weighs points by the target's intensity.
     """
 
     loss: Literal["mae", "mse"] = "mae"
@@ -321,12 +321,19 @@ class AuroraTrainConfig(TrainConfig):
     rollout_grad: Literal["all", "last"] = "all"
     replay: ReplayOptions | None = None
     physics: PhysicsLoss | None = None
+    intensity_weights: dict[str, list[tuple[float, float]]] = Field(
+        default_factory=dict, description="per variable, [[threshold, weight], ...] in physical "
+        "units: points whose target reaches a threshold weigh more in the loss (e.g. refc: "
+        "[[20, 2], [35, 5], [50, 10]]), against the blur of rare intense values")
 
     @model_validator(mode="after")
     def _weights(self) -> "AuroraTrainConfig":
         bad = {k: v for k, v in self.variable_weights.items() if v < 0}
         if bad:
             raise ValueError(f"variable_weights must be >= 0, got {bad}")
+        bad_w = {k: v for k, v in self.intensity_weights.items() if any(w < 0 for _, w in v)}
+        if bad_w:
+            raise ValueError(f"intensity_weights must be >= 0, got {bad_w}")
         if self.replay is not None and self.rollout_steps != 1:
             raise ValueError("replay trains one step at a time: set rollout_steps: 1 (or drop "
                              "replay for unrolled roll-outs)")

@@ -54,7 +54,7 @@ class SyntheticHrrrOptions(Strict):
     variables: list[str] = PField(list(SURFACE_FIELDS + LEVEL_FIELDS),
                                   description="fields to write (canonical names)")
     levels: list[float] = PField([850.0, 500.0], description="pressure levels, hPa")
-    cells_per_day: float = PField(40.0, gt=0, description="mean storm births per day on a "
+    cells_per_day: float = PField(10.0, gt=0, description="mean storm births per day on a "
                                   "64x64 3 km window (scaled with area)")
     seed: int = PField(0, description="random seed (same seed, same data)")
 
