@@ -54,7 +54,7 @@ BREAKS: tuple[Break, ...] = (
           "plugins/geoft-hrrr/src/geoft_hrrr/dataset.py",
           "z = 10.0 ** (np.asarray(block, np.float64) / 10.0)",
           "z = np.asarray(block, np.float64)",
-          ("plugins/geoft-hrrr/tests/test_dataset.py",)),
+          ("plugins/geoft-hrrr/tests/test_hrrr_dataset.py",)),
     Break("an older run's forecast wins over a newer one for the same valid time",
           "plugins/geoft-hrrr/src/geoft_hrrr/grib.py",
           "if k not in best or r.fxx < best[k].fxx:",
