@@ -150,6 +150,10 @@ def test_derived_parameters_are_metpy_s_with_its_units(raw):
     assert np.isfinite(scp).all() and (scp >= 0).all() and scp.max() > 1.0
     assert ds["lcl"].attrs["units"] == "m" and ds["stp"].attrs["units"] == "1"
     # where there is no CAPE there is no supercell composite
-    assert (scp[raw_ds["cape"].values == 0] == 0).all() and (raw_ds["cape"].values == 0).any()
+    mu = np.maximum(raw_ds["cape"].values, raw_ds["mlcape"].values)  # the most-unstable proxy
+    assert (scp[mu == 0] == 0).all() and (mu == 0).any()
+    # the shear term is at most 1: SCP <= (MUCAPE / 1000) (SRH / 50) everywhere
+    bound = mu / 1000.0 * np.maximum(raw_ds["hlcy3"].values, 0) / 50.0
+    assert (scp <= bound * (1 + 1e-5) + 1e-6).all() and (scp < bound - 1e-3).any()
     with pytest.raises(GeoftError, match="scp need.s. hlcy3, not in the data"):
         _canonical(raw_ds.drop_vars("hlcy3"), surface_variables=["refc"], derived=["scp"])
