@@ -58,12 +58,15 @@ def open_files(files: list[Path], variables: list[str] | None = None):
 class LocalFilesSource:
     summary: ClassVar[str] = "netCDF/zarr files already on disk"
     Options: ClassVar[type[BaseModel]] = LocalFilesOptions
+    #: ``provenance["source"]`` of the fetch (a subclass reading other formats names itself)
+    provenance_source: ClassVar[str] = "local"
 
     def fetch(self, options: LocalFilesOptions, out_dir: Path, *, dry_run: bool = False,
               progress: bool = True) -> FetchResult:
         files = expand(options.paths)
         return FetchResult(files=files, requests=[{"paths": options.paths}],
-                           provenance={"source": "local", "files": [str(f.resolve()) for f in files]})
+                           provenance={"source": self.provenance_source,
+                                       "files": [str(f.resolve()) for f in files]})
 
     def open(self, options: LocalFilesOptions, out_dir: Path):
         return open_files(expand(options.paths), options.variables)

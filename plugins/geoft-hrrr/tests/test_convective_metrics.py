@@ -402,3 +402,14 @@ def test_module_level_imports_are_light():
         elif isinstance(node, ast.ImportFrom):
             top.add((node.module or "").split(".")[0])
     assert top - set(sys.stdlib_module_names) == {"numpy", "xarray"}
+
+
+def test_the_plugin_registers_exactly_these_metrics():
+    """geoft_hrrr.plugin (import-light: no numpy) names the metrics itself; every name it
+    registers is one of SUMMARIES' and points at the same attribute."""
+    from geoft_hrrr import plugin
+
+    registered = plugin.geoft_metrics()
+    assert set(registered) == set(m.SUMMARIES)
+    for name, ref in registered.items():
+        assert ref.target == f"geoft_hrrr.metrics:{m.SUMMARIES[name][0]}"

@@ -150,3 +150,19 @@ def test_inventory_file_is_what_herbie_parses(tmp_path):
     offsets = [int(s.split(":")[1]) for s in lines]
     data = path.read_bytes()
     assert all(data[o:o + 4] == b"GRIB" for o in offsets)
+
+
+def test_grib_lambert_source_lists_and_opens_local_files(tmp_path):
+    from geoft_hrrr.sources import GribOptions, LocalGribSource
+
+    rng = np.random.default_rng(4)
+    write_grib(tmp_path / "a" / "f01.grib2", SPEC, INIT, 1, _fields(rng))
+    write_grib(tmp_path / "a" / "f02.grib2", SPEC, INIT, 2, _fields(rng))
+    opts = GribOptions(paths=[str(tmp_path / "a" / "*.grib2")], variables=["refc", "z"])
+    result = LocalGribSource().fetch(opts, tmp_path / "raw")
+    assert [p.name for p in result.files] == ["f01.grib2", "f02.grib2"]
+    assert result.provenance["source"] == "grib-lambert"
+    ds = LocalGribSource().open(opts, tmp_path / "raw")
+    assert ds.sizes["time"] == 2 and list(ds["level"].values) == [850.0, 500.0]
+    with pytest.raises(GeoftError, match="no file matches"):
+        LocalGribSource().fetch(GribOptions(paths=[str(tmp_path / "none*.grib2")]), tmp_path)

@@ -932,6 +932,24 @@ false; `adapter.pt` holds the trainable tensors for resuming.
 """
 
 
+def _lead_field(adapter: AuroraAdapter, pred, var: str) -> torch.Tensor:
+    """``var`` of one roll-out step's prediction, ``(B, [C,] H, W)`` in physical units."""
+    return (pred.atmos_vars if var in adapter.level_vars else pred.surf_vars)[var][:, 0]
+
+
+def _masked_mean(err: torch.Tensor, mask: torch.Tensor, k: int,
+                 weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of ``err`` over the points ``mask`` says count, weighted by ``weight`` (broadcast;
+    None: uniform). ``mask`` is ``(H, W)``/``(C, H, W)``, or per sample and lead
+    ``(B, n_lead, [C,] H, W)`` (gaps), of which lead ``k`` is taken."""
+    if mask.dim() == err.dim() + 1:
+        mask = mask[:, k]
+    mask = mask.expand_as(err)
+    w = mask.to(err.dtype) if weight is None else mask * weight
+    return torch.where(mask, err * w, torch.zeros((), dtype=err.dtype, device=err.device)
+                       ).sum() / w.sum().clamp_min(1e-12)
+
+
 def forecast_loss(adapter: AuroraAdapter, preds: list, targets: dict[str, torch.Tensor],
                   masks: dict[str, torch.Tensor], *, kind: str = "mae",
                   weights: dict[str, float] | None = None,
@@ -955,24 +973,18 @@ def forecast_loss(adapter: AuroraAdapter, preds: list, targets: dict[str, torch.
     per_var: dict[str, torch.Tensor] = {}
     for k, pred in enumerate(preds):
         for var in adapter.variables:
-            fields = pred.atmos_vars if var in adapter.level_vars else pred.surf_vars
-            p = adapter.normalise(var, fields[var][:, 0])
+            p = adapter.normalise(var, _lead_field(adapter, pred, var))
             t = adapter.normalise(var, targets[var][:, k])
             diff = p - t
             err = diff.abs() if kind == "mae" else diff.square()
-            mask = masks[var]
-            if mask.dim() == err.dim() + 1:  # per sample and lead
-                mask = mask[:, k]
-            mask = mask.expand_as(err)
-            w = mask.to(err.dtype) if area is None else mask * area.to(err.dtype)
+            weight = None if area is None else area.to(err.dtype)
             if intensity and var in intensity:
                 raw = targets[var][:, k]
                 pix = torch.ones_like(raw, dtype=err.dtype)
-                for threshold, weight in sorted(intensity[var]):
-                    pix = torch.where(raw >= threshold, torch.full_like(pix, float(weight)), pix)
-                w = w * pix
-            term = torch.where(mask, err * w, torch.zeros((), dtype=err.dtype, device=err.device)
-                               ).sum() / w.sum().clamp_min(1e-12)
+                for threshold, w in sorted(intensity[var]):
+                    pix = torch.where(raw >= threshold, torch.full_like(pix, float(w)), pix)
+                weight = pix if weight is None else weight * pix
+            term = _masked_mean(err, masks[var], k, weight)
             per_var[var] = per_var[var] + term if var in per_var else term
     total_weight = sum(weights.get(v, 1.0) for v in adapter.variables)
     total = sum(weights.get(v, 1.0) * per_var[v] for v in adapter.variables) / total_weight
@@ -987,18 +999,13 @@ def physics_penalties(adapter: AuroraAdapter, preds: list, masks: dict[str, torc
     out: dict[str, torch.Tensor] = {}
 
     def field(pred, var):
-        return (pred.atmos_vars if var in adapter.level_vars else pred.surf_vars)[var][:, 0]
+        return _lead_field(adapter, pred, var)
 
     def scaled(var, x):  # x / std(var): the normalisation without its offset
         return adapter.normalise(var, x) - adapter.normalise(var, torch.zeros_like(x))
 
     def mean_over(var, err, k):
-        mask = masks[var]
-        if mask.dim() == err.dim() + 1:  # per sample and lead (gaps)
-            mask = mask[:, k]
-        mask = mask.expand_as(err)
-        return torch.where(mask, err, torch.zeros((), dtype=err.dtype, device=err.device)
-                           ).sum() / mask.sum().clamp_min(1)
+        return _masked_mean(err, masks[var], k)
 
     def add(name, value):
         out[name] = out[name] + value if name in out else value
@@ -1019,9 +1026,9 @@ def physics_penalties(adapter: AuroraAdapter, preds: list, masks: dict[str, torc
             du = field(pred, "ustm") - torch.stack(u).mean(0)
             dv = field(pred, "vstm") - torch.stack(v).mean(0)
             dev = torch.sqrt(du.square() + dv.square() + 1e-6) - physics.storm_deviation
-            std = scaled("ustm", torch.ones_like(dev[:1, :1, :1]))
+            per_std = scaled("ustm", torch.ones_like(dev[:1, :1, :1]))  # 1 / std(ustm)
             add("phys_storm_motion",
-                physics.storm_motion * mean_over("ustm", (dev * std).square(), k))
+                physics.storm_motion * mean_over("ustm", (dev * per_std).square(), k))
     return out
 
 
@@ -1182,10 +1189,10 @@ class AuroraSpec:
         for b, t in enumerate(t0):
             nxt = {}
             for v in self.adapter.variables:
-                fields = pred.atmos_vars if v in self.adapter.level_vars else pred.surf_vars
                 last = inputs[v][b, -1].clone()
                 new = last.clone()
-                new[..., :h, :] = fields[v][b, 0].detach().to("cpu", torch.float32)
+                new[..., :h, :] = _lead_field(self.adapter, pred, v)[b].detach().to(
+                    "cpu", torch.float32)
                 nxt[v] = torch.stack([last, new])
             entries.append((int(t), nxt))
         del entries[: max(0, len(entries) - self.train_config.replay.buffer_size)]

@@ -123,8 +123,7 @@ def crop_indices(ds, crop: dict):
                              where=f"data.options.crop.{dim}",
                              fix=f"use 0 <= start < end <= {sizes[dim]}")
         sel[dim] = slice(a, b)
-    ascending = {d: bool(ds[d].values[-1] > ds[d].values[0]) for d in ("x", "y")}
-    if not ascending["y"]:  # rows stored north first: count from the south anyway
+    if ds["y"].values[-1] < ds["y"].values[0]:  # rows stored north first: count from the south
         n = sizes["y"]
         a, b = crop.get("y", (0, n))
         sel["y"] = slice(n - b, n - a)

@@ -282,9 +282,7 @@ class _GribArray:
                   for j, lev in enumerate(levels) if self.refs[t][lev] is not None]
         for i, j, r in wanted:
             out[i, j] = read_values(r.path, r.offset, self.grid, r.number)
-        if self.squeeze:
-            out = out[:, 0]
-        elif isinstance(key[1], int):
+        if self.squeeze or isinstance(key[1], int):  # no level axis, or one level asked for
             out = out[:, 0]
         if isinstance(key[0], int):
             out = out[0]
@@ -505,11 +503,6 @@ def herbie_path(save_dir: Path, init: dt.datetime, fxx: int, product: str) -> Pa
     """Where Herbie keeps a full HRRR file: ``save_dir/hrrr/YYYYMMDD/hrrr.tHHz.wrfPRODfFF.grib2``."""
     return (Path(save_dir) / "hrrr" / f"{init:%Y%m%d}"
             / f"hrrr.t{init:%H}z.wrf{product}f{fxx:02d}.grib2")
-
-
-def listdir_grib(root: Path) -> list[Path]:
-    return sorted(p for p in Path(root).rglob("*.grib2") if p.is_file()
-                  and not p.name.startswith("."))
 
 
 __all__ = ["LambertSpec", "HRRR", "MessageRef", "scan", "read_values", "open_grib",

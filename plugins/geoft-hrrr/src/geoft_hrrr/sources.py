@@ -19,15 +19,17 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from pydantic import BaseModel, Field, model_validator
 
 from geoft.errors import GeoftError
 from geoft.protocols import FetchResult
 from geoft.schema import Strict
+from geoft.sources import LocalFilesSource, expand
 
 from geoft_hrrr.fields import FIELDS
 
@@ -102,6 +104,18 @@ class HrrrOptions(Strict):
         return [p for p in ("sfc", "prs") if self.searches(p)]
 
 
+class _Subset(NamedTuple):
+    """One download: a run's forecast hour of one product, its fields' searches (label,
+    search string), their alternation and the final path of the subset."""
+
+    run: dt.datetime
+    fxx: int
+    product: str
+    searches: list[tuple[str, str]]
+    regex: str
+    path: Path
+
+
 def subset_path(out_dir: Path, run: dt.datetime, fxx: int, product: str, regex: str) -> Path:
     """Where the subset of one (run, forecast hour, product) lives; the name carries a hash of
     the search, so changing the fields fetches new files instead of reusing stale ones."""
@@ -128,40 +142,42 @@ class HrrrSource:
     summary: ClassVar[str] = "HRRR GRIB2 subsets through Herbie (byte ranges from the .idx)"
     Options: ClassVar[type[BaseModel]] = HrrrOptions
 
-    def _tasks(self, o: HrrrOptions, out_dir: Path):
+    def _tasks(self, o: HrrrOptions, out_dir: Path) -> list["_Subset"]:
+        out = []
         for run in o.runs():
             for fxx in o.forecast_hours:
                 for product in o.products():
                     searches = o.searches(product)
                     regex = "|".join(s for _, s in searches)
-                    yield run, fxx, product, searches, regex, subset_path(out_dir, run, fxx,
-                                                                            product, regex)
+                    out.append(_Subset(run, fxx, product, searches, regex,
+                                       subset_path(out_dir, run, fxx, product, regex)))
+        return out
 
     def fetch(self, options: HrrrOptions, out_dir: Path, *, dry_run: bool = False,
               progress: bool = True) -> FetchResult:
         from geoft.progress import track
 
         out_dir = Path(out_dir)
-        tasks = list(self._tasks(options, out_dir))
-        requests = [{"run": f"{r:%Y-%m-%dT%H}", "fxx": f, "product": p, "search": rx}
-                    for r, f, p, _, rx, _ in tasks]
-        done = [t for t in tasks if t[5].exists()]
-        todo = [t for t in tasks if not t[5].exists()]
+        tasks = self._tasks(options, out_dir)
+        requests = [{"run": f"{t.run:%Y-%m-%dT%H}", "fxx": t.fxx, "product": t.product,
+                     "search": t.regex} for t in tasks]
+        complete = [t.path.exists() for t in tasks]
+        skipped = [r for r, done in zip(requests, complete) if done]
+        todo = [t for t, done in zip(tasks, complete) if not done]
         provenance = {"source": "hrrr", "herbie_priority": options.priority,
                       **options.model_dump(mode="json")}
         if dry_run:
-            return FetchResult(files=[t[5] for t in done], requests=requests,
-                               skipped=[r for r, t in zip(requests, tasks) if t in done],
-                               provenance=provenance)
+            return FetchResult(files=[t.path for t, done in zip(tasks, complete) if done],
+                               requests=requests, skipped=skipped, provenance=provenance)
         problems: list[str] = []
         if todo:
             _import_herbie(out_dir)
             with ThreadPoolExecutor(max_workers=options.max_workers) as pool:
-                results = pool.map(lambda t: self._one(options, out_dir, *t), todo)
+                results = pool.map(lambda t: self._one(options, out_dir, t), todo)
                 for found in track(results, "HRRR subsets", total=len(todo)) if progress \
                         else results:
                     problems.extend(found)
-        files = [t[5] for t in tasks if t[5].exists()]
+        files = [t.path for t in tasks if t.path.exists()]
         if problems and not options.allow_missing:
             shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more"
                                               if len(problems) > 4 else "")
@@ -170,17 +186,16 @@ class HrrrSource:
                                  "runs/fields the archive lacks, or set allow_missing: true "
                                  "(gaps stay NaN)")
         provenance["missing"] = problems
-        return FetchResult(files=files, requests=requests,
-                           skipped=[r for r, t in zip(requests, tasks) if t in done],
+        return FetchResult(files=files, requests=requests, skipped=skipped,
                            provenance=provenance)
 
-    def _one(self, o: HrrrOptions, out_dir: Path, run, fxx, product, searches, regex,
-             final: Path) -> list[str]:
+    def _one(self, o: HrrrOptions, out_dir: Path, task: "_Subset") -> list[str]:
         """Download one subset; return the problems (empty when complete)."""
         import herbie
 
         from geoft_hrrr.grib import scan
 
+        run, fxx, product, searches, regex, final = task
         label = f"{run:%Y-%m-%d %H}z F{fxx:02d} {product}"
         staging = out_dir / ".partial" / f"{final.stem}"
         try:
@@ -195,7 +210,7 @@ class HrrrSource:
             if absent:
                 return [f"{label}: {', '.join(absent)} not in the index {h.idx}"]
             got = Path(h.download(regex, verbose=False, errors="raise"))
-            _, refs = scan(got, expect=None)
+            _, refs = scan(got)
             if len(refs) < len(searches):
                 return [f"{label}: the subset holds {len(refs)} of {len(searches)} fields"]
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -206,14 +221,12 @@ class HrrrSource:
         except Exception as exc:  # network, HTTP, Herbie: reported with the request
             return [f"{label}: {type(exc).__name__}: {exc}"]
         finally:
-            import shutil
-
             shutil.rmtree(staging, ignore_errors=True)
 
     def open(self, options: HrrrOptions, out_dir: Path):
         from geoft_hrrr.grib import open_grib
 
-        files = [t[5] for t in self._tasks(options, Path(out_dir)) if t[5].exists()]
+        files = [t.path for t in self._tasks(options, Path(out_dir)) if t.path.exists()]
         if not files:
             raise GeoftError("no HRRR file fetched yet", where=str(out_dir),
                              fix="run geoft fetch first (geoft run does it)")
@@ -228,21 +241,15 @@ class GribOptions(Strict):
     levels: list[float] = Field([], description="pressure levels, hPa ([]: every level found)")
 
 
-class LocalGribSource:
+class LocalGribSource(LocalFilesSource):
+    """``fetch`` lists the files (the core's :class:`geoft.sources.LocalFilesSource`); ``open``
+    reads them as Lambert GRIB2."""
+
     summary: ClassVar[str] = "GRIB2 files on a Lambert conformal grid (HRRR, NAM, RAP), cfgrib"
     Options: ClassVar[type[BaseModel]] = GribOptions
-
-    def fetch(self, options: GribOptions, out_dir: Path, *, dry_run: bool = False,
-              progress: bool = True) -> FetchResult:
-        from geoft.sources import expand
-
-        files = expand(options.paths)
-        return FetchResult(files=files, requests=[{"paths": options.paths}],
-                           provenance={"source": "grib-lambert",
-                                       "files": [str(f.resolve()) for f in files]})
+    provenance_source: ClassVar[str] = "grib-lambert"
 
     def open(self, options: GribOptions, out_dir: Path):
-        from geoft.sources import expand
         from geoft_hrrr.grib import open_grib
 
         return open_grib(expand(options.paths), options.variables, options.levels,

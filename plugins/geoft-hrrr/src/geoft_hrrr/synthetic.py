@@ -33,11 +33,10 @@ from geoft.errors import GeoftError
 from geoft.protocols import FetchResult
 from geoft.schema import Strict
 
-from geoft_hrrr.fields import FIELDS
+from geoft_hrrr.fields import FIELDS, LEVEL_FIELDS
 
 SURFACE_FIELDS = ("refc", "cape", "cin", "mlcape", "mlcin", "hlcy1", "hlcy3", "mxuphl", "ustm",
                   "vstm", "2t", "2d", "10u", "10v", "mslma")
-LEVEL_FIELDS = ("z", "t", "u", "v", "q", "w")
 G = 9.80665
 
 
