@@ -743,3 +743,132 @@ def test_evaluation_in_batches_equals_one_batch_and_saves_forecasts(tmp_path):
     records = chain(small["forecasts"])  # the evaluation's lineage, then the checkpoint's...
     assert records[0]["stage"] == "evaluate"
     assert records[0]["facts"]["forecasts"] == small["forecasts"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. ensembles: members, their mean, CRPS and Brier scores, reliability diagrams
+# ---------------------------------------------------------------------------------------------
+BRIER_PLUGIN = '''
+import geoft
+from geoft.metrics import brier
+
+brier_50 = brier(50.0)
+brier_50.variables = ("ssh",)
+
+
+@geoft.hookimpl
+def geoft_metrics():
+    return {"brier-50": brier_50}
+'''
+#: extra offsets (forecast - truth) of the two members per lead, added to the model's OFFSETS
+MEMBER_EXTRA = {"a": np.array([10.0, 10.0, 10.0]), "b": np.array([-14.0, -14.0, -14.0])}
+
+
+class MemberAdapter(StubAdapter):
+    """StubAdapter whose members (checkpoint directories named a, b) add MEMBER_EXTRA to ssh."""
+
+    def forecast_from_checkpoint(self, checkpoint_dir, store, init_indices, lead_steps, *,
+                                 progress=True):
+        fc = super().forecast_from_checkpoint(checkpoint_dir, store, init_indices, lead_steps,
+                                              progress=progress)
+        extra = MEMBER_EXTRA.get(Path(checkpoint_dir).name)
+        if extra is not None:
+            fc["ssh"] = fc["ssh"] + xr.DataArray(extra[:lead_steps], dims="lead")
+        return fc
+
+
+def test_brier_score_and_reliability_counts_by_hand():
+    from geoft.metrics import brier_score, reliability_counts
+
+    truth = xr.DataArray([[[1.0, 5.0], [5.0, np.nan]]], dims=("time", "y", "x"))
+    members = xr.DataArray([[[[0.0, 5.0], [9.0, 1.0]]], [[[9.0, 9.0], [1.0, 1.0]]]],
+                           dims=("member", "time", "y", "x"))  # threshold 4: p = .5, 1, .5, ...
+    w = xr.DataArray([[1.0, 2.0], [3.0, 4.0]], dims=("y", "x"))
+    got = brier_score(members, truth, threshold=4.0, weights=w, reduce_dims=("y", "x"))
+    # points (o, p, w): (0, .5, 1), (1, 1, 2), (1, .5, 3); the NaN truth point drops out
+    np.testing.assert_allclose(float(got), (0.25 * 1 + 0 * 2 + 0.25 * 3) / 6, rtol=1e-12)
+    one = brier_score(members.isel(member=1), truth, threshold=4.0, weights=w,
+                      reduce_dims=("y", "x"))  # deterministic: p 0/1, wrong at w=1 and w=3
+    np.testing.assert_allclose(float(one), 4 / 6, rtol=1e-12)
+    counts = reliability_counts(members, truth, threshold=4.0, bins=4, weights=w,
+                                reduce_dims=("y", "x"))
+    np.testing.assert_allclose(counts["weight"].values, [0, 0, 4, 2])   # p=.5 -> bin 2, 1 -> 3
+    np.testing.assert_allclose(counts["observed"].values, [0, 0, 3, 2])
+    np.testing.assert_allclose(counts["prob"].values, [0, 0, 2, 2])
+    np.testing.assert_allclose(counts["bin"].values, [0.125, 0.375, 0.625, 0.875])
+
+
+def test_evaluate_an_ensemble_of_fine_tuned_models(tmp_path, monkeypatch, fresh_plugins):
+    (tmp_path / "geoft_brier50.py").write_text(BRIER_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("GEOFT_PLUGINS", "geoft_brier50")
+    members = {}
+    for name in MEMBER_EXTRA:  # members given as checkpoint directories
+        (tmp_path / "members" / name).mkdir(parents=True)
+        (tmp_path / "members" / name / "model_config.json").write_text("{}")
+        members[name] = str(tmp_path / "members" / name)
+    loaded, store_path = make_workdir(
+        tmp_path, metrics=["rmse", "crps", "brier-50"], baselines=["persistence"],
+        batch_size=3, ensemble={"members": members, "bins": 4})
+    out = evaluate(loaded, store_path, progress=False, adapter=MemberAdapter())
+    table = pd.read_csv(Path(out["out"]) / "metrics.csv")
+    assert set(table.source) == {"model", "member-a", "member-b", "ensemble", "persistence"}
+
+    def pick(source, metric, lead):
+        sel = table[(table.source == source) & (table.variable == "ssh")
+                    & (table.metric == metric) & (table.lead == lead)]
+        assert len(sel) == 1
+        return float(sel.value.iloc[0])
+
+    offsets = np.stack([OFFSETS["ssh"][0], OFFSETS["ssh"][0] + MEMBER_EXTRA["a"],
+                        OFFSETS["ssh"][0] + MEMBER_EXTRA["b"]])       # (member, lead)
+    inits = np.array([33, 34, 35, 36])
+    # the grid's cell-area weights, normalised to mean 1 over the grid, on ocean points
+    w = np.broadcast_to(BAND[:, None] / BAND.mean(), (3, 4)) * STEP_VALID
+    for k in (1, 2, 3):
+        e = offsets[:, k - 1]
+        # errors are uniform in space: RMSE of the mean = |mean error|; fair CRPS of 3 members
+        np.testing.assert_allclose(pick("ensemble", "rmse", k), abs(e.mean()), rtol=1e-9)
+        spread = np.abs(e[:, None] - e[None, :]).sum() / (2 * 3 * 2)
+        np.testing.assert_allclose(pick("ensemble", "crps", k), np.abs(e).mean() - spread,
+                                   rtol=1e-9)
+        # a deterministic forecast is a one-member ensemble: its CRPS is its MAE
+        np.testing.assert_allclose(pick("member-a", "crps", k), abs(e[1]), rtol=1e-9)
+        np.testing.assert_allclose(pick("persistence", "crps", k), k, rtol=1e-9)
+        # Brier of ssh >= 50, by hand from the formula: per init, weighted over ocean points
+        per_init = []
+        for i in inits:
+            v = step_value(i + k)
+            p = np.mean([(v + ek) >= 50 for ek in e], axis=0)
+            o = (v >= 50).astype(float)
+            per_init.append(((p - o) ** 2 * w).sum() / w.sum())
+        np.testing.assert_allclose(pick("ensemble", "brier-50", k), np.mean(per_init),
+                                   rtol=1e-9)
+    # brier-50 is for ssh only; its skill against persistence is in skill.csv
+    assert set(table[table.metric == "brier-50"].variable) == {"ssh"}
+    skills = pd.read_csv(Path(out["out"]) / "skill.csv")
+    assert ((skills.metric == "brier-50") & (skills.baseline == "persistence")).any()
+    # reliability: the binned weights add up to every (init, ocean point) of each lead,
+    # whatever the batching (3 + 1 initial times here)
+    rel = pd.read_csv(Path(out["out"]) / "reliability.csv")
+    total = rel.groupby(["source", "lead"]).weight.sum()
+    np.testing.assert_allclose(total.values, len(inits) * w.sum(), rtol=1e-9)
+    ens = rel[(rel.source == "ensemble") & (rel.lead == 1)].set_index("bin")
+    v = np.stack([step_value(i + 1) for i in inits])
+    p = np.mean([(v + ek) >= 50 for ek in offsets[:, 0]], axis=0)
+    for b, centre in enumerate((0.125, 0.375, 0.625, 0.875)):
+        in_bin = np.minimum(np.floor(p * 4), 3) == b
+        ww = np.broadcast_to(w, v.shape) * in_bin
+        np.testing.assert_allclose(ens.loc[centre, "weight"], ww.sum(), rtol=1e-9)
+        if ww.sum() > 0:
+            np.testing.assert_allclose(ens.loc[centre, "observed_frequency"],
+                                       (ww * (v >= 50)).sum() / ww.sum(), rtol=1e-9)
+    assert (Path(out["out"]) / "reliability_ssh_brier-50.png").stat().st_size > 1000
+
+
+def test_ensemble_member_that_does_not_exist_is_named(tmp_path):
+    loaded, store_path = make_workdir(
+        tmp_path, ensemble={"members": {"gone": str(tmp_path / "nowhere")}})
+    with pytest.raises(GeoftError, match=r"evaluate.ensemble.members.gone.*does not exist"):
+        evaluate(loaded, store_path, progress=False, adapter=MemberAdapter())
+    assert not (loaded.recipe.evaluate_dir / "metrics.csv").exists()

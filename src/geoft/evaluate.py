@@ -93,8 +93,15 @@ def _reference_name(fn) -> str | None:
 
 
 def score(store, forecasts: dict[str, xr.Dataset], truth: xr.Dataset,
-          metric_names: list[str], climatology: dict[str, xr.DataArray]) -> pd.DataFrame:
-    """Long table: source, variable, level, lead, metric, value, n (values counted)."""
+          metric_names: list[str], climatology: dict[str, xr.DataArray],
+          members: dict[str, xr.Dataset] | None = None) -> pd.DataFrame:
+    """Long table: source, variable, level, lead, metric, value, n (values counted).
+
+    ``members``: source -> its ensemble members (a ``member`` dim), for the ensemble mean.
+    Metrics declaring ``ensemble = True`` (CRPS, Brier) get those members as ``forecast``, and
+    a deterministic source as a one-member ensemble (skipped below a metric's
+    ``min_members``); every other metric gets the mean."""
+    members = members or {}
     pm = get_plugin_manager()
     entries = {m: pm.entry("metric", m) for m in metric_names}
     metrics = {m: e.load() for m, e in entries.items()}
@@ -116,12 +123,20 @@ def score(store, forecasts: dict[str, xr.Dataset], truth: xr.Dataset,
                 if only is not None and var not in only:
                     continue  # e.g. reflectivity thresholds mean nothing for temperature
                 ref = _reference_name(fn)
+                given = fc[var]
+                if getattr(fn, "ensemble", False):
+                    given = members[source][var] if source in members else \
+                        fc[var].expand_dims(member=1)
+                    if given.sizes["member"] < getattr(fn, "min_members", 1):
+                        continue
                 with blame(entries[mname], f"scoring {var} of {source}"):
                     value = call_metric(
-                        fn, fc[var], truth[var], weights=weights, mask=mask,
+                        fn, given, truth[var], weights=weights, mask=mask,
                         reduce_dims=grid.dims, time_dim="init_time",
                         climatology=climatology.get(var),
-                        reference=forecasts[ref][var] if ref is not None else None)
+                        reference=forecasts[ref][var] if ref is not None else None,
+                        forecast_dataset=fc, truth_dataset=truth,
+                        members=members[source][var] if source in members else None)
                 if not isinstance(value, xr.DataArray):
                     raise GeoftError(f"metric {mname!r} returned {type(value).__name__}, not an "
                                      "xarray DataArray", where=entries[mname].reference,
@@ -236,6 +251,10 @@ def evaluate_grid(loaded, store: PreparedStore, *, checkpoint: str | None = None
     needs_clim = any(m == "acc" for m in metric_names)
     batches = [init[i:i + cfg.batch_size] for i in range(0, len(init), cfg.batch_size)]
     tables, first = [], None
+    ensemble = cfg.ensemble
+    member_ckpts = {name: member_checkpoint(name, path, cfg.checkpoint)
+                    for name, path in (ensemble.members.items() if ensemble else [])}
+    reliability = Reliability(store, metric_names, ensemble.bins if ensemble else 10)
     writer = ForecastWriter(out_dir / "forecasts.zarr") if cfg.save_forecasts else None
     with progress_task(progress, "evaluate", len(batches)) as bar:
         for chunk in batches:
@@ -243,6 +262,11 @@ def evaluate_grid(loaded, store: PreparedStore, *, checkpoint: str | None = None
                 forecasts = {"model": call_forecast(adapter, ckpt, store, chunk, cfg.lead_steps,
                                                     progress=False, device=cfg.device,
                                                     batch_size=cfg.batch_size)}
+            for name, member_ckpt in member_ckpts.items():
+                with blame(model_entry, f"forecasting with ensemble member {name!r}"):
+                    forecasts[f"member-{name}"] = call_forecast(
+                        adapter, member_ckpt, store, chunk, cfg.lead_steps, progress=False,
+                        device=cfg.device, batch_size=cfg.batch_size)
             for name in baseline_names:
                 entry = pm.entry("baseline", name)
                 with blame(entry, "making the reference forecast"):
@@ -256,15 +280,24 @@ def evaluate_grid(loaded, store: PreparedStore, *, checkpoint: str | None = None
                                      "variables; re-run finetune with this recipe")
                 forecasts[name] = fc.assign_coords(init_time=truth["init_time"],
                                                    lead=truth["lead"])
+            members = {}
+            if ensemble:
+                names = (["model"] if ensemble.include_model else []) + \
+                    [f"member-{m}" for m in member_ckpts]
+                members["ensemble"] = xr.concat([forecasts[n][list(store.variables)]
+                                                 for n in names], dim="member")
+                forecasts["ensemble"] = members["ensemble"].mean("member", skipna=False)
             clim = {v: bl.climatology_at(store, v, chunk, cfg.lead_steps)
                     for v in store.variables} if needs_clim else {}
-            batch_table = score(store, forecasts, truth, metric_names, clim)
+            batch_table = score(store, forecasts, truth, metric_names, clim, members)
+            reliability.add(forecasts, members, truth)
             batch_table["inits"] = len(chunk)
             tables.append(batch_table)
             if writer is not None:
                 writer.append(forecasts["model"], store)
-            if first is None:
-                first = (forecasts, truth)
+            if first is None:  # maps: the model, the ensemble mean, the baselines
+                first = ({k: v for k, v in forecasts.items() if not k.startswith("member-")},
+                         truth)
             bar.advance()
     table = combine_batches(tables, metric_names)
     skills = skill_table(table, metric_names, baseline_names)
@@ -276,13 +309,14 @@ def evaluate_grid(loaded, store: PreparedStore, *, checkpoint: str | None = None
     figures = write_report(out_dir, store, first[0], first[1], table, skill=skill,
                            checkpoint=ckpt, recipe=loaded, lead_hours=hours, maps=cfg.maps,
                            skills=skills, n_init=len(init))
+    figures += reliability.write(out_dir)
     saved = None
     if writer is not None:
         saved = writer.finish()
     # the tables last, so a failed report leaves no new table
     _write_csv(skills, out_dir / "skill.csv")
     _write_csv(table, out_dir / "metrics.csv")
-    record = make_lineage("evaluate", loaded, inputs=[ckpt], facts={
+    record = make_lineage("evaluate", loaded, inputs=[ckpt, *member_ckpts.values()], facts={
         "checkpoint": str(ckpt), "init_times": len(init), "lead_steps": cfg.lead_steps,
         "skill_vs_persistence": skill, "forecasts": str(saved) if saved else None})
     write_lineage(out_dir, record, loaded)
@@ -292,6 +326,89 @@ def evaluate_grid(loaded, store: PreparedStore, *, checkpoint: str | None = None
             "report": str(out_dir / "report.md"), "figures": [str(f) for f in figures],
             "forecasts": str(saved) if saved else None,
             "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def member_checkpoint(name: str, path: Path, choice: str) -> Path:
+    """The checkpoint of ensemble member ``name``: a checkpoint directory itself, or the
+    ``choice`` (best/latest) of a fine-tuning run directory."""
+    from geoft.training.checkpoint import checkpoint_for
+
+    path = Path(path)
+    if (path / "model_config.json").is_file():
+        return path
+    if not path.is_dir():
+        raise GeoftError(f"ensemble member {name!r}: {path} does not exist",
+                         where=f"evaluate.ensemble.members.{name}",
+                         fix="run `geoft finetune` with that member's recipe first, or point "
+                             "to its finetune directory")
+    try:
+        return checkpoint_for(path, choice)
+    except GeoftError as exc:
+        raise GeoftError(f"ensemble member {name!r}: {exc.what} in {exc.where}",
+                         where=f"evaluate.ensemble.members.{name}", fix=exc.fix) from exc
+
+
+class Reliability:
+    """Reliability diagrams of the metrics that declare ``event_threshold`` (Brier scores): the
+    weighted counts of :func:`geoft.metrics.reliability_counts` added up over the batches of
+    initial times (exact, whatever the batching), per metric, variable, source and lead;
+    :meth:`write` draws them and writes ``reliability.csv``."""
+
+    def __init__(self, store, metric_names: list[str], bins: int):
+        pm = get_plugin_manager()
+        self.store, self.bins = store, bins
+        self.metrics = {}
+        for m in metric_names:
+            fn = pm.get("metric", m)
+            if getattr(fn, "event_threshold", None) is not None:
+                self.metrics[m] = fn
+        self.sums: dict[tuple[str, str, str], xr.Dataset] = {}
+
+    def add(self, forecasts: dict[str, xr.Dataset], members: dict[str, xr.Dataset],
+            truth: xr.Dataset) -> None:
+        from geoft.metrics import reliability_counts
+
+        if not self.metrics:
+            return
+        grid = self.store.grid
+        for m, fn in self.metrics.items():
+            for var in self.store.variables:
+                only = getattr(fn, "variables", None)
+                if only is not None and var not in only:
+                    continue
+                mask = xr.DataArray(self.store.valid(var), dims=self.store.var_dims(var))
+                for source, fc in forecasts.items():
+                    counts = reliability_counts(
+                        members[source][var] if source in members else fc[var], truth[var],
+                        threshold=fn.event_threshold, bins=self.bins, weights=grid.weights(),
+                        mask=mask, reduce_dims=grid.dims, time_dim="init_time")
+                    key = (m, var, source)
+                    self.sums[key] = counts if key not in self.sums else self.sums[key] + counts
+
+    def table(self) -> pd.DataFrame:
+        rows = []
+        for (m, var, source), ds in self.sums.items():
+            frame = ds.to_dataframe().reset_index()
+            for r in frame.itertuples():
+                w = float(r.weight)
+                rows.append({"metric": m, "variable": var, "source": source,
+                             "level": float(getattr(r, "level", np.nan)),
+                             "lead": int(getattr(r, "lead", 0)), "bin": float(r.bin),
+                             "forecast_probability": float(r.prob) / w if w > 0 else np.nan,
+                             "observed_frequency": float(r.observed) / w if w > 0 else np.nan,
+                             "weight": w})
+        return pd.DataFrame(rows)
+
+    def write(self, out_dir: Path) -> list[Path]:
+        if not self.sums:
+            return []
+        from geoft.report import plot_reliability
+
+        table = self.table()
+        _write_csv(table, out_dir / "reliability.csv")
+        return [plot_reliability(table, out_dir, metric=m, variable=v)
+                for m, v in table[["metric", "variable"]].drop_duplicates().itertuples(
+                    index=False)]
 
 
 def combine_batches(tables: list[pd.DataFrame], metric_names: list[str]) -> pd.DataFrame:

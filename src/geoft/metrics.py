@@ -559,6 +559,105 @@ def spread_skill(
     return _named(ratio, "spread_skill")
 
 
+def event_probability(forecast: xr.DataArray, threshold: float,
+                      member_dim: Hashable = "member") -> xr.DataArray:
+    """Probability of the event ``value >= threshold``: the fraction of members that exceed it
+    (a forecast without ``member_dim`` is a one-member ensemble: 0 or 1); NaN where a member is
+    NaN."""
+    hit = (forecast >= threshold).astype(np.float64).where(forecast.notnull())
+    if member_dim in hit.dims:
+        return hit.mean(member_dim, skipna=False)
+    return hit
+
+
+def brier_score(
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    *,
+    threshold: float,
+    member_dim: Hashable = "member",
+    weights: xr.DataArray | None = None,
+    mask: xr.DataArray | None = None,
+    reduce_dims: Sequence[Hashable] | None = None,
+    time_dim: Hashable | None = "time",
+    climatology: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """Brier score of the event ``value >= threshold`` (0 perfect, 1 worst): ``mean (p - o)^2``
+    with ``p`` the members' exceedance fraction (:func:`event_probability`; a deterministic
+    forecast gives 0/1 probabilities) and ``o`` the observed event; weighted spatial mean, then
+    time mean. Computed with ``scores.probability.brier_score``."""
+    from scores.probability import brier_score as scores_brier
+
+    where = "metrics.brier_score"
+    prep = _prepare(forecast, truth, weights=weights, mask=mask, reduce_dims=reduce_dims,
+                    time_dim=time_dim, where=where,
+                    member_dim=member_dim if member_dim in forecast.dims else None)
+    prob = event_probability(prep.forecast, threshold, member_dim)
+    observed = (prep.truth >= threshold).astype(np.float64).where(prep.truth.notnull())
+    valid = prob.notnull() & observed.notnull()
+    per_time = scores_brier(prob.where(valid), observed.where(valid),
+                            reduce_dims=list(prep.spatial_dims) or None, weights=prep.weights)
+    return _named(_time_mean(per_time, time_dim), "brier")
+
+
+def reliability_counts(
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    *,
+    threshold: float,
+    bins: int = 10,
+    member_dim: Hashable = "member",
+    weights: xr.DataArray | None = None,
+    mask: xr.DataArray | None = None,
+    reduce_dims: Sequence[Hashable] | None = None,
+    time_dim: Hashable | None = "time",
+) -> xr.Dataset:
+    """What a reliability diagram is drawn from, as sums that add up across batches: for each of
+    ``bins`` equal forecast-probability bins (the last one closed at 1), the summed weight of
+    the (time, point) values whose probability falls in it (``weight``), their weighted
+    probability (``prob``) and weighted observed events (``observed``). Observed frequency per
+    bin = ``observed / weight``, mean forecast probability = ``prob / weight``. Dims ``bin`` and
+    whatever the data keeps (``lead``, ``level``)."""
+    where = "metrics.reliability_counts"
+    prep = _prepare(forecast, truth, weights=weights, mask=mask, reduce_dims=reduce_dims,
+                    time_dim=time_dim, where=where,
+                    member_dim=member_dim if member_dim in forecast.dims else None)
+    prob = event_probability(prep.forecast, threshold, member_dim)
+    observed = (prep.truth >= threshold).astype(np.float64).where(prep.truth.notnull())
+    valid = prob.notnull() & observed.notnull()
+    w = prep.weights if prep.weights is not None else xr.ones_like(prob)
+    w = (w * valid).astype(np.float64)
+    index = np.minimum(np.floor(prob.fillna(0).values * bins), bins - 1).astype(int)
+    index = xr.DataArray(index, dims=prob.dims, coords=prob.coords)
+    summed = tuple(d for d in prob.dims if d in (*prep.spatial_dims, time_dim))
+    out = {"weight": [], "prob": [], "observed": []}
+    for b in range(bins):
+        in_bin = w.where(index == b, 0.0)
+        out["weight"].append(in_bin.sum(summed))
+        out["prob"].append((in_bin * prob.fillna(0)).sum(summed))
+        out["observed"].append((in_bin * observed.fillna(0)).sum(summed))
+    centres = (np.arange(bins) + 0.5) / bins
+    return xr.Dataset({k: xr.concat(v, dim=xr.DataArray(centres, dims="bin", name="bin"))
+                       for k, v in out.items()})
+
+
+def brier(threshold: float) -> Metric:
+    """The Brier score of ``value >= threshold`` as a registrable metric: it receives the
+    members of an ensemble (``ensemble = True``: ``geoft evaluate`` passes the ensemble's
+    members, a deterministic forecast as one member) and declares ``event_threshold``, so the
+    evaluation also draws its reliability diagram."""
+    def metric(forecast, truth, *, weights=None, mask=None, reduce_dims=None, time_dim="time"):
+        return brier_score(forecast, truth, threshold=threshold, weights=weights, mask=mask,
+                           reduce_dims=reduce_dims, time_dim=time_dim)
+
+    metric.__name__ = f"brier_{threshold:g}".replace(".", "p").replace("-", "m")
+    metric.__doc__ = f"Brier score of value >= {threshold:g} (see geoft.metrics.brier_score)"
+    metric.better = "lower"  # type: ignore[attr-defined]
+    metric.ensemble = True  # type: ignore[attr-defined]
+    metric.event_threshold = float(threshold)  # type: ignore[attr-defined]
+    return metric
+
+
 # --------------------------------------------------------------------------------------------
 # Data-assimilation and spectral diagnostics
 # --------------------------------------------------------------------------------------------
@@ -809,5 +908,10 @@ for _metric, _better in ((rmse, "lower"), (mse, "lower"), (mae, "lower"), (acc, 
                          (crps_ensemble, "lower")):
     _metric.better = _better  # type: ignore[attr-defined]
 del _metric, _better
+#: Ensemble metrics: ``geoft evaluate`` passes them an ensemble's members (``member`` dim) and a
+#: deterministic forecast as a one-member ensemble (its CRPS is then its MAE, as in WB2).
+crps_ensemble.ensemble = True  # type: ignore[attr-defined]
+spread_skill.ensemble = True  # type: ignore[attr-defined]
+spread_skill.min_members = 2  # type: ignore[attr-defined]
 #: RMSE takes its root after the time mean: batches of initial times combine as a root mean square
 rmse.time_reduction = "rms"  # type: ignore[attr-defined]

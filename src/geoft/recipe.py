@@ -16,12 +16,13 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from geoft.errors import RecipeError
 from geoft.schema import Strict
@@ -103,6 +104,31 @@ class ModelSection(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class EnsembleSection(Strict):
+    """``evaluate.ensemble``: combine fine-tuned models (e.g. specialised ones: one weighted
+    towards reflectivity, one with physics terms) into an ensemble scored beside its members."""
+
+    members: dict[str, Path] = Field(
+        description="name -> another fine-tuning run (its finetune directory, or a checkpoint "
+                    "directory) trained on the same prepared variables; relative paths are "
+                    "read from the working directory, like workdir")
+    include_model: bool = Field(True, description="this recipe's own model is a member too "
+                                                  "(named 'model')")
+    bins: int = Field(10, ge=2, le=100, description="forecast-probability bins of the "
+                                                    "reliability diagrams")
+
+    @field_validator("members")
+    @classmethod
+    def _names(cls, v: dict[str, Path]) -> dict[str, Path]:
+        bad = [k for k in v if not re.fullmatch(r"[A-Za-z0-9_.-]+", k) or k == "model"]
+        if bad:
+            raise ValueError(f"member name {bad[0]!r}: use letters, digits, '_', '.', '-' and "
+                             "not 'model' (this recipe's own model)")
+        if not v:
+            raise ValueError("name at least one member")
+        return v
+
+
 class EvaluateSection(Strict):
     split: Literal["train", "val", "test"] = "test"
     checkpoint: str = Field("best", description="'best', 'latest' or a checkpoint directory")
@@ -126,6 +152,10 @@ class EvaluateSection(Strict):
                                  "evaluate/forecasts.zarr (chunked by initial time, with lineage)")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where the model forecasts (auto: a GPU when one is visible)")
+    ensemble: EnsembleSection | None = Field(
+        None, description="score an ensemble of fine-tuned models: its mean ('ensemble'), each "
+        "member ('member-NAME'), ensemble metrics (crps, brier-*) on the members, and "
+        "reliability diagrams of the metrics that declare an event threshold")
 
 
 class Recipe(Strict):

@@ -57,6 +57,46 @@ def plot_rmse_vs_lead(table: pd.DataFrame, out: Path, lead_hours: float) -> Path
     return path
 
 
+def plot_reliability(table: pd.DataFrame, out: Path, *, metric: str, variable: str) -> Path:
+    """Reliability diagram of one event (a metric with ``event_threshold``) per lead: observed
+    frequency against forecast probability for every source (bins with data only; levels
+    pooled), the diagonal of perfect reliability, and the share of values in each bin
+    (sharpness) below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sub = table[(table.metric == metric) & (table.variable == variable)]
+    leads = sorted(sub["lead"].unique())
+    fig, axes = plt.subplots(2, len(leads), figsize=(3.6 * len(leads), 5.2), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    for k, lead in enumerate(leads):
+        ax, bar = axes[0][k], axes[1][k]
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        for i, (source, g) in enumerate(sub[sub["lead"] == lead].groupby("source", sort=False)):
+            per_bin = g.groupby("bin")[["weight"]].sum()
+            per_bin["p"] = (g.forecast_probability * g.weight).groupby(g.bin).sum() / \
+                per_bin.weight
+            per_bin["o"] = (g.observed_frequency * g.weight).groupby(g.bin).sum() / \
+                per_bin.weight
+            shown = per_bin[per_bin.weight > 0]
+            style = "-o" if source in ("model", "ensemble") else "--."
+            ax.plot(shown.p, shown.o, style, ms=3, label=source)
+            share = per_bin.weight / per_bin.weight.sum()
+            bar.plot(per_bin.index, share, style, ms=3)
+        ax.set_title(f"{variable} {metric}, lead {lead}", fontsize=9)
+        ax.set_xlim(0, 1), ax.set_ylim(0, 1), ax.grid(alpha=0.3)
+        bar.set_yscale("log"), bar.set_xlabel("forecast probability"), bar.grid(alpha=0.3)
+    axes[0][0].set_ylabel("observed frequency")
+    axes[1][0].set_ylabel("share of values")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    path = _savefig(fig, out / f"reliability_{variable}_{metric}.png")
+    plt.close(fig)
+    return path
+
+
 def plot_maps(store, forecasts, truth, out: Path, var: str, lead_index: int) -> Path:
     import matplotlib
 
