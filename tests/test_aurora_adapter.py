@@ -321,3 +321,66 @@ def test_predict_difference_from_random_weights_starts_at_persistence(store):
                                    rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.surf_vars["zos"], batch.surf_vars["zos"][:, -1:],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_modulation_head_scales_the_last_state_through_auroras_hook(store):
+    """model.options.modulation_heads (design option 3 of the HRRR guide): the decoder's second
+    head NAME_mod combines as NAME + (1 + NAME_mod) * last input in normalised space; it starts
+    at zero, trains, and leaves every other variable as it was."""
+    plain = AuroraAdapter(store, AuroraOptions(**tiny()))
+    adapter = AuroraAdapter(store, AuroraOptions(**tiny(modulation_heads=["zos", "so"])))
+    model, base = adapter.build_model().eval(), plain.build_model().eval()
+    names = dict(model.named_parameters())
+    assert {"decoder.surf_heads.zos_mod.weight", "decoder.atmos_heads.so_mod.bias"} <= set(names)
+    assert all(float(p.detach().abs().max()) == 0 for n, p in names.items() if "_mod." in n)
+    state = {k: v for k, v in model.state_dict().items() if "_mod." not in k}
+    base.load_state_dict(state, strict=True)  # the rest is the plain model's state dict
+    batch = adapter.make_batch([5, 6])
+    b = 0.25
+    with torch.no_grad():
+        for head in (model.decoder.surf_heads["zos"], model.decoder.surf_heads["zos_mod"]):
+            head.weight.zero_()
+        model.decoder.surf_heads["zos"].bias.zero_()
+        model.decoder.surf_heads["zos_mod"].bias.fill_(b)
+        out, ref = model(batch), base(batch)
+    assert set(out.surf_vars) == {"zos"} and set(out.atmos_vars) == {"thetao", "so"}
+    loc = adapter.normalisation["zos"][0]
+    # normalised output (1 + b) * last -> physical loc + (1 + b) (x_last - loc)
+    torch.testing.assert_close(out.surf_vars["zos"],
+                               loc + (1 + b) * (batch.surf_vars["zos"][:, -1:] - loc),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.atmos_vars["thetao"], ref.atmos_vars["thetao"])  # untouched
+    # so: zero modulation head -> main head + last input (the state passes unscaled)
+    locs = torch.tensor([adapter.normalisation[f"so_{aurora_norm.level_to_str(lv)}"][0]
+                         for lv in store.levels]).view(1, 1, -1, 1, 1)
+    torch.testing.assert_close(out.atmos_vars["so"] - ref.atmos_vars["so"],
+                               batch.atmos_vars["so"][:, -1:] - locs, rtol=1e-4, atol=1e-4)
+    model.train()
+    model(batch).surf_vars["zos"].square().mean().backward()
+    assert float(model.decoder.surf_heads["zos_mod"].bias.grad.abs().sum()) > 0
+    assert adapter.model_config()["kwargs"]["modulation_heads"] == ["zos", "so"]
+
+
+def test_separate_perceiver_decodes_its_variables_apart(store):
+    """model.options.separate_perceiver: the named level variables' levels come from Aurora's
+    second Perceiver; perturbing it changes them and nothing else."""
+    adapter = AuroraAdapter(store, AuroraOptions(**tiny(separate_perceiver=["so"])))
+    model = adapter.build_model().eval()
+    batch = adapter.make_batch([5, 6])
+    with torch.no_grad():
+        before = model(batch)
+        for p in model.decoder.level_decoder_alternate.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        after = model(batch)
+    assert not torch.allclose(before.atmos_vars["so"], after.atmos_vars["so"])
+    torch.testing.assert_close(before.atmos_vars["thetao"], after.atmos_vars["thetao"])
+    torch.testing.assert_close(before.surf_vars["zos"], after.surf_vars["zos"])
+
+
+def test_modulation_and_separate_perceiver_name_store_variables(store):
+    with pytest.raises(GeoftError, match=r"model.options.modulation_heads.*refc"):
+        AuroraAdapter(store, AuroraOptions(**tiny(modulation_heads=["refc"])))
+    with pytest.raises(GeoftError, match=r"model.options.separate_perceiver.*zos.*level"):
+        AuroraAdapter(store, AuroraOptions(**tiny(separate_perceiver=["zos"])))
+    with pytest.raises(ValueError, match="kwargs.modulation_heads is set by geoft"):
+        AuroraOptions(**tiny(kwargs={"modulation_heads": ["zos"]}))

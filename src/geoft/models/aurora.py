@@ -100,32 +100,51 @@ _GEOFT_CLASSES: dict[tuple[type, bool], type] = {}
 def geoft_class(cls: type, predict_difference: bool = False) -> type:
     """``cls`` as geoft builds it: same parameters and state dict, but ``forward`` runs inside
     :func:`normalisation_scope` with the instance's ``geoft_normalisation`` (set after
-    construction), and with ``predict_difference`` the decoder's (normalised) output is added to
-    the normalised input at the current time, through Aurora's own ``_post_decoder_hook`` (the
-    mechanism AuroraAirPollution uses): persistence is then the zero-output model."""
+    construction), and its decoder output goes through Aurora's own ``_post_decoder_hook`` (the
+    mechanism AuroraAirPollution uses), in normalised space:
+
+    * a variable with a modulation head (``modulation_heads``: the decoder also returns
+      ``NAME_mod``) becomes ``NAME + (1 + NAME_mod) * last input``;
+    * with ``predict_difference`` every other variable's output is added to the last input:
+      persistence is then the zero-output model."""
     key = (cls, bool(predict_difference))
     if key not in _GEOFT_CLASSES:
         def forward(self, batch, *args, **kwargs):
             with normalisation_scope(getattr(self, "geoft_normalisation", None)):
                 return cls.forward(self, batch, *args, **kwargs)
 
-        body: dict[str, Any] = {"forward": forward, "__module__": __name__,
+        def _post_decoder_hook(self, batch, pred):
+            pred = cls._post_decoder_hook(self, batch, pred)
+
+            def combine(prev, out):
+                done = {}
+                for k, v in out.items():
+                    if k.endswith("_mod") and k[:-4] in out:
+                        continue
+                    last = prev[k][:, -1:, ..., : v.shape[-2], : v.shape[-1]]
+                    if f"{k}_mod" in out:
+                        done[k] = v + (1 + out[f"{k}_mod"]) * last
+                    else:
+                        done[k] = v + last if predict_difference else v
+                return done
+
+            return dataclasses.replace(pred, surf_vars=combine(batch.surf_vars, pred.surf_vars),
+                                       atmos_vars=combine(batch.atmos_vars, pred.atmos_vars))
+
+        body: dict[str, Any] = {"forward": forward, "_post_decoder_hook": _post_decoder_hook,
+                                "__module__": __name__,
                                 "__doc__": f"{cls.__name__} with its geoft normalisation"}
-        if predict_difference:
-            def _post_decoder_hook(self, batch, pred):
-                pred = cls._post_decoder_hook(self, batch, pred)
-
-                def add(prev, out):
-                    return {k: v + prev[k][:, -1:, ..., : v.shape[-2], : v.shape[-1]]
-                            for k, v in out.items()}
-
-                return dataclasses.replace(pred, surf_vars=add(batch.surf_vars, pred.surf_vars),
-                                           atmos_vars=add(batch.atmos_vars, pred.atmos_vars))
-
-            body["_post_decoder_hook"] = _post_decoder_hook
+        if cls._post_decoder_hook is not _aurora_hook():  # the class combines its own outputs
+            del body["_post_decoder_hook"]
         name = f"{cls.__name__}{'Difference' if predict_difference else ''}"
         _GEOFT_CLASSES[key] = type(name, (cls,), body)
     return _GEOFT_CLASSES[key]
+
+
+def _aurora_hook():
+    import aurora
+
+    return aurora.Aurora._post_decoder_hook
 
 
 def difference_class(cls: type) -> type:
@@ -285,6 +304,14 @@ class AuroraAdapter:
                 raise GeoftError(f"{opt} names {', '.join(unknown)} not in the store",
                                  where=f"model.options.{opt}",
                                  fix=f"use variables from {', '.join(pool)}")
+        for opt, pool in (("modulation_heads", self.surface_vars + self.level_vars),
+                          ("separate_perceiver", self.level_vars)):
+            unknown = sorted(set(getattr(self.options, opt)) - set(pool))
+            if unknown:
+                kind = "level variables" if opt == "separate_perceiver" else "variables"
+                raise GeoftError(f"{opt} names {', '.join(unknown)}, not among the store's "
+                                 f"{kind}", where=f"model.options.{opt}",
+                                 fix=f"use {kind} from {', '.join(pool)}")
         self.timestep: dt.timedelta = store.timestep
         hours = self.timestep.total_seconds() / 3600
         if not 0 < hours <= MAX_TIMESTEP_HOURS:
@@ -410,6 +437,10 @@ class AuroraAdapter:
         )
         if o.level_condition:
             kw["level_condition"] = self.levels
+        if o.modulation_heads:
+            kw["modulation_heads"] = tuple(o.modulation_heads)
+        if o.separate_perceiver:
+            kw["separate_perceiver"] = tuple(o.separate_perceiver)
         if kw.get("max_history_size", self.history) < self.history:
             raise GeoftError(f"max_history_size must be at least {self.history}",
                              where="model.options.kwargs.max_history_size")
@@ -458,6 +489,13 @@ class AuroraAdapter:
                 for p in [*model.decoder.surf_heads.parameters(),
                           *model.decoder.atmos_heads.parameters()]:
                     p.zero_()
+        if o.modulation_heads:  # new heads start at zero: the last state passes unscaled
+            fresh = isinstance(o.weights, RandomWeights) or self.load_report is None
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    head = re.match(r"decoder\.(surf|atmos)_heads\.(.+)_mod\.", name)
+                    if head and (fresh or name in self.load_report["missing_keys"]):
+                        p.zero_()
         params = dict(model.named_parameters())
         self.new_parameters = [params[n] for n in sorted(new_names) if n in params]
         if o.lora.engine == "peft":
@@ -914,9 +952,10 @@ kwargs["timestep"] = datetime.timedelta(hours=cfg["timestep_hours"])
 if "autocast_dtype" in kwargs:
     kwargs["autocast_dtype"] = getattr(torch, kwargs["autocast_dtype"])
 cls = getattr(aurora, cfg["class"])
-if cfg.get("predict_difference"):   # the model predicts the change from the last input
-    from geoft.models.aurora import difference_class   # (a _post_decoder_hook, no weights)
-    cls = difference_class(cls)
+if cfg.get("predict_difference") or kwargs.get("modulation_heads"):
+    # the change from the last input / modulation heads: a _post_decoder_hook, no weights
+    from geoft.models.aurora import geoft_class
+    cls = geoft_class(cls, bool(cfg.get("predict_difference")))
 model = cls(**kwargs)
 model.load_state_dict(torch.load("model.pt"), strict=True)
 for key, (loc, scale) in cfg["normalisation"].items():   # Aurora normalises internally
@@ -1064,6 +1103,18 @@ class AuroraSpec:
                 raise GeoftError(f"train.physics needs {', '.join(absent)}, not in the store",
                                  where="train.physics", fix="prepare those variables or drop "
                                  "the term")
+        ms = self.train_config.multiscale
+        if ms is not None:
+            out_h, out_w = self.adapter.output_shape
+            if ms.crop[0] % self.adapter.patch_size or ms.crop[1] % self.adapter.patch_size:
+                raise GeoftError(f"multiscale crop {list(ms.crop)} is not a multiple of the "
+                                 f"patch size {self.adapter.patch_size}",
+                                 where="train.multiscale.crop", fix="round it to a multiple")
+            big = [s for s in ms.coarsen if s * ms.crop[0] > out_h or s * ms.crop[1] > out_w]
+            if big:
+                raise GeoftError(f"coarsen {big[0]} x crop {list(ms.crop)} is larger than the "
+                                 f"grid ({out_h} x {out_w})", where="train.multiscale",
+                                 fix="use a smaller crop or smaller coarsen factors")
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.find_unused_parameters = False
         self.masks: dict[str, torch.Tensor] = {}
@@ -1126,19 +1177,51 @@ class AuroraSpec:
         cfg = self.train_config
         if cfg.replay is not None and ctx.training:
             return self._replay_loss(module, sample, ctx)
+        if cfg.multiscale is not None and ctx.training:
+            return self._multiscale_loss(module, sample, ctx)
         batch = self.adapter.batch_from_arrays(sample["inputs"], sample["t"])
         targets = {v: x.to(ctx.device, non_blocking=True) for v, x in sample["targets"].items()}
         steps = cfg.rollout_steps if cfg.replay is None else 1
         preds = module(batch, steps, cfg.rollout_grad == "last")
         return self._loss(preds, targets, sample.get("present", {}), ctx)
 
-    def _loss(self, preds, targets, present, ctx):
+    def _multiscale_loss(self, module, sample, ctx):
+        """``train.multiscale``: the batch seen through one random :class:`View` (a crop, or a
+        window averaged over blocks), with its lat/lon, statics, masks and area weights."""
+        from geoft.models.multiscale import View
+
+        cfg, a = self.train_config, self.adapter
+        ms = cfg.multiscale
+        view = View.draw(ctx.rng, ms.crop, ms.coarsen, ms.probabilities, a.output_shape)
+        dbz = {v for v in a.variables
+               if str(self.store.ds[v].attrs.get("units", "")).lower() == "dbz"}
+
+        def field(v, x):
+            return view.field(torch.as_tensor(x), dbz=v in dbz)
+
+        inputs = {v: field(v, x) for v, x in sample["inputs"].items()}
+        targets = {v: field(v, x).to(ctx.device) for v, x in sample["targets"].items()}
+        present = {v: view.mask(torch.as_tensor(p)) for v, p in sample.get("present", {}).items()}
+        batch = a.batch_from_arrays(inputs, sample["t"])
+        batch = dataclasses.replace(
+            batch, static_vars={k: view.field(x) for k, x in batch.static_vars.items()},
+            metadata=dataclasses.replace(batch.metadata, lat=view.lat(batch.metadata.lat),
+                                         lon=view.lon(batch.metadata.lon)))
+        preds = module(batch, cfg.rollout_steps, cfg.rollout_grad == "last")
+        masks = {v: view.mask(m) for v, m in self.masks.items()}
+        area = None if self.area is None else view.area(self.area)
+        total, parts = self._loss(preds, targets, present, ctx, masks=masks, area=area)
+        return total, {**parts, "multiscale_coarsen": float(view.s)}
+
+    def _loss(self, preds, targets, present, ctx, *, masks=None, area=None):
         cfg = self.train_config
-        masks = dict(self.masks)
+        if masks is None:  # the full grid (a multi-scale view brings its own)
+            masks, area = self.masks, self.area
+        masks = dict(masks)
         for v, p in present.items():  # gaps never count
-            masks[v] = p.to(ctx.device) & self.masks[v]
+            masks[v] = p.to(ctx.device) & masks[v]
         total, per_var = forecast_loss(self.adapter, preds, targets, masks, kind=cfg.loss,
-                                       weights=cfg.variable_weights, area=self.area,
+                                       weights=cfg.variable_weights, area=area,
                                        intensity=cfg.intensity_weights)
         if cfg.physics is not None:
             terms = physics_penalties(self.adapter, preds, masks, cfg.physics)

@@ -39,6 +39,8 @@ MANAGED_KWARGS = {
     "bf16_mode": "model.options.autocast",
     "use_lora": "model.options.lora.engine",
     "surf_stats": "the store statistics (given to Aurora's normalisation while it runs)",
+    "modulation_heads": "model.options.modulation_heads",
+    "separate_perceiver": "model.options.separate_perceiver",
 }
 
 
@@ -160,6 +162,16 @@ class AuroraOptions(Strict):
     autocast: bool = False
     activation_checkpointing: bool = False
     aurora_stats_for_known_vars: bool = False
+    modulation_heads: list[str] = Field(
+        default_factory=list, description="variables that get a second, separate output head "
+        "(Aurora's modulation heads): prediction = main head + (1 + modulation head) x the last "
+        "input state (normalised space, as AuroraAirPollution combines them), so this head "
+        "learns how much of the current field survives (growth and decay of convective cells) "
+        "while the main head adds what is new; it starts at zero")
+    separate_perceiver: list[str] = Field(
+        default_factory=list, description="level variables decoded by their own Perceiver "
+        "(Aurora's separate_perceiver): their levels are de-aggregated from the latent levels "
+        "apart from the other variables'")
     predict_difference: bool = Field(
         False, description="predict the change from the last input step (in normalised space, "
         "through Aurora's _post_decoder_hook, as AuroraAirPollution does) instead of the full "
@@ -211,10 +223,11 @@ class AuroraOptions(Strict):
                 names = ", ".join(sorted(k for k in allowed if k not in MANAGED_KWARGS))
                 raise GeoftError(f"{self.architecture} has no constructor argument {key!r}",
                                  where=f"{where}.kwargs", fix=f"allowed arguments: {names}")
-        if self.predict_difference and (self.model_class._post_decoder_hook
-                                        is not aurora.Aurora._post_decoder_hook):
-            raise GeoftError(f"{self.architecture} already transforms its decoder output",
-                             where=f"{where}.predict_difference", fix="set it to false")
+        own_hook = self.model_class._post_decoder_hook is not aurora.Aurora._post_decoder_hook
+        for key in ("predict_difference", "modulation_heads"):
+            if getattr(self, key) and own_hook:
+                raise GeoftError(f"{self.architecture} already transforms its decoder output",
+                                 where=f"{where}.{key}", fix="remove it")
         if str(self.kwargs.get("autocast_dtype", "")).replace("torch.", "") == "float16":
             raise GeoftError("autocast_dtype float16 needs loss scaling, which geoft does not do",
                              where=f"{where}.kwargs.autocast_dtype",
@@ -301,6 +314,33 @@ class PhysicsLoss(Strict):
         return needed
 
 
+class MultiScale(Strict):
+    """``train.multiscale``: every training batch is drawn at one scale, ``coarsen`` factor
+    ``s`` picked at random (``probabilities``, default equal): a random ``s*rows x s*cols``
+    window of the grid averaged over ``s x s`` blocks to ``rows x cols`` (``s = 1``: a crop at
+    full resolution). Fields are block means (quantities in dBZ averaged in linear Z, as radar
+    composites are), lat/lon and static fields too; a coarse cell counts in the loss only when
+    all its fine cells do; area weights are the blocks' summed areas. Validation and evaluation
+    stay on the full grid."""
+
+    crop: tuple[int, int] = Field(description="rows, cols of every training sample (multiples "
+                                              "of the patch size)")
+    coarsen: list[int] = Field(default_factory=lambda: [1, 2],
+                               description="block sizes to draw from (1: a native crop)")
+    probabilities: list[float] | None = Field(None, description="of each coarsen factor "
+                                                                "(default equal)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "MultiScale":
+        if min(self.crop) < 1 or any(s < 1 for s in self.coarsen) or not self.coarsen:
+            raise ValueError("crop sizes and coarsen factors must be >= 1")
+        if self.probabilities is not None:
+            if len(self.probabilities) != len(self.coarsen) or min(self.probabilities) < 0 \
+                    or sum(self.probabilities) <= 0:
+                raise ValueError("probabilities: one non-negative number per coarsen factor")
+        return self
+
+
 class AuroraTrainConfig(TrainConfig):
     """``train`` for Aurora: the engine's settings plus the roll-out loss.
 
@@ -311,7 +351,8 @@ class AuroraTrainConfig(TrainConfig):
     on unrolled autoregressive roll-outs (loss summed over steps); ``rollout_grad: last`` keeps
     gradients of the last step only. ``replay`` trains long leads one step at a time from a
     replay buffer (:class:`ReplayOptions`). ``physics`` adds weighted physical penalties
-    (:class:`PhysicsLoss`); ``intensity_weights`` weighs points by the target's intensity.
+    (:class:`PhysicsLoss`); ``intensity_weights`` weighs points by the target's intensity;
+    ``multiscale`` trains on crops and coarsened windows in the same run (:class:`MultiScale`).
     """
 
     loss: Literal["mae", "mse"] = "mae"
@@ -321,6 +362,7 @@ class AuroraTrainConfig(TrainConfig):
     rollout_grad: Literal["all", "last"] = "all"
     replay: ReplayOptions | None = None
     physics: PhysicsLoss | None = None
+    multiscale: MultiScale | None = None
     intensity_weights: dict[str, list[tuple[float, float]]] = Field(
         default_factory=dict, description="per variable, [[threshold, weight], ...] in physical "
         "units: points whose target reaches a threshold weigh more in the loss (e.g. refc: "
@@ -334,6 +376,8 @@ class AuroraTrainConfig(TrainConfig):
         bad_w = {k: v for k, v in self.intensity_weights.items() if any(w < 0 for _, w in v)}
         if bad_w:
             raise ValueError(f"intensity_weights must be >= 0, got {bad_w}")
+        if self.replay is not None and self.multiscale is not None:
+            raise ValueError("replay buffers full-grid states: use it without multiscale")
         if self.replay is not None and self.rollout_steps != 1:
             raise ValueError("replay trains one step at a time: set rollout_steps: 1 (or drop "
                              "replay for unrolled roll-outs)")
