@@ -38,12 +38,17 @@ RECIPE = {
                           "predict_difference": True, "positive_surf_vars": ["refc", "cape"],
                           # design option 2: a convective variable (omega) on pressure levels,
                           # with level-dependent embeddings
-                          "level_condition": True}},
+                          "level_condition": True,
+                          # design option 3: separate heads for the convective fields (Aurora's
+                          # modulation heads) and a separate Perceiver for omega
+                          "modulation_heads": ["refc", "cape"], "separate_perceiver": ["w"]}},
     "train": {"steps": 6, "batch_size": 2, "val_every": 3, "checkpoint_every": 3,
               "device": "cpu", "cpu_threads": 1, "num_workers": 0,
               # design option 5: physics-informed terms (signs, storm motion vs mean wind)
               "physics": {"nonnegative": {"hlcy3": 1.0, "mxuphl": 1.0},
-                          "nonpositive": {"cin": 1.0}, "storm_motion": 0.1}},
+                          "nonpositive": {"cin": 1.0}, "storm_motion": 0.1},
+              # design option 4: 6 km crops and 12 km block means in the same run
+              "multiscale": {"crop": [16, 16], "coarsen": [1, 2]}},
     "evaluate": {"lead_steps": 2, "max_init_times": 6, "batch_size": 6,
                  "metrics": ["rmse", "csi-35", "ets-35", "freq-bias-35", "fss-35-27km"],
                  "baselines": ["persistence", "extrapolation"]},
@@ -90,6 +95,24 @@ def test_physics_terms_are_trained_and_logged(run: Path):
     parts = [x["loss_parts"] for x in lines if x.get("kind") == "train"]
     assert parts and {"phys_nonneg_hlcy3", "phys_nonpos_cin", "phys_storm_motion"} <= set(parts[0])
     assert all(np.isfinite(p["phys_storm_motion"]) for p in parts)
+    # the coarsen factor drawn per batch, averaged over each logging window
+    assert all(1.0 <= p["multiscale_coarsen"] <= 2.0 for p in parts)
+
+
+def test_separate_heads_are_in_the_checkpoint_and_used(run: Path):
+    import torch
+
+    from geoft.models.aurora import load_finetuned
+
+    model, config = load_finetuned(run / "finetune")
+    assert config["kwargs"]["modulation_heads"] == ["refc", "cape"]
+    assert config["kwargs"]["separate_perceiver"] == ["w"]
+    names = dict(model.named_parameters())
+    assert "decoder.surf_heads.refc_mod.weight" in names
+    assert any(n.startswith("decoder.level_decoder_alternate.") for n in names)
+    # trained away from their zero start
+    assert float(names["decoder.surf_heads.refc_mod.weight"].detach().abs().sum()) > 0
+    assert isinstance(model, torch.nn.Module)
 
 
 def test_case_maps_and_gif_in_nws_colours(run: Path):

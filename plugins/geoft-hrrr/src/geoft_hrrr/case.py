@@ -28,9 +28,8 @@ def nws_reflectivity():
     """``(cmap, norm)`` of the NWS reflectivity colour table for matplotlib."""
     from matplotlib.colors import BoundaryNorm, ListedColormap
 
-    cmap = ListedColormap(NWS_COLORS[:-1], name="nws_reflectivity")
-    cmap.set_under((1, 1, 1, 0))
-    cmap.set_over(NWS_COLORS[-1])
+    cmap = ListedColormap(NWS_COLORS[:-1], name="nws_reflectivity").with_extremes(
+        under=(1, 1, 1, 0), over=NWS_COLORS[-1])
     return cmap, BoundaryNorm(NWS_BOUNDS, cmap.N)
 
 
