@@ -5,6 +5,7 @@ Uses a real (tiny) Aurora: 75k parameters, ~0.1 s per forward on 16x32. No netwo
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 
@@ -384,3 +385,27 @@ def test_modulation_and_separate_perceiver_name_store_variables(store):
         AuroraAdapter(store, AuroraOptions(**tiny(separate_perceiver=["zos"])))
     with pytest.raises(ValueError, match="kwargs.modulation_heads is set by geoft"):
         AuroraOptions(**tiny(kwargs={"modulation_heads": ["zos"]}))
+
+
+def test_positive_variables_are_normalised_about_zero_so_the_clamp_keeps_them(store):
+    """Aurora clamps positive variables at 0 in *normalised* space (its pollutants have location
+    0). With the store mean as location every value below the mean would be clamped to the mean
+    (CAPE below its mean would all read as the mean): positive variables get location 0."""
+    adapter = AuroraAdapter(store, AuroraOptions(**tiny(positive_atmos_vars=["so"])))
+    mean, std = store.stats("so")
+    for level, m, s in zip(store.levels, np.atleast_1d(mean), np.atleast_1d(std)):
+        loc, scale = adapter.normalisation[f"so_{aurora_norm.level_to_str(level)}"]
+        assert loc == 0.0 and scale == pytest.approx(np.hypot(m, s), rel=1e-6)
+    assert adapter.normalisation["thetao_0_494"][0] != 0.0  # others keep the store mean
+    model = adapter.build_model().eval()
+    batch = adapter.make_batch([5, 6])
+    m = torch.as_tensor(np.atleast_1d(mean), dtype=torch.float32).view(1, 1, -1, 1, 1)
+    s = torch.as_tensor(np.atleast_1d(std), dtype=torch.float32).view(1, 1, -1, 1, 1)
+    outs = []
+    with torch.no_grad():
+        for k in (1.0, 2.0):  # both below the mean, both positive (salinity ~ 34 psu)
+            b = dataclasses.replace(batch, atmos_vars={**batch.atmos_vars,
+                                                       "so": (m - k * s).expand_as(
+                                                           batch.atmos_vars["so"]).clone()})
+            outs.append(model(b).atmos_vars["so"])
+    assert not torch.allclose(outs[0], outs[1])  # the model sees the difference

@@ -1,7 +1,9 @@
-"""Convective verification metrics of geoft-hrrr: contingency scores and FSS of reflectivity.
+"""Convective verification metrics of geoft-hrrr: contingency scores, FSS and SAL of
+reflectivity, and the storm-motion vector error.
 
 The contingency tables below are written out by hand, so the expected scores come from the
-textbook formulas, not from the code under test."""
+textbook formulas, not from the code under test; SAL is checked against pysteps' own ``sal``
+on rain rates converted here by hand, and on fields whose S, A and L follow from geometry."""
 
 from __future__ import annotations
 
@@ -361,6 +363,225 @@ def test_window_cells_on_a_latlon_grid():
 
 
 # --------------------------------------------------------------------------------------------
+# (g) SAL of reflectivity objects
+# --------------------------------------------------------------------------------------------
+
+SAL = {"s": m.sal_s, "a": m.sal_a, "l": m.sal_l}
+DBZ = 40.0                            # a uniform storm: 40 dBZ is 11.5 mm/h
+DOUBLE_DBZ = DBZ + 16 * np.log10(2)   # twice the rain rate (Z = 200 R^1.6: +4.8 dBZ)
+
+
+def rate_by_hand(dbz):
+    """Marshall-Palmer rain rate (mm/h), 0 below 7 dBZ, written out here."""
+    dbz = np.asarray(dbz, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        rate = (10.0 ** (dbz / 10.0) / 200.0) ** (1.0 / 1.6)
+        return np.where(dbz >= 7.0, rate, np.where(np.isnan(dbz), np.nan, 0.0))
+
+
+def pysteps_sal(forecast_rate, truth_rate):
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        from pysteps.verification.salscores import sal
+
+    return sal(forecast_rate, truth_rate)  # its defaults: thr_factor 0.067, thr_quantile 0.95
+
+
+def storm(n=40, row=10, col=10, size=10, dbz=DBZ, shift=0):
+    """A square storm of uniform reflectivity in clear air (0 dBZ, the store's floor)."""
+    a = np.zeros((n, n))
+    a[row:row + size, col + shift:col + shift + size] = dbz
+    return a
+
+
+def sal_values(fc, tr, **kw):
+    return {k: float(call(metric, fc, tr, **kw).squeeze()) for k, metric in SAL.items()}
+
+
+def test_rain_rate_is_marshall_palmer_with_a_floor():
+    dbz = [-10.0, 0.0, 6.9, 7.0, 23.0, 35.0, 50.0, np.nan]
+    got = m.reflectivity_to_rain_rate(dbz)
+    np.testing.assert_allclose(got, rate_by_hand(dbz), rtol=1e-12)
+    np.testing.assert_allclose(got[:3], 0.0)
+    assert got[4] == pytest.approx(1.0, abs=0.01)        # 23 dBZ is about 1 mm/h
+    assert got[5] == pytest.approx(5.615, abs=1e-3)
+    assert got[6] == pytest.approx(48.62, abs=1e-2)
+    assert np.isnan(got[7])
+    assert m.reflectivity_to_rain_rate([DOUBLE_DBZ])[0] == pytest.approx(
+        2 * m.reflectivity_to_rain_rate([DBZ])[0])
+
+
+def test_sal_equals_pysteps_on_rain_rates_with_nan_and_mask():
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(3)
+
+    def storms():
+        x = gaussian_filter(rng.normal(size=(48, 56)), 3)
+        return np.clip(x / x.std() * 18 + 10, 0, None)  # dBZ, floor 0, several objects
+
+    f, t = storms(), storms()
+    f[40:46, 3:9] = 55.0      # a forecast storm where the truth is missing ...
+    t[40:46, 3:9] = np.nan
+    t[2:8, 45:51] = 55.0      # ... and an observed storm outside the mask
+    mask = xr.DataArray(np.ones(f.shape, bool), dims=GRID)
+    mask[0:10, 43:53] = False
+    fc, tr = field([[f]]), field([[t]])
+    mask = mask.assign_coords(y=fc.y, x=fc.x)
+    keep = ~np.isnan(t) & mask.values
+    expected = pysteps_sal(np.where(keep, rate_by_hand(f), 0.0),
+                           np.where(keep, rate_by_hand(t), 0.0))
+    got = sal_values(fc, tr, mask=mask)
+    assert [got["s"], got["a"], got["l"]] == pytest.approx(list(expected), rel=1e-12)
+    assert all(abs(v) > 0.01 for v in expected)  # a case that can tell the components apart
+    # the left-out storms would change it: pysteps on all points gives another value
+    raw = pysteps_sal(np.nan_to_num(rate_by_hand(f)), np.nan_to_num(rate_by_hand(t)))
+    assert abs(raw[1] - got["a"]) > 0.01
+
+
+def test_sal_of_identical_shifted_and_more_intense_storms():
+    truth = field([[storm()]])
+    assert sal_values(truth, truth) == {"s": 0.0, "a": 0.0, "l": 0.0}
+    # moved by 10 cells: only L, = distance of the centres of mass / domain diagonal
+    moved = sal_values(field([[storm(shift=10)]]), truth)
+    assert moved["s"] == pytest.approx(0.0, abs=1e-12)
+    assert moved["a"] == pytest.approx(0.0, abs=1e-12)
+    assert moved["l"] == pytest.approx(10 / np.hypot(40, 40))
+    # twice the rain rate in the same place: A = 2 (2 - 1) / (2 + 1), S and L unchanged
+    stronger = sal_values(field([[storm(dbz=DOUBLE_DBZ)]]), truth)
+    assert stronger["a"] == pytest.approx(2 / 3)
+    assert stronger["s"] == pytest.approx(0.0, abs=1e-12)
+    assert stronger["l"] == pytest.approx(0.0, abs=1e-12)
+    # a larger storm, same intensity and centre: scaled volume = area, S = A = 2 (196 - 100)
+    # / (196 + 100)
+    larger = sal_values(field([[storm(row=8, col=8, size=14)]]), truth)
+    assert larger["s"] == pytest.approx(2 * 96 / 296)
+    assert larger["a"] == pytest.approx(2 * 96 / 296)
+    assert larger["l"] == pytest.approx(0.0, abs=1e-12)
+    # a dry forecast of a wet truth: S = A = -2, L undefined
+    dry = sal_values(field([[storm(dbz=0.0)]]), truth)
+    assert dry["s"] == -2.0 and dry["a"] == -2.0 and np.isnan(dry["l"])
+
+
+def test_sal_averages_over_init_time_skipping_undefined_fields():
+    quiet, small = storm(dbz=0.0), storm(size=5)  # 25 cells: below pysteps' 50-cell objects
+    fc = field([[storm(dbz=DOUBLE_DBZ), storm()],
+                [quiet, storm()],
+                [storm(shift=10), storm(shift=10)],
+                [small, quiet]])
+    tr = field([[storm(), storm()],
+                [quiet, quiet],
+                [storm(), storm(shift=10)],
+                [small, quiet]])
+    per_field = {k: call(metric, fc, tr, time_dim=None) for k, metric in SAL.items()}
+    assert per_field["s"].dims == ("init_time", "lead")
+    l_moved = 10 / np.hypot(40, 40)
+    # lead 1: (doubled, both dry, moved, small objects only)
+    np.testing.assert_allclose(per_field["a"][:, 0], [2 / 3, np.nan, 0.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(per_field["s"][:, 0], [0.0, np.nan, 0.0, np.nan], atol=1e-12)
+    np.testing.assert_allclose(per_field["l"][:, 0], [0.0, np.nan, l_moved, np.nan],
+                               atol=1e-12)
+    mean = {k: call(metric, fc, tr) for k, metric in SAL.items()}
+    assert mean["a"].dims == ("lead",) and mean["a"].dtype == np.float64
+    assert float(mean["a"][0]) == pytest.approx((2 / 3 + 0.0 + 0.0) / 3)
+    assert float(mean["s"][0]) == pytest.approx(0.0, abs=1e-12)
+    assert float(mean["l"][0]) == pytest.approx(l_moved / 2)
+    # lead 2: (same, forecast storm over dry truth, same moved storm, dry)
+    assert float(mean["a"][1]) == pytest.approx((0.0 + 2.0 + 0.0) / 3)
+    assert float(mean["s"][1]) == pytest.approx((0.0 + 2.0 + 0.0) / 3, abs=1e-12)
+    assert float(mean["l"][1]) == pytest.approx(0.0, abs=1e-12)  # only where both have rain
+    # every field undefined: NaN, no warning (call() turns warnings into errors)
+    dry = field(np.zeros((2, 1, 40, 40)))
+    assert all(np.isnan(float(call(metric, dry, dry).squeeze())) for metric in SAL.values())
+
+
+# --------------------------------------------------------------------------------------------
+# (h) storm-motion vector error
+# --------------------------------------------------------------------------------------------
+
+
+def motion(u, v, dims=("init_time", "lead", "y", "x")):
+    """Forecast-like ustm and a Dataset holding ustm and vstm."""
+    u, v = field(u, dims=dims).rename("ustm"), field(v, dims=dims).rename("vstm")
+    return u, xr.Dataset({"ustm": u, "vstm": v})
+
+
+def motion_error(fc, tr, **kw):
+    (fu, fds), (tu, tds) = fc, tr
+    kw.setdefault("forecast_dataset", fds)
+    kw.setdefault("truth_dataset", tds)
+    return call(m.storm_motion_error, fu, tu, **kw)
+
+
+def test_storm_motion_error_is_the_length_of_the_vector_difference():
+    ones, zeros = np.ones((2, 1, 3, 4)), np.zeros((2, 1, 3, 4))
+    value = motion_error(motion(ones, zeros), motion(zeros, zeros))
+    assert value.dims == ("lead",) and value.dtype == np.float64
+    assert float(value.squeeze()) == 1.0
+    # (1, 2) against (-2, -2): the difference is (3, 4), of length 5
+    value = motion_error(motion(ones, 2 * ones), motion(-2 * ones, -2 * ones))
+    assert float(value.squeeze()) == pytest.approx(5.0)
+    # u alone would give 3 and v alone 4: the metric uses both
+    assert float(value.squeeze()) != pytest.approx(3.0)
+
+
+def test_storm_motion_error_weights_mask_nan_and_time_mean():
+    # per-point differences (du, dv) of time 0, the errors in brackets:
+    #  (3, 4) [5]   (0, -1) [1]   (0, 0) [0]   (7, 0) [7, truth vstm NaN: not counted]
+    #  (-2, 0) [2]  (6, 8) [10, masked]        (0, 3) [3]   (4, 0) [4]
+    du = np.array([[3, 0, 0, 7], [-2, 6, 0, 4]], dtype=float)
+    dv = np.array([[4, -1, 0, 0], [0, 8, 3, 0]], dtype=float)
+    weights = xr.DataArray([[1.0, 2.0, 1.0, 5.0], [1.0, 9.0, 3.0, 2.0]], dims=GRID)
+    mask = xr.DataArray([[True, True, True, True], [True, False, True, True]], dims=GRID)
+    truth_v = np.zeros((2, 4))
+    truth_v[0, 3] = np.nan
+    # time 1: the truth is missing everywhere; time 2: a uniform error of 2
+    fu = np.stack([[du], [du], [np.full((2, 4), 2.0)]])
+    fv = np.stack([[dv], [dv], [np.zeros((2, 4))]])
+    tu = np.stack([[np.zeros((2, 4))], [np.full((2, 4), np.nan)], [np.zeros((2, 4))]])
+    tv = np.stack([[truth_v], [np.full((2, 4), np.nan)], [np.zeros((2, 4))]])
+    fc, tr = motion(fu, fv), motion(tu, tv)
+    mask = mask.assign_coords(y=fc[0].y, x=fc[0].x)
+    per_time = motion_error(fc, tr, weights=weights, mask=mask, time_dim=None)
+    t0 = (5 * 1 + 1 * 2 + 0 * 1 + 2 * 1 + 3 * 3 + 4 * 2) / (1 + 2 + 1 + 1 + 3 + 2)
+    np.testing.assert_allclose(per_time.squeeze("lead"), [t0, np.nan, 2.0])
+    assert t0 == pytest.approx(2.6)
+    value = motion_error(fc, tr, weights=weights, mask=mask)
+    assert float(value.squeeze()) == pytest.approx((2.6 + 2.0) / 2)  # NaN time skipped
+    # without weights and mask: a plain mean over the 7 points where all four are present
+    unweighted = motion_error(fc, tr, time_dim=None).isel(init_time=0)
+    assert float(unweighted.squeeze()) == pytest.approx((5 + 1 + 0 + 2 + 10 + 3 + 4) / 7)
+
+
+def test_storm_motion_error_through_evaluate_call_metric():
+    """geoft evaluate calls metrics with the keywords they accept: the Datasets reach it."""
+    from geoft.evaluate import call_metric
+
+    (fu, fds), (tu, tds) = motion(np.ones((1, 2, 3, 3)), np.ones((1, 2, 3, 3))), \
+        motion(np.zeros((1, 2, 3, 3)), np.zeros((1, 2, 3, 3)))
+    value = call_metric(m.storm_motion_error, fu, tu, weights=None, mask=None,
+                        reduce_dims=GRID, time_dim="init_time", climatology=None,
+                        reference=None, forecast_dataset=fds, truth_dataset=tds)
+    np.testing.assert_allclose(value.values, [np.sqrt(2), np.sqrt(2)])
+
+
+def test_storm_motion_error_needs_both_datasets_with_vstm():
+    zeros = np.zeros((1, 1, 3, 3))
+    (fu, fds), (tu, tds) = motion(zeros, zeros), motion(zeros, zeros)
+    with pytest.raises(GeoftError, match="forecast_dataset"):
+        call(m.storm_motion_error, fu, tu, truth_dataset=tds)
+    with pytest.raises(GeoftError, match="truth_dataset"):
+        call(m.storm_motion_error, fu, tu, forecast_dataset=fds, truth_dataset=None)
+    with pytest.raises(GeoftError, match="vstm"):
+        call(m.storm_motion_error, fu, tu, forecast_dataset=fds,
+             truth_dataset=tds.drop_vars("vstm"))
+    with pytest.raises(GeoftError, match="scores ustm"):
+        call(m.storm_motion_error, fds["vstm"], tu, forecast_dataset=fds, truth_dataset=tds)
+
+
+# --------------------------------------------------------------------------------------------
 # registration
 # --------------------------------------------------------------------------------------------
 
@@ -369,26 +590,39 @@ def test_registered_names_attributes_and_summaries():
     expected = {f"{s}_{t}" for s in ("csi", "ets", "pod", "far", "freq_bias")
                 for t in (20, 35, 50)}
     expected |= {f"fss_{t}_{w}km" for t in (35, 20) for w in (3, 9, 27, 81)}
+    expected |= {"sal_s", "sal_a", "sal_l", "storm_motion_error"}
+    expected |= {f"brier_{t}" for t in (20, 35, 50)}
     assert {attr for attr, _ in m.SUMMARIES.values()} == expected
-    assert len(m.SUMMARIES) == len(expected) == 23
+    assert len(m.SUMMARIES) == len(expected) == 30
     better = {"csi": "higher", "ets": "higher", "pod": "higher", "far": "lower",
-              "fss": "higher"}
+              "fss": "higher", "sal_l": "lower", "storm_motion_error": "lower",
+              "brier": "lower"}
     for name, (attr, summary) in m.SUMMARIES.items():
         assert name == attr.replace("_", "-")
         assert summary and "\n" not in summary
         fn = getattr(m, attr)
         assert callable(fn) and fn.__name__ == attr and fn.__doc__
-        assert fn.variables == ("refc",)
-        kind = attr.split("_")[0]
-        if attr.startswith("freq_bias"):
-            assert not hasattr(fn, "better")
+        assert fn.variables == (("ustm",) if attr == "storm_motion_error" else ("refc",))
+        kind = attr if attr in better else attr.split("_")[0]
+        if attr.startswith("freq_bias") or attr in ("sal_s", "sal_a"):
+            assert not hasattr(fn, "better")  # perfect inside the range: no skill table
         else:
             assert fn.better == better[kind]
+    for attr in ("sal_s", "sal_a", "sal_l", "storm_motion_error"):
+        assert getattr(m, attr).perfect == 0.0
+    for t in (20, 35, 50):  # ensemble metrics with an event: evaluate draws reliability
+        fn = getattr(m, f"brier_{t}")
+        assert fn.ensemble is True and fn.event_threshold == float(t)
     assert m.SUMMARIES["csi-35"][0] == "csi_35"
     assert m.SUMMARIES["fss-20-81km"][0] == "fss_20_81km"
+    assert m.SUMMARIES["sal-l"][0] == "sal_l"
+    assert m.SUMMARIES["storm-motion-error"][0] == "storm_motion_error"
     assert m.categorical("threat_score", 35).__name__ == "csi_35"
+    assert m.sal("location").__name__ == "sal_l"
     with pytest.raises(GeoftError):
         m.categorical("sedi", 35)
+    with pytest.raises(GeoftError, match="unknown SAL component"):
+        m.sal("x")
 
 
 def test_module_level_imports_are_light():

@@ -50,7 +50,8 @@ RECIPE = {
               # design option 4: 6 km crops and 12 km block means in the same run
               "multiscale": {"crop": [16, 16], "coarsen": [1, 2]}},
     "evaluate": {"lead_steps": 2, "max_init_times": 6, "batch_size": 6,
-                 "metrics": ["rmse", "csi-35", "ets-35", "freq-bias-35", "fss-35-27km"],
+                 "metrics": ["rmse", "csi-35", "ets-35", "freq-bias-35", "fss-35-27km",
+                             "sal-a", "brier-35", "storm-motion-error"],
                  "baselines": ["persistence", "extrapolation"]},
 }
 
@@ -86,6 +87,14 @@ def test_convective_scores_for_every_forecast_and_only_on_reflectivity(run: Path
     extra = convective[(convective.source == "extrapolation") & (convective.metric == "csi-35")]
     assert (pers.value < 1).all() and not (pers.value.values == extra.value.values).all()
     assert (run / "evaluate" / "report.md").exists()
+    # SAL and Brier on reflectivity only; the storm-motion vector error once, in the ustm rows
+    assert set(table[table.metric.isin(["sal-a", "brier-35"])].variable) == {"refc"}
+    motion = table[table.metric == "storm-motion-error"]
+    assert set(motion.variable) == {"ustm"} and len(motion) == 3 * 2   # 3 sources x 2 leads
+    assert np.isfinite(motion.value).all() and (motion.value > 0).all()
+    brier = table[table.metric == "brier-35"]
+    assert brier.value.between(0, 1).all()
+    assert (run / "evaluate" / "reliability_refc_brier-35.png").exists()
 
 
 def test_physics_terms_are_trained_and_logged(run: Path):

@@ -385,13 +385,21 @@ class AuroraAdapter:
             else:
                 out[key] = (float(loc), float(scale))
 
+        # Aurora clamps positive variables at 0 *in normalised space* (its pollutants have
+        # location 0): with the store mean as location that would clamp every value below the
+        # mean. Positive variables get location 0 and the root mean square as scale.
+        positive = set(self.options.positive_surf_vars) | set(self.options.positive_atmos_vars)
+
+        def about_zero(var, m, s):
+            return (0.0, float(np.sqrt(m * m + s * s)) or 1.0) if var in positive else (m, s)
+
         for var in self.surface_vars:
             mean, std = self.store.stats(var)
-            put(var, float(mean), float(std))
+            put(var, *about_zero(var, float(mean), float(std)))
         for var in self.level_vars:
             mean, std = self.store.stats(var)
             for level, m, s in zip(self.levels, np.atleast_1d(mean), np.atleast_1d(std)):
-                put(self.level_key(var, level), float(m), float(s))
+                put(self.level_key(var, level), *about_zero(var, float(m), float(s)))
         for name in self.static_vars:
             # Statics Aurora knows (lsm, z) keep Aurora's statistics: the pretrained static
             # embeddings were learned with them. Others use their own spatial mean/std.

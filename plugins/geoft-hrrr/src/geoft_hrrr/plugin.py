@@ -44,6 +44,16 @@ def geoft_metrics():
             out[f"fss-{t}-{w}km"] = Ref(f"geoft_hrrr.metrics:fss_{t}_{w}km",
                                         summary=f"fractions skill score, refc >= {t} dBZ, "
                                                 f"{w} km neighbourhood")
+    for key, text in (("s", "structure"), ("a", "amplitude"), ("l", "location")):
+        out[f"sal-{key}"] = Ref(f"geoft_hrrr.metrics:sal_{key}",
+                                summary=f"SAL {text} of reflectivity objects (pysteps, "
+                                        "Marshall-Palmer rain rate)")
+    for t in THRESHOLDS:
+        out[f"brier-{t}"] = Ref(f"geoft_hrrr.metrics:brier_{t}",
+                                summary=f"Brier score of refc >= {t} dBZ (ensemble members give "
+                                        "the probability), with a reliability diagram")
+    out["storm-motion-error"] = Ref("geoft_hrrr.metrics:storm_motion_error",
+                                    summary="storm-motion vector error of (ustm, vstm), m/s")
     return out
 
 
