@@ -409,3 +409,60 @@ def test_positive_variables_are_normalised_about_zero_so_the_clamp_keeps_them(st
                                                            batch.atmos_vars["so"]).clone()})
             outs.append(model(b).atmos_vars["so"])
     assert not torch.allclose(outs[0], outs[1])  # the model sees the difference
+
+
+def test_asinh_transform_the_model_sees_and_undoes(store, tmp_path):
+    """model.options.transforms: statistics of asinh(x / scale) from the train split, the model
+    normalises T(x) through Aurora's _pre_norm_hook and returns physical values through its
+    _post_unnorm_hook; the loss normalisation goes through T; a checkpoint keeps it."""
+    from geoft.models import transforms as tf
+    from geoft.models.aurora import build_from_config
+
+    scale = 0.05
+    plain = AuroraAdapter(store, AuroraOptions(**tiny()))
+    adapter = AuroraAdapter(store, AuroraOptions(**tiny(
+        transforms={"zos": {"kind": "asinh", "scale": scale}})))
+    train = store.ds["zos"].isel(time=store.indices("train")).values.astype(np.float64)
+    t = np.arcsinh(train / scale)[:, store.valid("zos")]
+    loc, sc = adapter.normalisation["zos"]
+    assert loc == pytest.approx(t.mean(), rel=1e-6) and sc == pytest.approx(t.std(), rel=1e-4)
+    assert adapter.normalisation["thetao_0_494"] == plain.normalisation["thetao_0_494"]
+    x = torch.tensor([-0.2, 0.0, 0.3])
+    torch.testing.assert_close(adapter.normalise("zos", x),
+                               (torch.asinh(x / scale) - loc) / sc)
+    model = adapter.build_model().eval()
+    base = plain.build_model().eval()
+    base.load_state_dict(model.state_dict(), strict=True)  # no new weights
+    batch = adapter.make_batch([5, 6])
+    with torch.no_grad():
+        out = model(batch)
+    # = the plain model run by hand in T space: statistics of T, input T(x), output T^-1
+    base.geoft_normalisation = dict(adapter.normalisation)
+    in_t = dataclasses.replace(batch, surf_vars={
+        "zos": tf.forward("asinh", scale, batch.surf_vars["zos"])})
+    with torch.no_grad():
+        by_hand = tf.inverse("asinh", scale, base(in_t).surf_vars["zos"])
+    torch.testing.assert_close(out.surf_vars["zos"], by_hand, rtol=1e-5, atol=1e-7)
+    assert torch.isfinite(out.surf_vars["zos"]).all()
+    config = adapter.model_config()
+    assert config["transforms"] == {"zos": ["asinh", scale]}
+    again = build_from_config(config)
+    again.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(batch).surf_vars["zos"], out.surf_vars["zos"])
+    assert again.geoft_transforms == {"zos": ("asinh", scale)}
+
+
+def test_transform_round_trips_and_names_store_variables(store):
+    from geoft.models import transforms as tf
+
+    x = np.array([-500.0, -1.0, 0.0, 2.0, 3000.0])
+    for kind in ("asinh", "log1p"):
+        got = tf.inverse(kind, 100.0, tf.forward(kind, 100.0, x))
+        want = x if kind == "asinh" else np.maximum(x, 0)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9)
+        assert float(tf.forward(kind, 100.0, torch.tensor(0.0))) == 0.0  # 0 stays 0
+    np.testing.assert_allclose(tf.forward("log1p", 100.0, np.array([100.0])), [np.log(2)])
+    with pytest.raises(GeoftError, match="model.options.transforms.*cape"):
+        AuroraAdapter(store, AuroraOptions(**tiny(transforms={"cape": {"kind": "asinh",
+                                                                       "scale": 100}})))

@@ -131,7 +131,21 @@ def geoft_class(cls: type, predict_difference: bool = False) -> type:
             return dataclasses.replace(pred, surf_vars=combine(batch.surf_vars, pred.surf_vars),
                                        atmos_vars=combine(batch.atmos_vars, pred.atmos_vars))
 
+        def _pre_norm_hook(self, batch):  # physical transforms (model.options.transforms)
+            from geoft.models import transforms
+
+            batch = cls._pre_norm_hook(self, batch)
+            return transforms.apply(batch, getattr(self, "geoft_transforms", None))
+
+        def _post_unnorm_hook(self, batch, pred):
+            from geoft.models import transforms
+
+            pred = transforms.apply(pred, getattr(self, "geoft_transforms", None), invert=True)
+            return cls._post_unnorm_hook(self, batch, pred)
+
         body: dict[str, Any] = {"forward": forward, "_post_decoder_hook": _post_decoder_hook,
+                                "_pre_norm_hook": _pre_norm_hook,
+                                "_post_unnorm_hook": _post_unnorm_hook,
                                 "__module__": __name__,
                                 "__doc__": f"{cls.__name__} with its geoft normalisation"}
         if cls._post_decoder_hook is not _aurora_hook():  # the class combines its own outputs
@@ -304,6 +318,14 @@ class AuroraAdapter:
                 raise GeoftError(f"{opt} names {', '.join(unknown)} not in the store",
                                  where=f"model.options.{opt}",
                                  fix=f"use variables from {', '.join(pool)}")
+        odd = sorted(set(self.options.transforms) - set(self.variables))
+        if odd:
+            raise GeoftError(f"transforms names {', '.join(odd)}, not in the store",
+                             where="model.options.transforms",
+                             fix=f"use variables from {', '.join(self.variables)}")
+        #: variable -> (kind, scale) of its physical transform (geoft.models.transforms)
+        self.transforms: dict[str, tuple[str, float]] = {
+            v: (t.kind, float(t.scale)) for v, t in self.options.transforms.items()}
         for opt, pool in (("modulation_heads", self.surface_vars + self.level_vars),
                           ("separate_perceiver", self.level_vars)):
             unknown = sorted(set(getattr(self.options, opt)) - set(pool))
@@ -379,8 +401,8 @@ class AuroraAdapter:
         keep_known = self.options.aurora_stats_for_known_vars
         out: dict[str, tuple[float, float]] = {}
 
-        def put(key: str, loc: float, scale: float) -> None:
-            if keep_known and key in aurora_norm.locations:
+        def put(key: str, loc: float, scale: float, transformed: bool = False) -> None:
+            if keep_known and key in aurora_norm.locations and not transformed:
                 out[key] = (aurora_norm.locations[key], aurora_norm.scales[key])
             else:
                 out[key] = (float(loc), float(scale))
@@ -393,13 +415,18 @@ class AuroraAdapter:
         def about_zero(var, m, s):
             return (0.0, float(np.sqrt(m * m + s * s)) or 1.0) if var in positive else (m, s)
 
+        def stats(var):  # of T(x) for a transformed variable
+            return self._transformed_stats(var) if var in self.transforms else \
+                self.store.stats(var)
+
         for var in self.surface_vars:
-            mean, std = self.store.stats(var)
-            put(var, *about_zero(var, float(mean), float(std)))
+            mean, std = stats(var)
+            put(var, *about_zero(var, float(mean), float(std)), var in self.transforms)
         for var in self.level_vars:
-            mean, std = self.store.stats(var)
+            mean, std = stats(var)
             for level, m, s in zip(self.levels, np.atleast_1d(mean), np.atleast_1d(std)):
-                put(self.level_key(var, level), *about_zero(var, float(m), float(s)))
+                put(self.level_key(var, level), *about_zero(var, float(m), float(s)),
+                    var in self.transforms)
         for name in self.static_vars:
             # Statics Aurora knows (lsm, z) keep Aurora's statistics: the pretrained static
             # embeddings were learned with them. Others use their own spatial mean/std.
@@ -411,9 +438,32 @@ class AuroraAdapter:
                 out[name] = (float(np.nanmean(field)), std if std > 0 else 1.0)
         return out
 
+    def _transformed_stats(self, var: str) -> tuple[np.ndarray, np.ndarray]:
+        """Train-split mean and std of ``T(var)`` over valid points (per level for level
+        variables), read lazily from the store."""
+        import xarray as xr
+
+        from geoft.models import transforms
+
+        kind, scale = self.transforms[var]
+        da = self.store.ds[var].isel(time=self.store.indices("train"))
+        valid = xr.DataArray(self.store.valid(var), dims=da.dims[1:])
+        t = transforms.forward(kind, scale, da.astype("float64")).where(valid)
+        dims = [d for d in t.dims if d != "level"]
+        mean, std = t.mean(dims).values, t.std(dims).values
+        std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+        if var in self.surface_vars:
+            return np.asarray(mean).reshape(()), np.asarray(std).reshape(())
+        return np.atleast_1d(mean), np.atleast_1d(std)
+
     def normalise(self, var: str, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``x`` (physical units; ``(..., H, W)`` surface, ``(..., C, H, W)`` level)
-        exactly as Aurora does internally, with this adapter's statistics."""
+        exactly as Aurora does internally, with this adapter's statistics (through the
+        variable's physical transform, when it has one)."""
+        if var in self.transforms:
+            from geoft.models import transforms
+
+            x = transforms.forward(*self.transforms[var], x)
         with normalisation_scope(self.normalisation):
             if var in self.level_vars:
                 return aurora_norm.normalise_atmos_var(x, var, self.levels)
@@ -460,6 +510,7 @@ class AuroraAdapter:
         try:
             model = cls(**self.model_kwargs)
             model.geoft_normalisation = dict(self.normalisation)
+            model.geoft_transforms = dict(self.transforms)
             return model
         except (AssertionError, ValueError, TypeError, RuntimeError) as exc:
             shown = {k: v for k, v in self.model_kwargs.items()
@@ -670,6 +721,7 @@ class AuroraAdapter:
             "kwargs": kwargs,
             "timestep_hours": self.timestep.total_seconds() / 3600,
             "predict_difference": self.options.predict_difference,
+            "transforms": {v: [k, s] for v, (k, s) in self.transforms.items()},
             "surface_vars": list(self.surface_vars),
             "level_vars": list(self.level_vars),
             "static_vars": list(self.static_vars),
@@ -818,6 +870,8 @@ def build_from_config(config: dict[str, Any]) -> torch.nn.Module:
     kwargs["timestep"] = dt.timedelta(hours=config["timestep_hours"])
     model = geoft_class(cls, bool(config.get("predict_difference")))(**kwargs)
     model.geoft_normalisation = {k: tuple(v) for k, v in config["normalisation"].items()}
+    model.geoft_transforms = {k: (str(v[0]), float(v[1]))
+                              for k, v in config.get("transforms", {}).items()}
     return model
 
 
@@ -960,11 +1014,13 @@ kwargs["timestep"] = datetime.timedelta(hours=cfg["timestep_hours"])
 if "autocast_dtype" in kwargs:
     kwargs["autocast_dtype"] = getattr(torch, kwargs["autocast_dtype"])
 cls = getattr(aurora, cfg["class"])
-if cfg.get("predict_difference") or kwargs.get("modulation_heads"):
-    # the change from the last input / modulation heads: a _post_decoder_hook, no weights
+if cfg.get("predict_difference") or kwargs.get("modulation_heads") or cfg.get("transforms"):
+    # the change from the last input, modulation heads, physical transforms: Aurora hooks
+    # (_post_decoder_hook, _pre_norm_hook, _post_unnorm_hook), no weights
     from geoft.models.aurora import geoft_class
     cls = geoft_class(cls, bool(cfg.get("predict_difference")))
 model = cls(**kwargs)
+model.geoft_transforms = {k: tuple(v) for k, v in cfg.get("transforms", {}).items()}
 model.load_state_dict(torch.load("model.pt"), strict=True)
 for key, (loc, scale) in cfg["normalisation"].items():   # Aurora normalises internally
     aurora.normalisation.locations[key] = loc

@@ -119,6 +119,13 @@ EMBEDDING_PATTERNS = (r"^encoder\.atmos_levels_embed\.", r"^decoder\.atmos_level
                       r"^encoder\.surf_level_encoding$", r"^encoder\.atmos_latents$")
 
 
+class Transform(Strict):
+    """A physical transform the model sees a variable through (:mod:`geoft.models.transforms`)."""
+
+    kind: Literal["asinh", "log1p"]
+    scale: float = Field(gt=0, description="physical units: linear below, logarithmic above")
+
+
 class AuroraOptions(Strict):
     """``model.options`` for ``model.name: aurora``.
 
@@ -162,6 +169,11 @@ class AuroraOptions(Strict):
     autocast: bool = False
     activation_checkpointing: bool = False
     aurora_stats_for_known_vars: bool = False
+    transforms: dict[str, Transform] = Field(
+        default_factory=dict, description="variable -> {kind: asinh|log1p, scale}: the model "
+        "sees T(x), normalised with the train statistics of T(x), and returns T^-1 of its "
+        "output (Aurora's _pre_norm_hook/_post_unnorm_hook), so forecasts stay physical; the "
+        "loss, in normalised space, is then on T (heavy tails such as CAPE no longer dominate)")
     modulation_heads: list[str] = Field(
         default_factory=list, description="variables that get a second, separate output head "
         "(Aurora's modulation heads): prediction = main head + (1 + modulation head) x the last "
