@@ -758,7 +758,7 @@ brier_50.variables = ("ssh",)
 
 @geoft.hookimpl
 def geoft_metrics():
-    return {"brier-50": brier_50}
+    return {"brier-ssh-50": brier_50}
 '''
 #: extra offsets (forecast - truth) of the two members per lead, added to the model's OFFSETS
 MEMBER_EXTRA = {"a": np.array([10.0, 10.0, 10.0]), "b": np.array([-14.0, -14.0, -14.0])}
@@ -808,7 +808,7 @@ def test_evaluate_an_ensemble_of_fine_tuned_models(tmp_path, monkeypatch, fresh_
         (tmp_path / "members" / name / "model_config.json").write_text("{}")
         members[name] = str(tmp_path / "members" / name)
     loaded, store_path = make_workdir(
-        tmp_path, metrics=["rmse", "crps", "brier-50"], baselines=["persistence"],
+        tmp_path, metrics=["rmse", "crps", "brier-ssh-50"], baselines=["persistence"],
         batch_size=3, ensemble={"members": members, "bins": 4})
     out = evaluate(loaded, store_path, progress=False, adapter=MemberAdapter())
     table = pd.read_csv(Path(out["out"]) / "metrics.csv")
@@ -842,12 +842,12 @@ def test_evaluate_an_ensemble_of_fine_tuned_models(tmp_path, monkeypatch, fresh_
             p = np.mean([(v + ek) >= 50 for ek in e], axis=0)
             o = (v >= 50).astype(float)
             per_init.append(((p - o) ** 2 * w).sum() / w.sum())
-        np.testing.assert_allclose(pick("ensemble", "brier-50", k), np.mean(per_init),
+        np.testing.assert_allclose(pick("ensemble", "brier-ssh-50", k), np.mean(per_init),
                                    rtol=1e-9)
     # brier-50 is for ssh only; its skill against persistence is in skill.csv
-    assert set(table[table.metric == "brier-50"].variable) == {"ssh"}
+    assert set(table[table.metric == "brier-ssh-50"].variable) == {"ssh"}
     skills = pd.read_csv(Path(out["out"]) / "skill.csv")
-    assert ((skills.metric == "brier-50") & (skills.baseline == "persistence")).any()
+    assert ((skills.metric == "brier-ssh-50") & (skills.baseline == "persistence")).any()
     # reliability: the binned weights add up to every (init, ocean point) of each lead,
     # whatever the batching (3 + 1 initial times here)
     rel = pd.read_csv(Path(out["out"]) / "reliability.csv")
@@ -863,7 +863,7 @@ def test_evaluate_an_ensemble_of_fine_tuned_models(tmp_path, monkeypatch, fresh_
         if ww.sum() > 0:
             np.testing.assert_allclose(ens.loc[centre, "observed_frequency"],
                                        (ww * (v >= 50)).sum() / ww.sum(), rtol=1e-9)
-    assert (Path(out["out"]) / "reliability_ssh_brier-50.png").stat().st_size > 1000
+    assert (Path(out["out"]) / "reliability_ssh_brier-ssh-50.png").stat().st_size > 1000
 
 
 def test_ensemble_member_that_does_not_exist_is_named(tmp_path):
@@ -872,3 +872,59 @@ def test_ensemble_member_that_does_not_exist_is_named(tmp_path):
     with pytest.raises(GeoftError, match=r"evaluate.ensemble.members.gone.*does not exist"):
         evaluate(loaded, store_path, progress=False, adapter=MemberAdapter())
     assert not (loaded.recipe.evaluate_dir / "metrics.csv").exists()
+
+
+POOLED_PLUGIN = '''
+import xarray as xr
+import geoft
+
+
+def _stats(forecast, truth, *, mask=None, reduce_dims=None, time_dim=None):
+    f, o = forecast >= 50, truth >= 50
+    if mask is not None:
+        f, o = f & mask, o & mask
+    dims = [*reduce_dims, time_dim]
+    return xr.Dataset({"hits": (f & o).sum(dims).astype(float),
+                       "events": o.sum(dims).astype(float)})
+
+
+def pod(forecast, truth, **kw):
+    return pod.from_statistics(_stats(forecast, truth, **kw))
+
+
+pod.statistics = _stats
+pod.from_statistics = lambda ds: ds.hits / ds.events
+pod.variables = ("ssh",)
+
+
+@geoft.hookimpl
+def geoft_metrics():
+    return {"pod-ssh-50": pod}
+'''
+
+
+def test_pooled_scores_are_exact_whatever_the_batches(tmp_path, monkeypatch, fresh_plugins):
+    """A score pooled over initial times (hits / events here) declares its statistics; the
+    batches' statistics are summed, so one initial time per batch gives the score of all of
+    them at once, not the mean of per-batch ratios."""
+    (tmp_path / "geoft_pooled.py").write_text(POOLED_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("GEOFT_PLUGINS", "geoft_pooled")
+    values = {}
+    for size in (1, 100):
+        loaded, store_path = make_workdir(tmp_path / str(size), metrics=["pod-ssh-50"],
+                                          baselines=["persistence"], batch_size=size)
+        out = evaluate(loaded, store_path, progress=False, adapter=StubAdapter())
+        t = pd.read_csv(Path(out["out"]) / "metrics.csv")
+        values[size] = t[t.source == "persistence"].sort_values("lead").value.to_numpy()
+    inits = np.array([33, 34, 35, 36])
+    pooled, naive = [], []
+    for k in (1, 2, 3):   # persistence forecasts the state at init: truth - k
+        hits = [((step_value(i + k) - k >= 50) & (step_value(i + k) >= 50) & STEP_VALID).sum()
+                for i in inits]
+        events = [((step_value(i + k) >= 50) & STEP_VALID).sum() for i in inits]
+        pooled.append(sum(hits) / sum(events))
+        naive.append(np.mean(np.array(hits) / np.array(events)))
+    np.testing.assert_allclose(values[1], pooled, rtol=1e-12)
+    np.testing.assert_allclose(values[100], pooled, rtol=1e-12)
+    assert np.abs(np.array(naive) - np.array(pooled)).max() > 1e-3  # the test can tell

@@ -94,13 +94,16 @@ def _reference_name(fn) -> str | None:
 
 def score(store, forecasts: dict[str, xr.Dataset], truth: xr.Dataset,
           metric_names: list[str], climatology: dict[str, xr.DataArray],
-          members: dict[str, xr.Dataset] | None = None) -> pd.DataFrame:
+          members: dict[str, xr.Dataset] | None = None,
+          statistics: dict[tuple[str, str, str], xr.Dataset] | None = None) -> pd.DataFrame:
     """Long table: source, variable, level, lead, metric, value, n (values counted).
 
     ``members``: source -> its ensemble members (a ``member`` dim), for the ensemble mean.
     Metrics declaring ``ensemble = True`` (CRPS, Brier) get those members as ``forecast``, and
     a deterministic source as a one-member ensemble (skipped below a metric's
-    ``min_members``); every other metric gets the mean."""
+    ``min_members``); every other metric gets the mean. A metric with ``statistics`` and
+    ``from_statistics`` (scores pooled over time) is computed from its statistics, which are
+    also put in ``statistics[(source, variable, metric)]`` for :func:`pool_statistics`."""
     members = members or {}
     pm = get_plugin_manager()
     entries = {m: pm.entry("metric", m) for m in metric_names}
@@ -129,14 +132,19 @@ def score(store, forecasts: dict[str, xr.Dataset], truth: xr.Dataset,
                         fc[var].expand_dims(member=1)
                     if given.sizes["member"] < getattr(fn, "min_members", 1):
                         continue
+                pooled = hasattr(fn, "statistics") and hasattr(fn, "from_statistics")
                 with blame(entries[mname], f"scoring {var} of {source}"):
                     value = call_metric(
-                        fn, given, truth[var], weights=weights, mask=mask,
-                        reduce_dims=grid.dims, time_dim="init_time",
+                        fn.statistics if pooled else fn, given, truth[var], weights=weights,
+                        mask=mask, reduce_dims=grid.dims, time_dim="init_time",
                         climatology=climatology.get(var),
                         reference=forecasts[ref][var] if ref is not None else None,
                         forecast_dataset=fc, truth_dataset=truth,
                         members=members[source][var] if source in members else None)
+                    if pooled:
+                        if statistics is not None:
+                            statistics[(source, var, mname)] = value
+                        value = fn.from_statistics(value)
                 if not isinstance(value, xr.DataArray):
                     raise GeoftError(f"metric {mname!r} returned {type(value).__name__}, not an "
                                      "xarray DataArray", where=entries[mname].reference,
@@ -255,6 +263,7 @@ def evaluate_grid(loaded, store: PreparedStore, *, checkpoint: str | None = None
     member_ckpts = {name: member_checkpoint(name, path, cfg.checkpoint)
                     for name, path in (ensemble.members.items() if ensemble else [])}
     reliability = Reliability(store, metric_names, ensemble.bins if ensemble else 10)
+    statistics: dict[tuple[str, str, str], xr.Dataset] = {}  # pooled scores, summed
     writer = ForecastWriter(out_dir / "forecasts.zarr") if cfg.save_forecasts else None
     with progress_task(progress, "evaluate", len(batches)) as bar:
         for chunk in batches:
@@ -289,7 +298,11 @@ def evaluate_grid(loaded, store: PreparedStore, *, checkpoint: str | None = None
                 forecasts["ensemble"] = members["ensemble"].mean("member", skipna=False)
             clim = {v: bl.climatology_at(store, v, chunk, cfg.lead_steps)
                     for v in store.variables} if needs_clim else {}
-            batch_table = score(store, forecasts, truth, metric_names, clim, members)
+            batch_stats: dict[tuple[str, str, str], xr.Dataset] = {}
+            batch_table = score(store, forecasts, truth, metric_names, clim, members,
+                                batch_stats)
+            for key, stats in batch_stats.items():
+                statistics[key] = stats if key not in statistics else statistics[key] + stats
             reliability.add(forecasts, members, truth)
             batch_table["inits"] = len(chunk)
             tables.append(batch_table)
@@ -299,7 +312,7 @@ def evaluate_grid(loaded, store: PreparedStore, *, checkpoint: str | None = None
                 first = ({k: v for k, v in forecasts.items() if not k.startswith("member-")},
                          truth)
             bar.advance()
-    table = combine_batches(tables, metric_names)
+    table = pool_statistics(combine_batches(tables, metric_names), statistics)
     skills = skill_table(table, metric_names, baseline_names)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -409,6 +422,26 @@ class Reliability:
         return [plot_reliability(table, out_dir, metric=m, variable=v)
                 for m, v in table[["metric", "variable"]].drop_duplicates().itertuples(
                     index=False)]
+
+
+def pool_statistics(table: pd.DataFrame, statistics: dict[tuple[str, str, str], xr.Dataset]
+                    ) -> pd.DataFrame:
+    """The values of pooled metrics (those with ``statistics``/``from_statistics``) recomputed
+    from their statistics summed over every batch: exactly the score of all initial times at
+    once (a mean of per-batch ratios would not be)."""
+    if not statistics:
+        return table
+    pm = get_plugin_manager()
+    table = table.copy()
+    for (source, var, mname), stats in statistics.items():
+        value = pm.get("metric", mname).from_statistics(stats)
+        rows = (table.source == source) & (table.variable == var) & (table.metric == mname)
+        for r in value.rename("value").to_dataframe().reset_index().itertuples():
+            at = rows & (table.lead == int(getattr(r, "lead", 0)))
+            level = getattr(r, "level", np.nan)
+            at &= table.level.isna() if pd.isna(level) else (table.level == float(level))
+            table.loc[at, "value"] = float(r.value)
+    return table
 
 
 def combine_batches(tables: list[pd.DataFrame], metric_names: list[str]) -> pd.DataFrame:

@@ -647,3 +647,49 @@ def test_the_plugin_registers_exactly_these_metrics():
     assert set(registered) == set(m.SUMMARIES)
     for name, ref in registered.items():
         assert ref.target == f"geoft_hrrr.metrics:{m.SUMMARIES[name][0]}"
+
+
+# --------------------------------------------------------------------------------------------
+# pooled over batches of initial times: statistics that add up
+# --------------------------------------------------------------------------------------------
+
+
+def _random_refc(seed, n_init=5, size=40):
+    rng = np.random.default_rng(seed)
+    base = rng.normal(15.0, 14.0, (n_init, 2, size, size))
+    base[:, :, 5:20, 8:25] += 25.0  # a storm
+    return base
+
+
+def test_fss_equals_scores_fss_2d_with_nan_and_mask():
+    """Our summed-area fractions give exactly what scores.spatial.fss_2d gives (no zero
+    padding, pooled over init times), NaN and masked points being no event."""
+    fc, tr = _random_refc(1), _random_refc(2)
+    fc[0, 0, 3, 3] = np.nan
+    mask = xr.DataArray(np.ones((40, 40), bool), dims=("y", "x"))
+    mask[30:, :5] = False
+    for metric in (m.fss_35_9km, m.fss_35_27km, m.fss_20_81km, m.fss_20_3km):
+        mine = call(metric, field(fc), field(tr), mask=mask)
+        theirs = call(metric.with_scores, field(fc), field(tr), mask=mask)
+        np.testing.assert_allclose(mine.values, theirs.values, rtol=1e-10)
+        assert mine.dims == ("lead",)
+
+
+@pytest.mark.parametrize("name", ["csi_35", "ets_20", "far_50", "fss_35_27km", "sal_l", "sal_a"])
+def test_statistics_of_batches_add_up_to_the_score_of_all_initial_times(name):
+    """evaluate sums each batch's statistics: two batches (3 + 2 initial times) give the score
+    of all five at once, which the mean of the two batch scores does not."""
+    metric = getattr(m, name)
+    fc, tr = _random_refc(3), _random_refc(4)
+    fc[1] -= 20.0  # one initial time much weaker: batch scores differ
+    whole = call(metric, field(fc), field(tr))
+    assert np.isfinite(whole.values).all()
+    kw = {"reduce_dims": ("y", "x"), "time_dim": "init_time"}
+    a = metric.statistics(field(fc)[:3], field(tr)[:3], **kw)
+    b = metric.statistics(field(fc)[3:], field(tr)[3:], **kw)
+    pooled = metric.from_statistics(a + b)
+    np.testing.assert_allclose(pooled.values, whole.values, rtol=1e-12)
+    naive = (3 * call(metric, field(fc)[:3], field(tr)[:3])
+             + 2 * call(metric, field(fc)[3:], field(tr)[3:])) / 5
+    if not name.startswith("sal"):  # SAL per field: the weighted mean is exact when defined
+        assert np.abs(naive.values - whole.values).max() > 1e-6

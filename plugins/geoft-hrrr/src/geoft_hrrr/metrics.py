@@ -313,21 +313,36 @@ def categorical(score_name: str, threshold_dbz: float) -> Callable[..., xr.DataA
     threshold = float(threshold_dbz)
     name = f"{key}_{threshold:g}".replace(".", "p").replace("-", "m")
 
+    def statistics(forecast: xr.DataArray, truth: xr.DataArray, *,
+                   mask: xr.DataArray | None = None,
+                   reduce_dims: Iterable[Hashable] | None = None,
+                   time_dim: Hashable | None = "init_time") -> xr.Dataset:
+        """The contingency table: counts that add up over batches of initial times."""
+        return xr.Dataset(contingency_counts(forecast, truth, threshold, mask=mask,
+                                             reduce_dims=reduce_dims, time_dim=time_dim))
+
+    def from_statistics(counts: xr.Dataset) -> xr.DataArray:
+        from scores.categorical import BasicContingencyManager
+
+        table = {k: counts[k] for k in ("tp_count", "tn_count", "fp_count", "fn_count",
+                                        "total_count")}
+        denominator = _denominator(key, table)
+        manager = BasicContingencyManager(table)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = getattr(manager, method)()
+        return value.where(denominator > 0).astype(np.float64).rename(name)
+
     def metric(forecast: xr.DataArray, truth: xr.DataArray, *,
                mask: xr.DataArray | None = None,
                reduce_dims: Iterable[Hashable] | None = None,
                time_dim: Hashable | None = "init_time",
                weights: xr.DataArray | None = None) -> xr.DataArray:
-        from scores.categorical import BasicContingencyManager
-
         del weights  # categorical scores count points
-        counts = contingency_counts(forecast, truth, threshold, mask=mask,
-                                    reduce_dims=reduce_dims, time_dim=time_dim)
-        denominator = _denominator(key, counts)
-        manager = BasicContingencyManager(dict(counts))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            value = getattr(manager, method)()
-        return value.where(denominator > 0).astype(np.float64).rename(name)
+        return from_statistics(statistics(forecast, truth, mask=mask, reduce_dims=reduce_dims,
+                                          time_dim=time_dim))
+
+    metric.statistics = statistics  # type: ignore[attr-defined]
+    metric.from_statistics = from_statistics  # type: ignore[attr-defined]
 
     doc = (f"{long_name[0].upper()}{long_name[1:]} of refc >= {threshold:g} dBZ.\n\n"
            "The contingency table (hits, misses, false alarms, correct negatives) is summed "
@@ -391,14 +406,66 @@ def fss(threshold_dbz: float, window_km: float) -> Callable[..., xr.DataArray]:
     km = float(window_km)
     name = f"fss_{threshold:g}_{km:g}km".replace(".", "p").replace("-", "m")
 
+    def statistics(forecast: xr.DataArray, truth: xr.DataArray, *,
+                   mask: xr.DataArray | None = None,
+                   reduce_dims: Iterable[Hashable] | None = None,
+                   time_dim: Hashable | None = "init_time") -> xr.Dataset:
+        """``sum (Pf - Po)^2`` and ``sum Pf^2 + Po^2`` over every window inside the domain and
+        every field: they add up over batches of initial times (FSS = 1 - first / second)."""
+        forecast, truth, mask, grid_dims, pooled = _prepare(forecast, truth, mask,
+                                                            reduce_dims, time_dim)
+        n = _fss_window(forecast, grid_dims)
+        valid = _valid(forecast, truth, mask)
+        f = (forecast.where(valid, -np.inf) >= threshold)
+        t = (truth.where(valid, -np.inf) >= threshold)
+        grid = [d for d in forecast.dims if d in grid_dims]
+        pf = xr.apply_ufunc(_window_fractions, f, input_core_dims=[grid],
+                            output_core_dims=[["wy", "wx"]], kwargs={"n": n},
+                            exclude_dims=set(grid))
+        po = xr.apply_ufunc(_window_fractions, t, input_core_dims=[grid],
+                            output_core_dims=[["wy", "wx"]], kwargs={"n": n},
+                            exclude_dims=set(grid))
+        summed = ["wy", "wx", *[d for d in pooled if d not in grid_dims]]
+        return xr.Dataset({"fss_numerator": ((pf - po) ** 2).sum(summed),
+                           "fss_denominator": (pf ** 2 + po ** 2).sum(summed)})
+
+    def from_statistics(stats: xr.Dataset) -> xr.DataArray:
+        den = stats["fss_denominator"]
+        value = 1.0 - stats["fss_numerator"] / den.where(den > 0)
+        return value.astype(np.float64).rename(name)
+
+    def _fss_window(forecast, grid_dims):
+        if len(grid_dims) != 2:
+            raise _error(f"FSS needs a 2-D grid, got grid dims {list(grid_dims)}",
+                         fix="use it on lat/lon or projected (y, x) grids only")
+        n = window_cells(km, grid_spacing_km(forecast, grid_dims))
+        shape = tuple(forecast.sizes[d] for d in grid_dims)
+        if n > min(shape):
+            raise _error(f"the {km:g} km FSS window ({n} x {n} cells) is larger than the "
+                         f"grid ({shape[0]} x {shape[1]} cells)",
+                         fix=f"drop {name.replace('_', '-')} from evaluate.metrics or "
+                             "evaluate on a larger domain")
+        return n
+
     def metric(forecast: xr.DataArray, truth: xr.DataArray, *,
                mask: xr.DataArray | None = None,
                reduce_dims: Iterable[Hashable] | None = None,
                time_dim: Hashable | None = "init_time",
                weights: xr.DataArray | None = None) -> xr.DataArray:
+        del weights  # the FSS counts points
+        return from_statistics(statistics(forecast, truth, mask=mask, reduce_dims=reduce_dims,
+                                          time_dim=time_dim))
+
+    metric.statistics = statistics  # type: ignore[attr-defined]
+    metric.from_statistics = from_statistics  # type: ignore[attr-defined]
+
+    def scores_fss(forecast: xr.DataArray, truth: xr.DataArray, *,
+                   mask: xr.DataArray | None = None,
+                   reduce_dims: Iterable[Hashable] | None = None,
+                   time_dim: Hashable | None = "init_time") -> xr.DataArray:
+        """The same score by ``scores.spatial.fss_2d`` (what the tests compare with)."""
         from scores.spatial import fss_2d
 
-        del weights  # the FSS counts points
         forecast, truth, mask, grid_dims, pooled = _prepare(forecast, truth, mask,
                                                             reduce_dims, time_dim)
         if len(grid_dims) != 2:
@@ -422,14 +489,27 @@ def fss(threshold_dbz: float, window_km: float) -> Callable[..., xr.DataArray]:
         any_event = ((f >= threshold) | (t >= threshold)).any(pooled)
         return value.astype(np.float64).where(any_event).rename(name)
 
+    metric.with_scores = scores_fss  # type: ignore[attr-defined]
+
     doc = (f"Fractions skill score of refc >= {threshold:g} dBZ over a {km:g} km square "
-           "neighbourhood (the odd number of cells nearest to it, at least 1), with "
-           "scores.spatial.fss_2d (windows inside the domain, no zero padding). Pooled over "
-           "time_dim: fss_2d's reduce_dims=(time_dim, *grid dims) sums the FSS components of "
-           "all fields before the ratio. Points where forecast or truth is NaN or mask is "
+           "neighbourhood (the odd number of cells nearest to it, at least 1), as "
+           "scores.spatial.fss_2d computes it (windows inside the domain, no zero padding; "
+           "equal to it, a test checks). Pooled over time_dim: the FSS components of all "
+           "fields are summed before the ratio (statistics/from_statistics, so batches of "
+           "initial times combine exactly). Points where forecast or truth is NaN or mask is "
            "False are no event in both fields; weights are ignored. NaN when neither field "
            "has an event.")
     return _set_attrs(metric, name, doc, "higher", threshold_dbz=threshold, window_km=km)
+
+
+def _window_fractions(event: np.ndarray, *, n: int) -> np.ndarray:
+    """Fraction of events in every ``n x n`` window inside the last two axes (a summed-area
+    table: the cost does not grow with the window)."""
+    e = np.asarray(event, dtype=np.float64)
+    c = np.cumsum(np.cumsum(e, axis=-2), axis=-1)
+    c = np.pad(c, [(0, 0)] * (c.ndim - 2) + [(1, 0), (1, 0)])
+    s = c[..., n:, n:] - c[..., :-n, n:] - c[..., n:, :-n] + c[..., :-n, :-n]
+    return s / (n * n)
 
 
 # --------------------------------------------------------------------------------------------
@@ -568,6 +648,22 @@ def sal(component: str) -> Callable[..., xr.DataArray]:
             sal_of_field, forecast, truth, valid, input_core_dims=[grid, grid, grid],
             kwargs={"component": key}, vectorize=True, output_dtypes=[np.float64])
         return _nan_time_mean(per_field.astype(np.float64), time_dim).rename(name)
+
+    def statistics(forecast, truth, *, mask=None, reduce_dims=None, time_dim="init_time"):
+        """Sum and number of the defined per-field values: they add up over batches."""
+        per_time = metric(forecast, truth, mask=mask, reduce_dims=reduce_dims, time_dim=None)
+        if time_dim is None or time_dim not in per_time.dims:
+            per_time = per_time.expand_dims("_t")
+            time_dim = "_t"
+        return xr.Dataset({"sal_sum": per_time.fillna(0.0).sum(time_dim),
+                           "sal_count": per_time.notnull().sum(time_dim).astype(np.float64)})
+
+    def from_statistics(stats: xr.Dataset) -> xr.DataArray:
+        count = stats["sal_count"]
+        return (stats["sal_sum"] / count.where(count > 0)).astype(np.float64).rename(name)
+
+    metric.statistics = statistics  # type: ignore[attr-defined]
+    metric.from_statistics = from_statistics  # type: ignore[attr-defined]
 
     doc = (f"SAL {long_name} component of refc (Wernli et al. 2008) by pysteps."
            f"verification.salscores.{method}, per 2-D field on Marshall-Palmer rain rates "
