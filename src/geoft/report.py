@@ -83,8 +83,8 @@ def plot_reliability(table: pd.DataFrame, out: Path, *, metric: str, variable: s
             shown = per_bin[per_bin.weight > 0]
             style = "-o" if source in ("model", "ensemble") else "--."
             ax.plot(shown.p, shown.o, style, ms=3, label=source)
-            share = per_bin.weight / per_bin.weight.sum()
-            bar.plot(per_bin.index, share, style, ms=3)
+            share = shown.weight / per_bin.weight.sum()
+            bar.plot(shown.p, share, style, ms=3)
         ax.set_title(f"{variable} {metric}, lead {lead}", fontsize=9)
         ax.set_xlim(0, 1), ax.set_ylim(0, 1), ax.grid(alpha=0.3)
         bar.set_yscale("log"), bar.set_xlabel("forecast probability"), bar.grid(alpha=0.3)
