@@ -605,3 +605,78 @@ def test_two_stage_strategy_runs_full_then_lora_from_its_weights(store_path, tmp
     # the backbone's frozen weights are stage 1's, the adapters moved on
     key = "backbone.encoder_layers.0.blocks.0.mlp.fc1.weight"
     assert torch.equal(final[key], stage1[key])
+
+
+def _scalars(log_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return acc, {e.step: e.value for e in acc.Scalars(tag)} if tag in acc.Tags()["scalars"] \
+        else {}
+
+
+def test_tensorboard_dashboard_mirrors_metrics_and_resumes_without_duplicates(
+        store_path, tmp_path, monkeypatch):
+    """Every metrics.jsonl line also goes to TensorBoard under the recipe's name and hash, the
+    validation writes truth/prediction maps, and a resumed run purges what the interrupted one
+    logged after its checkpoint (no duplicated steps)."""
+    cfg = dict(steps=6, batch_size=2, lr=2e-3, checkpoint_every=3, val_every=3, seed=1)
+    lineage = {"recipe_name": "tiny", "recipe_hash": "0123456789abcdef"}
+    spec = AuroraSpec(store_path, MODEL, cfg, tmp_path / "a")
+    from geoft.training.engine import train
+
+    train(spec, cfg, tmp_path / "a", progress=False, lineage=lineage)
+    log_dir = tmp_path / "a" / "tensorboard" / "tiny-0123456789abcdef"
+    acc, loss = _scalars(log_dir, "train/loss")
+    lines = read_metrics(tmp_path / "a")
+    want = {x["step"]: x["loss"] for x in lines if x["kind"] == "train"}
+    assert loss.keys() == want.keys() == {1, 2, 3, 4, 5, 6}
+    np.testing.assert_allclose([loss[k] for k in sorted(loss)], [want[k] for k in sorted(want)],
+                               rtol=1e-6)
+    _, val = _scalars(log_dir, "val/loss")
+    assert val.keys() == {3, 6}
+    tags = acc.Tags()["scalars"]
+    assert {"train/lr", "train/grad_norm", "train/samples_per_s", "train/loss_parts/zos",
+            "val/loss_parts/thetao"} <= set(tags)
+    assert "samples/one_step" in acc.Tags()["images"]
+
+    # killed in step 5: resumes from step 3; steps 4-6 appear once
+    original = Trainer.train_step
+
+    def killed(self, sample):
+        if self.counters.step == 4:
+            raise KeyboardInterrupt
+        return original(self, sample)
+
+    monkeypatch.setattr(Trainer, "train_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(AuroraSpec(store_path, MODEL, cfg, tmp_path / "b"), cfg, tmp_path / "b",
+              progress=False, lineage=lineage)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    train(AuroraSpec(store_path, MODEL, cfg, tmp_path / "b"), cfg, tmp_path / "b",
+          progress=False, lineage=lineage)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "b" / "tensorboard" / "tiny-0123456789abcdef"))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("train/loss")]
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6]          # step 4 of the killed run purged
+
+
+def test_mlflow_configured_but_missing_is_a_clear_error(store_path, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_mlflow(name, *a, **kw):
+        if name == "mlflow":
+            raise ImportError("No module named 'mlflow'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_mlflow)
+    cfg = dict(steps=1, batch_size=2, dashboard={"mlflow": {"experiment": "x"}})
+    with pytest.raises(GeoftError, match="train.dashboard.mlflow.*pip install mlflow"):
+        finetune(store_path, MODEL, cfg, tmp_path / "m", progress=False)
+    assert not (tmp_path / "m" / "checkpoints").exists() or \
+        not any((tmp_path / "m" / "checkpoints").iterdir())

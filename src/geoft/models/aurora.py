@@ -1293,6 +1293,33 @@ class AuroraSpec:
             per_var = {**per_var, **terms}
         return total, {v: x.detach() for v, x in per_var.items()}
 
+    def sample_figures(self, module, sample, ctx) -> dict[str, Any]:
+        """Truth beside the one-step prediction of the first validation sample, for the
+        dashboard: the (up to) three most weighted surface variables."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        a = self.adapter
+        weights = self.train_config.variable_weights
+        names = sorted(a.surface_vars, key=lambda v: -weights.get(v, 1.0))[:3]
+        batch = a.batch_from_arrays({v: x[:1] for v, x in sample["inputs"].items()},
+                                    sample["t"][:1])
+        pred = module(batch, 1, False)[0]
+        fig, axes = plt.subplots(len(names), 2, figsize=(6.4, 2.8 * len(names)), squeeze=False)
+        for row, v in zip(axes, names):
+            truth = np.asarray(sample["targets"][v][0, 0], np.float64)
+            guess = _lead_field(a, pred, v)[0].detach().cpu().numpy().astype(np.float64)
+            valid = self.store.valid(v)[: truth.shape[0]]
+            lo, hi = np.nanpercentile(truth[valid], [1, 99]) if valid.any() else (0, 1)
+            for ax, field, title in ((row[0], truth, "truth"), (row[1], guess, "model")):
+                im = ax.imshow(np.where(valid, field, np.nan), vmin=lo, vmax=hi, cmap="viridis")
+                ax.set_title(f"{v} {title}, +1 step", fontsize=8)
+                ax.set_xticks([]), ax.set_yticks([])
+            fig.colorbar(im, ax=list(row), shrink=0.8)
+        return {"one_step": fig}
+
     # -- roll-out training with a replay buffer (pushforward) ------------------------------------
     def _replay_loss(self, module, sample, ctx):
         """One model step per training step: from true initial conditions (the data loader's

@@ -14,6 +14,21 @@ from pydantic import Field, model_validator
 from geoft.schema import Strict
 
 
+class MlflowSettings(Strict):
+    experiment: str = Field("geoft", description="MLflow experiment name")
+    tracking_uri: str | None = Field(None, description="default: MLflow's (./mlruns or "
+                                                       "MLFLOW_TRACKING_URI)")
+
+
+class DashboardSettings(Strict):
+    """``train.dashboard``: where the training curves go besides ``metrics.jsonl``."""
+
+    tensorboard: bool = Field(True, description="TensorBoard event files in "
+                                                "<out>/tensorboard/<recipe>-<hash>")
+    mlflow: MlflowSettings | None = Field(None, description="also log to MLflow (needs mlflow)")
+    sample_maps: bool = Field(True, description="truth/prediction maps at each validation")
+
+
 class TrainConfig(Strict):
     """How to train (the engine's part of the recipe's ``train`` section).
 
@@ -59,6 +74,7 @@ class TrainConfig(Strict):
     log_every: int = Field(1, ge=1)
     ema_decay: float | None = Field(None, gt=0, le=1)
     ema_power: float = Field(0.75, gt=0)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":

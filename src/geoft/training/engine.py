@@ -381,6 +381,7 @@ class Trainer:
             cfg.seed + 7919 * self.dist.rank)
         self.counters = Counters()
         self._started = time.monotonic()
+        self.dashboard = None  # opened by fit() on rank 0, once the resume step is known
 
     # -- construction helpers ---------------------------------------------------------------
     def _loader(self, dataset, **kw) -> torch.utils.data.DataLoader:
@@ -479,6 +480,9 @@ class Trainer:
                     "seconds": round(self.elapsed(), 3)}
             if self.ema is not None:
                 line["ema_decay"] = float(self.ema.cur_decay_value)
+            if self.device.type == "cuda":
+                line["gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(self.device)
+                                               / 2**30, 3)
             self._write_metrics(line)
             window.__init__()
         return line
@@ -515,6 +519,33 @@ class Trainer:
             self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
             with self.metrics_path.open("a") as f:
                 f.write(json.dumps(line) + "\n")
+            if self.dashboard is not None:
+                self.dashboard.log(line)
+
+    def _open_dashboard(self) -> None:
+        from geoft.training.dashboard import Dashboard, run_name
+
+        settings = self.config.dashboard
+        if not self.dist.is_main or not (settings.tensorboard or settings.mlflow):
+            return
+        self.dashboard = Dashboard(
+            self.out_dir, settings, name=run_name(self.lineage, self.spec.kind),
+            purge_step=self.counters.step + 1 if self.counters.step else None,
+            params={"train": self.config.model_dump(mode="json"), "spec": self.spec.kind})
+
+    def _sample_maps(self, step: int) -> None:
+        """The spec's sample maps of the first validation batch (``sample_figures``)."""
+        make = getattr(self.spec, "sample_figures", None)
+        if self.dashboard is None or make is None or not self.config.dashboard.sample_maps:
+            return
+        batch = next(iter(self.val_loader), None)
+        if batch is None:
+            return
+        self.module.eval()
+        with torch.no_grad():
+            figures = make(self.module, batch, self.context(training=False))
+        self.module.train()
+        self.dashboard.figures(figures, step)
 
     def model_config(self) -> dict[str, Any]:
         return {**self.spec.config(), "spec": self.spec.kind, "format": CHECKPOINT_FORMAT,
@@ -661,41 +692,48 @@ class Trainer:
         stop_reason = "steps" if stop_at is None or last == self.total_steps else "stop_at"
         losses: list[float] = []
         window = _Window()
-        from geoft.progress import progress_task
+        self._open_dashboard()
+        try:
+            from geoft.progress import progress_task
 
-        with progress_task(self.progress and self.dist.is_main, self.description,
-                           self.total_steps, completed=self.counters.step) as bar:
-            val_text = ""
-            while self.counters.step < last:
-                line = self.run_step(window)
-                losses.append(line["loss"])
-                step = self.counters.step
-                bar.update(completed=step, status=f"loss {line['loss']:.4f}{val_text}")
-                improved = False
-                if self.has_validation and (step % cfg.val_every == 0 or step == self.total_steps):
-                    val = self.validate()
-                    improved = val["val_loss"] < self.counters.best_val - cfg.early_stopping_min_delta
-                    if improved:
-                        self.counters.best_val, self.counters.best_step = val["val_loss"], step
-                        self.counters.bad_validations = 0
-                    else:
-                        self.counters.bad_validations += 1
-                    self._write_metrics({"kind": "val", "step": step, **val,
-                                         "best_val_loss": self.counters.best_val,
-                                         "seconds": round(self.elapsed(), 3)})
-                    val_text = f" val {val['val_loss']:.4f}"
-                stop = 0.0
-                if (cfg.early_stopping_patience is not None
-                        and self.counters.bad_validations >= cfg.early_stopping_patience):
-                    stop, stop_reason = 1.0, "early_stopping"
-                elif cfg.max_time is not None and \
-                        self.elapsed() - started_at >= cfg.max_time.total_seconds():
-                    stop, stop_reason = 1.0, "max_time"
-                stop = self.dist.all_reduce([stop], op="max", device=self.device)[0]
-                if (step % cfg.checkpoint_every == 0 or improved or stop or step == last):
-                    self.save_checkpoint(best=improved)
-                if stop:
-                    break
+            with progress_task(self.progress and self.dist.is_main, self.description,
+                               self.total_steps, completed=self.counters.step) as bar:
+                val_text = ""
+                while self.counters.step < last:
+                    line = self.run_step(window)
+                    losses.append(line["loss"])
+                    step = self.counters.step
+                    bar.update(completed=step, status=f"loss {line['loss']:.4f}{val_text}")
+                    improved = False
+                    if self.has_validation and (step % cfg.val_every == 0 or step == self.total_steps):
+                        val = self.validate()
+                        improved = val["val_loss"] < self.counters.best_val - cfg.early_stopping_min_delta
+                        if improved:
+                            self.counters.best_val, self.counters.best_step = val["val_loss"], step
+                            self.counters.bad_validations = 0
+                        else:
+                            self.counters.bad_validations += 1
+                        self._write_metrics({"kind": "val", "step": step, **val,
+                                             "best_val_loss": self.counters.best_val,
+                                             "seconds": round(self.elapsed(), 3)})
+                        val_text = f" val {val['val_loss']:.4f}"
+                        self._sample_maps(step)
+                    stop = 0.0
+                    if (cfg.early_stopping_patience is not None
+                            and self.counters.bad_validations >= cfg.early_stopping_patience):
+                        stop, stop_reason = 1.0, "early_stopping"
+                    elif cfg.max_time is not None and \
+                            self.elapsed() - started_at >= cfg.max_time.total_seconds():
+                        stop, stop_reason = 1.0, "max_time"
+                    stop = self.dist.all_reduce([stop], op="max", device=self.device)[0]
+                    if (step % cfg.checkpoint_every == 0 or improved or stop or step == last):
+                        self.save_checkpoint(best=improved)
+                    if stop:
+                        break
+        finally:
+            if self.dashboard is not None:  # flushed even when training fails
+                self.dashboard.close()
+                self.dashboard = None
         seconds = self.elapsed()
         run = self.elapsed() - started_at
         steps_run = self.counters.step - first_step
