@@ -570,6 +570,16 @@ def event_probability(forecast: xr.DataArray, threshold: float,
     return hit
 
 
+def _event_pairs(forecast, truth, threshold, member_dim, *, where, **kw):
+    """Prepared data, forecast probability and observed event (0/1) of ``value >= threshold``,
+    and where both exist."""
+    prep = _prepare(forecast, truth, where=where,
+                    member_dim=member_dim if member_dim in forecast.dims else None, **kw)
+    prob = event_probability(prep.forecast, threshold, member_dim)
+    observed = (prep.truth >= threshold).astype(np.float64).where(prep.truth.notnull())
+    return prep, prob, observed, prob.notnull() & observed.notnull()
+
+
 def brier_score(
     forecast: xr.DataArray,
     truth: xr.DataArray,
@@ -588,13 +598,9 @@ def brier_score(
     time mean. Computed with ``scores.probability.brier_score``."""
     from scores.probability import brier_score as scores_brier
 
-    where = "metrics.brier_score"
-    prep = _prepare(forecast, truth, weights=weights, mask=mask, reduce_dims=reduce_dims,
-                    time_dim=time_dim, where=where,
-                    member_dim=member_dim if member_dim in forecast.dims else None)
-    prob = event_probability(prep.forecast, threshold, member_dim)
-    observed = (prep.truth >= threshold).astype(np.float64).where(prep.truth.notnull())
-    valid = prob.notnull() & observed.notnull()
+    prep, prob, observed, valid = _event_pairs(
+        forecast, truth, threshold, member_dim, where="metrics.brier_score", weights=weights,
+        mask=mask, reduce_dims=reduce_dims, time_dim=time_dim)
     per_time = scores_brier(prob.where(valid), observed.where(valid),
                             reduce_dims=list(prep.spatial_dims) or None, weights=prep.weights)
     return _named(_time_mean(per_time, time_dim), "brier")
@@ -618,13 +624,9 @@ def reliability_counts(
     probability (``prob``) and weighted observed events (``observed``). Observed frequency per
     bin = ``observed / weight``, mean forecast probability = ``prob / weight``. Dims ``bin`` and
     whatever the data keeps (``lead``, ``level``)."""
-    where = "metrics.reliability_counts"
-    prep = _prepare(forecast, truth, weights=weights, mask=mask, reduce_dims=reduce_dims,
-                    time_dim=time_dim, where=where,
-                    member_dim=member_dim if member_dim in forecast.dims else None)
-    prob = event_probability(prep.forecast, threshold, member_dim)
-    observed = (prep.truth >= threshold).astype(np.float64).where(prep.truth.notnull())
-    valid = prob.notnull() & observed.notnull()
+    prep, prob, observed, valid = _event_pairs(
+        forecast, truth, threshold, member_dim, where="metrics.reliability_counts",
+        weights=weights, mask=mask, reduce_dims=reduce_dims, time_dim=time_dim)
     w = prep.weights if prep.weights is not None else xr.ones_like(prob)
     w = (w * valid).astype(np.float64)
     index = np.minimum(np.floor(prob.fillna(0).values * bins), bins - 1).astype(int)

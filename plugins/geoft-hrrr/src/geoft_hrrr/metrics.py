@@ -295,6 +295,25 @@ def _denominator(score: str, c: dict[str, xr.DataArray]) -> xr.DataArray:
     return fp * fp + fn * fn + tp * fp + tp * fn + fp * fn + (tp + fp + fn) * tn
 
 
+def _pooled(statistics: Callable[..., xr.Dataset],
+            from_statistics: Callable[[xr.Dataset], xr.DataArray]) -> Callable[..., xr.DataArray]:
+    """A metric computed from statistics pooled over time and grid points (``weights`` are
+    ignored: these scores count points), carrying both functions so that geoft evaluate can
+    add up the statistics of its batches of initial times."""
+    def metric(forecast: xr.DataArray, truth: xr.DataArray, *,
+               mask: xr.DataArray | None = None,
+               reduce_dims: Iterable[Hashable] | None = None,
+               time_dim: Hashable | None = "init_time",
+               weights: xr.DataArray | None = None) -> xr.DataArray:
+        del weights
+        return from_statistics(statistics(forecast, truth, mask=mask, reduce_dims=reduce_dims,
+                                          time_dim=time_dim))
+
+    metric.statistics = statistics  # type: ignore[attr-defined]
+    metric.from_statistics = from_statistics  # type: ignore[attr-defined]
+    return metric
+
+
 def categorical(score_name: str, threshold_dbz: float) -> Callable[..., xr.DataArray]:
     """A geoft metric: the contingency score ``score_name`` of the event
     ``refc >= threshold_dbz``, from the table pooled over time and grid points.
@@ -332,17 +351,7 @@ def categorical(score_name: str, threshold_dbz: float) -> Callable[..., xr.DataA
             value = getattr(manager, method)()
         return value.where(denominator > 0).astype(np.float64).rename(name)
 
-    def metric(forecast: xr.DataArray, truth: xr.DataArray, *,
-               mask: xr.DataArray | None = None,
-               reduce_dims: Iterable[Hashable] | None = None,
-               time_dim: Hashable | None = "init_time",
-               weights: xr.DataArray | None = None) -> xr.DataArray:
-        del weights  # categorical scores count points
-        return from_statistics(statistics(forecast, truth, mask=mask, reduce_dims=reduce_dims,
-                                          time_dim=time_dim))
-
-    metric.statistics = statistics  # type: ignore[attr-defined]
-    metric.from_statistics = from_statistics  # type: ignore[attr-defined]
+    metric = _pooled(statistics, from_statistics)  # categorical scores count points
 
     doc = (f"{long_name[0].upper()}{long_name[1:]} of refc >= {threshold:g} dBZ.\n\n"
            "The contingency table (hits, misses, false alarms, correct negatives) is summed "
@@ -447,17 +456,7 @@ def fss(threshold_dbz: float, window_km: float) -> Callable[..., xr.DataArray]:
                              "evaluate on a larger domain")
         return n
 
-    def metric(forecast: xr.DataArray, truth: xr.DataArray, *,
-               mask: xr.DataArray | None = None,
-               reduce_dims: Iterable[Hashable] | None = None,
-               time_dim: Hashable | None = "init_time",
-               weights: xr.DataArray | None = None) -> xr.DataArray:
-        del weights  # the FSS counts points
-        return from_statistics(statistics(forecast, truth, mask=mask, reduce_dims=reduce_dims,
-                                          time_dim=time_dim))
-
-    metric.statistics = statistics  # type: ignore[attr-defined]
-    metric.from_statistics = from_statistics  # type: ignore[attr-defined]
+    metric = _pooled(statistics, from_statistics)  # the FSS counts points
 
     def scores_fss(forecast: xr.DataArray, truth: xr.DataArray, *,
                    mask: xr.DataArray | None = None,
@@ -468,16 +467,7 @@ def fss(threshold_dbz: float, window_km: float) -> Callable[..., xr.DataArray]:
 
         forecast, truth, mask, grid_dims, pooled = _prepare(forecast, truth, mask,
                                                             reduce_dims, time_dim)
-        if len(grid_dims) != 2:
-            raise _error(f"FSS needs a 2-D grid, got grid dims {list(grid_dims)}",
-                         fix="use it on lat/lon or projected (y, x) grids only")
-        n = window_cells(km, grid_spacing_km(forecast, grid_dims))
-        shape = tuple(forecast.sizes[d] for d in grid_dims)
-        if n > min(shape):
-            raise _error(f"the {km:g} km FSS window ({n} x {n} cells) is larger than the "
-                         f"grid ({shape[0]} x {shape[1]} cells)",
-                         fix=f"drop {name.replace('_', '-')} from evaluate.metrics or "
-                             "evaluate on a larger domain")
+        n = _fss_window(forecast, grid_dims)
         # Unavailable or masked points: no event in either field (-inf is below any threshold).
         valid = _valid(forecast, truth, mask)
         f = forecast.where(valid, -np.inf)
