@@ -69,6 +69,7 @@ def main(argv=None) -> int:
         train_config["num_workers"] = args.num_workers
     spec = AuroraSpec(store_path, model_options, train_config, Path(tmp.name) / "run")
     trainer = Trainer(spec, spec.train_config, Path(tmp.name) / "run", progress=False)
+    trainer._open_dashboard()  # as fit() does: each metrics line also goes to TensorBoard
     adapter, model, device = spec.adapter, trainer.model, trainer.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
