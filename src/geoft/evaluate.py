@@ -121,6 +121,7 @@ def score(store, forecasts: dict[str, xr.Dataset], truth: xr.Dataset,
         counted = (truth[var].notnull() & mask)
         for source, fc in forecasts.items():
             n = (counted & fc[var].notnull()).sum(("init_time", *grid.dims))
+            ens = members[source][var] if source in members else None
             for mname, fn in metrics.items():
                 only = getattr(fn, "variables", None)
                 if only is not None and var not in only:
@@ -128,8 +129,7 @@ def score(store, forecasts: dict[str, xr.Dataset], truth: xr.Dataset,
                 ref = _reference_name(fn)
                 given = fc[var]
                 if getattr(fn, "ensemble", False):
-                    given = members[source][var] if source in members else \
-                        fc[var].expand_dims(member=1)
+                    given = ens if ens is not None else fc[var].expand_dims(member=1)
                     if given.sizes["member"] < getattr(fn, "min_members", 1):
                         continue
                 pooled = hasattr(fn, "statistics") and hasattr(fn, "from_statistics")
@@ -140,7 +140,7 @@ def score(store, forecasts: dict[str, xr.Dataset], truth: xr.Dataset,
                         climatology=climatology.get(var),
                         reference=forecasts[ref][var] if ref is not None else None,
                         forecast_dataset=fc, truth_dataset=truth,
-                        members=members[source][var] if source in members else None)
+                        members=ens)
                     if pooled:
                         if statistics is not None:
                             statistics[(source, var, mname)] = value
@@ -376,6 +376,7 @@ class Reliability:
             if getattr(fn, "event_threshold", None) is not None:
                 self.metrics[m] = fn
         self.sums: dict[tuple[str, str, str], xr.Dataset] = {}
+        self.weights = store.grid.weights()
 
     def add(self, forecasts: dict[str, xr.Dataset], members: dict[str, xr.Dataset],
             truth: xr.Dataset) -> None:
@@ -393,7 +394,7 @@ class Reliability:
                 for source, fc in forecasts.items():
                     counts = reliability_counts(
                         members[source][var] if source in members else fc[var], truth[var],
-                        threshold=fn.event_threshold, bins=self.bins, weights=grid.weights(),
+                        threshold=fn.event_threshold, bins=self.bins, weights=self.weights,
                         mask=mask, reduce_dims=grid.dims, time_dim="init_time")
                     key = (m, var, source)
                     self.sums[key] = counts if key not in self.sums else self.sums[key] + counts

@@ -74,7 +74,7 @@ def plot_reliability(table: pd.DataFrame, out: Path, *, metric: str, variable: s
     for k, lead in enumerate(leads):
         ax, bar = axes[0][k], axes[1][k]
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-        for i, (source, g) in enumerate(sub[sub["lead"] == lead].groupby("source", sort=False)):
+        for source, g in sub[sub["lead"] == lead].groupby("source", sort=False):
             per_bin = g.groupby("bin")[["weight"]].sum()
             per_bin["p"] = (g.forecast_probability * g.weight).groupby(g.bin).sum() / \
                 per_bin.weight

@@ -258,8 +258,8 @@ BREAKS: tuple[Break, ...] = (
           ("plugins/geoft-hrrr/tests/test_convective_metrics.py",)),
     Break("ensemble metrics scored on the ensemble mean, not the members",
           "src/geoft/evaluate.py",
-          "given = members[source][var] if source in members else \\",
-          "given = fc[var].expand_dims(member=1) if source in members else \\",
+          "given = ens if ens is not None else fc[var].expand_dims(member=1)",
+          "given = fc[var].expand_dims(member=1)",
           ("tests/test_evaluate.py",)),
 )
 

@@ -143,13 +143,12 @@ def geoft_class(cls: type, predict_difference: bool = False) -> type:
             pred = transforms.apply(pred, getattr(self, "geoft_transforms", None), invert=True)
             return cls._post_unnorm_hook(self, batch, pred)
 
-        body: dict[str, Any] = {"forward": forward, "_post_decoder_hook": _post_decoder_hook,
-                                "_pre_norm_hook": _pre_norm_hook,
+        body: dict[str, Any] = {"forward": forward, "_pre_norm_hook": _pre_norm_hook,
                                 "_post_unnorm_hook": _post_unnorm_hook,
                                 "__module__": __name__,
                                 "__doc__": f"{cls.__name__} with its geoft normalisation"}
-        if cls._post_decoder_hook is not _aurora_hook():  # the class combines its own outputs
-            del body["_post_decoder_hook"]
+        if cls._post_decoder_hook is _aurora_hook():  # else the class combines its own outputs
+            body["_post_decoder_hook"] = _post_decoder_hook
         name = f"{cls.__name__}{'Difference' if predict_difference else ''}"
         _GEOFT_CLASSES[key] = type(name, (cls,), body)
     return _GEOFT_CLASSES[key]
@@ -309,31 +308,22 @@ class AuroraAdapter:
                                  fix="re-run `geoft prepare`")
         self.levels: tuple[float, ...] = tuple(float(v) for v in store.levels)
         self._check_levels()
-        for opt, names, pool in (("positive_surf_vars", self.options.positive_surf_vars,
-                                  self.surface_vars),
-                                 ("positive_atmos_vars", self.options.positive_atmos_vars,
-                                  self.level_vars)):
-            unknown = sorted(set(names) - set(pool))
+        o = self.options
+        pools = {"surface variables": self.surface_vars, "level variables": self.level_vars,
+                 "variables": self.surface_vars + self.level_vars}
+        for opt, names, kind in (("positive_surf_vars", o.positive_surf_vars, "surface variables"),
+                                 ("positive_atmos_vars", o.positive_atmos_vars, "level variables"),
+                                 ("transforms", o.transforms, "variables"),
+                                 ("modulation_heads", o.modulation_heads, "variables"),
+                                 ("separate_perceiver", o.separate_perceiver, "level variables")):
+            unknown = sorted(set(names) - set(pools[kind]))
             if unknown:
-                raise GeoftError(f"{opt} names {', '.join(unknown)} not in the store",
-                                 where=f"model.options.{opt}",
-                                 fix=f"use variables from {', '.join(pool)}")
-        odd = sorted(set(self.options.transforms) - set(self.variables))
-        if odd:
-            raise GeoftError(f"transforms names {', '.join(odd)}, not in the store",
-                             where="model.options.transforms",
-                             fix=f"use variables from {', '.join(self.variables)}")
-        #: variable -> (kind, scale) of its physical transform (geoft.models.transforms)
-        self.transforms: dict[str, tuple[str, float]] = {
-            v: (t.kind, float(t.scale)) for v, t in self.options.transforms.items()}
-        for opt, pool in (("modulation_heads", self.surface_vars + self.level_vars),
-                          ("separate_perceiver", self.level_vars)):
-            unknown = sorted(set(getattr(self.options, opt)) - set(pool))
-            if unknown:
-                kind = "level variables" if opt == "separate_perceiver" else "variables"
                 raise GeoftError(f"{opt} names {', '.join(unknown)}, not among the store's "
                                  f"{kind}", where=f"model.options.{opt}",
-                                 fix=f"use {kind} from {', '.join(pool)}")
+                                 fix=f"use {kind} from {', '.join(pools[kind])}")
+        #: variable -> (kind, scale) of its physical transform (geoft.models.transforms)
+        self.transforms: dict[str, tuple[str, float]] = {
+            v: (t.kind, float(t.scale)) for v, t in o.transforms.items()}
         self.timestep: dt.timedelta = store.timestep
         hours = self.timestep.total_seconds() / 3600
         if not 0 < hours <= MAX_TIMESTEP_HOURS:
@@ -549,7 +539,7 @@ class AuroraAdapter:
                           *model.decoder.atmos_heads.parameters()]:
                     p.zero_()
         if o.modulation_heads:  # new heads start at zero: the last state passes unscaled
-            fresh = isinstance(o.weights, RandomWeights) or self.load_report is None
+            fresh = self.load_report is None  # random weights
             with torch.no_grad():
                 for name, p in model.named_parameters():
                     head = re.match(r"decoder\.(surf|atmos)_heads\.(.+)_mod\.", name)

@@ -14,14 +14,19 @@ import numpy as np
 import torch
 
 
+def _blocks(x: torch.Tensor, s: int) -> torch.Tensor:
+    """``(..., H, W)`` -> ``(..., H/s, s, W/s, s)``: the ``s x s`` blocks of the last two dims."""
+    h, w = x.shape[-2:]
+    return x.reshape(*x.shape[:-2], h // s, s, w // s, s)
+
+
 def block_mean(x: torch.Tensor, s: int, *, dbz: bool = False) -> torch.Tensor:
     """Mean over ``s x s`` blocks of the last two dims (multiples of ``s``). ``dbz``: average
     in linear units, ``10 log10(mean(10^(x/10)))``, as reflectivity composites are."""
     if s == 1:
         return x
-    h, w = x.shape[-2:]
     lin = torch.pow(10.0, x / 10.0) if dbz else x
-    out = lin.reshape(*x.shape[:-2], h // s, s, w // s, s).mean(dim=(-3, -1))
+    out = _blocks(lin, s).mean(dim=(-3, -1))
     return 10.0 * torch.log10(out) if dbz else out
 
 
@@ -29,15 +34,13 @@ def block_all(mask: torch.Tensor, s: int) -> torch.Tensor:
     """A coarse cell is True only when all its ``s x s`` fine cells are."""
     if s == 1:
         return mask
-    h, w = mask.shape[-2:]
-    return mask.reshape(*mask.shape[:-2], h // s, s, w // s, s).all(dim=-1).all(dim=-2)
+    return _blocks(mask, s).all(dim=-1).all(dim=-2)
 
 
 def block_sum(x: torch.Tensor, s: int) -> torch.Tensor:
     if s == 1:
         return x
-    h, w = x.shape[-2:]
-    return x.reshape(*x.shape[:-2], h // s, s, w // s, s).sum(dim=(-3, -1))
+    return _blocks(x, s).sum(dim=(-3, -1))
 
 
 def longitude_block_mean(lon: torch.Tensor, s: int) -> torch.Tensor:
@@ -49,8 +52,7 @@ def longitude_block_mean(lon: torch.Tensor, s: int) -> torch.Tensor:
         first = lon[::s]
         rel = torch.remainder(lon.reshape(-1, s) - first[:, None] + 180.0, 360.0) - 180.0
         return torch.remainder(first + rel.mean(-1), 360.0)
-    h, w = lon.shape
-    blocks = lon.reshape(h // s, s, w // s, s)
+    blocks = _blocks(lon, s)
     first = blocks[:, :1, :, :1]
     rel = torch.remainder(blocks - first + 180.0, 360.0) - 180.0
     return torch.remainder(first[:, 0, :, 0] + rel.mean(dim=(1, 3)), 360.0)

@@ -10,13 +10,10 @@ together and a changed recipe gets a new run. Only rank 0 writes. On resume, Ten
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 from geoft.errors import GeoftError
-
-log = logging.getLogger(__name__)
 
 
 def run_name(lineage: dict[str, Any] | None, fallback: str) -> str:
@@ -26,14 +23,16 @@ def run_name(lineage: dict[str, Any] | None, fallback: str) -> str:
     return "-".join(parts) if parts else fallback
 
 
-def _flatten(line: dict[str, Any]) -> dict[str, float]:
-    """``{"loss": .., "loss_parts": {"refc": ..}}`` -> ``{"loss": .., "loss_parts/refc": ..}``
-    (numbers only)."""
-    out: dict[str, float] = {}
+def _flatten(line: dict[str, Any], *, numbers: bool = True) -> dict[str, Any]:
+    """``{"loss": .., "loss_parts": {"refc": ..}}`` -> ``{"loss": .., "loss_parts/refc": ..}``:
+    the numbers (as floats), or with ``numbers=False`` every leaf value."""
+    out: dict[str, Any] = {}
     for key, value in line.items():
         if isinstance(value, dict):
-            for k, v in _flatten(value).items():
+            for k, v in _flatten(value, numbers=numbers).items():
                 out[f"{key}/{k}"] = v
+        elif not numbers:
+            out[key] = value
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key] = float(value)
     return out
@@ -69,7 +68,8 @@ class Dashboard:
             self.mlflow = mlflow
             mlflow.start_run(run_name=name)
             if params:
-                mlflow.log_params({k: str(v)[:250] for k, v in _flatten(params).items()})
+                mlflow.log_params({k: str(v)[:250]
+                                   for k, v in _flatten(params, numbers=False).items()})
 
     def log(self, line: dict[str, Any]) -> None:
         kind, step = line.get("kind"), int(line.get("step", 0))

@@ -22,6 +22,7 @@ here as functions (DDP), switchable from the config, as in torchtitan.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -382,6 +383,7 @@ class Trainer:
         self.counters = Counters()
         self._started = time.monotonic()
         self.dashboard = None  # opened by fit() on rank 0, once the resume step is known
+        self._val_sample = None
 
     # -- construction helpers ---------------------------------------------------------------
     def _loader(self, dataset, **kw) -> torch.utils.data.DataLoader:
@@ -494,7 +496,10 @@ class Trainer:
         names: list[str] = []
         sums: dict[str, float] = {}
         total, count = 0.0, 0
+        self._val_sample = None  # the first batch, for the dashboard's sample maps
         for batch in self.val_loader:
+            if self._val_sample is None:
+                self._val_sample = batch
             loss, parts = self.spec.loss(self.module, batch, self.context(training=False))
             n = _batch_len(batch)
             total += float(loss) * n
@@ -533,13 +538,23 @@ class Trainer:
             purge_step=self.counters.step + 1 if self.counters.step else None,
             params={"train": self.config.model_dump(mode="json"), "spec": self.spec.kind})
 
+    @contextlib.contextmanager
+    def _dashboard_open(self):
+        """The dashboard, open for the loop and closed (flushed) even when training fails."""
+        self._open_dashboard()
+        try:
+            yield self.dashboard
+        finally:
+            if self.dashboard is not None:
+                self.dashboard.close()
+                self.dashboard = None
+
     def _sample_maps(self, step: int) -> None:
         """The spec's sample maps of the first validation batch (``sample_figures``)."""
         make = getattr(self.spec, "sample_figures", None)
-        if self.dashboard is None or make is None or not self.config.dashboard.sample_maps:
-            return
-        batch = next(iter(self.val_loader), None)
-        if batch is None:
+        batch = self._val_sample
+        if self.dashboard is None or make is None or not self.config.dashboard.sample_maps \
+                or batch is None:
             return
         self.module.eval()
         with torch.no_grad():
@@ -692,48 +707,43 @@ class Trainer:
         stop_reason = "steps" if stop_at is None or last == self.total_steps else "stop_at"
         losses: list[float] = []
         window = _Window()
-        self._open_dashboard()
-        try:
-            from geoft.progress import progress_task
+        from geoft.progress import progress_task
 
-            with progress_task(self.progress and self.dist.is_main, self.description,
-                               self.total_steps, completed=self.counters.step) as bar:
-                val_text = ""
-                while self.counters.step < last:
-                    line = self.run_step(window)
-                    losses.append(line["loss"])
-                    step = self.counters.step
-                    bar.update(completed=step, status=f"loss {line['loss']:.4f}{val_text}")
-                    improved = False
-                    if self.has_validation and (step % cfg.val_every == 0 or step == self.total_steps):
-                        val = self.validate()
-                        improved = val["val_loss"] < self.counters.best_val - cfg.early_stopping_min_delta
-                        if improved:
-                            self.counters.best_val, self.counters.best_step = val["val_loss"], step
-                            self.counters.bad_validations = 0
-                        else:
-                            self.counters.bad_validations += 1
-                        self._write_metrics({"kind": "val", "step": step, **val,
-                                             "best_val_loss": self.counters.best_val,
-                                             "seconds": round(self.elapsed(), 3)})
-                        val_text = f" val {val['val_loss']:.4f}"
-                        self._sample_maps(step)
-                    stop = 0.0
-                    if (cfg.early_stopping_patience is not None
-                            and self.counters.bad_validations >= cfg.early_stopping_patience):
-                        stop, stop_reason = 1.0, "early_stopping"
-                    elif cfg.max_time is not None and \
-                            self.elapsed() - started_at >= cfg.max_time.total_seconds():
-                        stop, stop_reason = 1.0, "max_time"
-                    stop = self.dist.all_reduce([stop], op="max", device=self.device)[0]
-                    if (step % cfg.checkpoint_every == 0 or improved or stop or step == last):
-                        self.save_checkpoint(best=improved)
-                    if stop:
-                        break
-        finally:
-            if self.dashboard is not None:  # flushed even when training fails
-                self.dashboard.close()
-                self.dashboard = None
+        with self._dashboard_open(), \
+                progress_task(self.progress and self.dist.is_main, self.description,
+                              self.total_steps, completed=self.counters.step) as bar:
+            val_text = ""
+            while self.counters.step < last:
+                line = self.run_step(window)
+                losses.append(line["loss"])
+                step = self.counters.step
+                bar.update(completed=step, status=f"loss {line['loss']:.4f}{val_text}")
+                improved = False
+                if self.has_validation and (step % cfg.val_every == 0 or step == self.total_steps):
+                    val = self.validate()
+                    improved = val["val_loss"] < self.counters.best_val - cfg.early_stopping_min_delta
+                    if improved:
+                        self.counters.best_val, self.counters.best_step = val["val_loss"], step
+                        self.counters.bad_validations = 0
+                    else:
+                        self.counters.bad_validations += 1
+                    self._write_metrics({"kind": "val", "step": step, **val,
+                                         "best_val_loss": self.counters.best_val,
+                                         "seconds": round(self.elapsed(), 3)})
+                    val_text = f" val {val['val_loss']:.4f}"
+                    self._sample_maps(step)
+                stop = 0.0
+                if (cfg.early_stopping_patience is not None
+                        and self.counters.bad_validations >= cfg.early_stopping_patience):
+                    stop, stop_reason = 1.0, "early_stopping"
+                elif cfg.max_time is not None and \
+                        self.elapsed() - started_at >= cfg.max_time.total_seconds():
+                    stop, stop_reason = 1.0, "max_time"
+                stop = self.dist.all_reduce([stop], op="max", device=self.device)[0]
+                if (step % cfg.checkpoint_every == 0 or improved or stop or step == last):
+                    self.save_checkpoint(best=improved)
+                if stop:
+                    break
         seconds = self.elapsed()
         run = self.elapsed() - started_at
         steps_run = self.counters.step - first_step
