@@ -90,6 +90,10 @@ class DataSection(Strict):
     max_crop_loss: float = Field(0.05, ge=0, le=1, description="largest fraction of valid "
                                  "points a crop may remove")
     split: Split
+    export: Literal["greedy"] | None = Field(
+        None, description="tables only: also write ml-ready/<split>.parquet, one file per split "
+        "with only the time, lat, lon, key, feature and target columns, features normalised by "
+        "the train split's mean and std (targets physical), for training code of your own")
     chunk_days: int = Field(1, ge=1, description="time chunk of the prepared store: 1 (the "
                             "default) matches what training reads, one sample window at a time")
     gaps: Literal["refuse", "keep", "fill"] | None = Field(

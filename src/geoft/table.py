@@ -210,8 +210,36 @@ def prepare_table(table: CanonicalTable, data, out_path: str | os.PathLike, *,
             "lineage": lineage or {},
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        if getattr(data, "export", None) == "greedy":
+            export_greedy(tmp, meta, progress=progress)
     return {"store": str(out_path), "layout": "table", "rows": rows, "dropped": dropped,
             "features": list(table.features), "targets": list(table.targets)}
+
+
+def export_greedy(store: Path, meta: dict[str, Any], *, progress: bool = True) -> None:
+    """``ml-ready/<split>.parquet`` under ``store``: each split in one file (read whole: the
+    "greedy" mode), only the time/lat/lon/key/feature/target columns, features normalised by
+    the train split's statistics (``ml-ready/normalisation.json``), targets physical."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    out = Path(store) / "ml-ready"
+    out.mkdir(exist_ok=True)
+    features = list(meta["features"])
+    norm = {c: {"mean": meta["stats"][c][0], "std": meta["stats"][c][1]} for c in features}
+    for split in SPLITS:
+        table = pads.dataset(Path(store) / f"split={split}", format="parquet").to_table()
+        for c in features:
+            i = table.schema.get_field_index(c)
+            values = (table.column(c).to_numpy().astype(np.float64) - norm[c]["mean"]) \
+                / norm[c]["std"]
+            table = table.set_column(i, c, pa.array(values.astype(np.float32)))
+        pq.write_table(table, out / f"{split}.parquet")
+    (out / "normalisation.json").write_text(json.dumps(
+        {"features": norm, "targets": list(meta["targets"]), "units": meta["units"],
+         "note": "feature = (value - mean) / std with the train split's mean and std"},
+        indent=2))
 
 
 class TableStore:

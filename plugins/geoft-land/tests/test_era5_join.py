@@ -276,3 +276,109 @@ def test_accumulations_across_months_and_one_hour_files(tmp_path):
     assert hourly["skt"].dims == ("time", "point")
     assert list(pd.DatetimeIndex(hourly["time"].values).hour) == [12, 13, 14]
     assert np.allclose(hourly["skt"].isel(point=0).values, [292.0, 293.0, 294.0], atol=0.01)
+
+
+# -- climate versions and monthly fields (IFS climate files, as ML4L joins them) -------------
+def _climate_files(tmp_path):
+    """Global N32 climate files: two versions of cvh/cl, and lake cover for 12 months (one
+    GRIB message each, dated in its month)."""
+    lat, lon, _ = reduced_gaussian(32)
+    v15 = {"cvh": np.clip(np.cos(np.deg2rad(lat)), 0, 1), "cl": np.zeros_like(lat)}
+    v20 = {"cvh": np.clip(np.cos(np.deg2rad(lat)) ** 2, 0, 1), "cl": (lat > 60) * 0.5}
+    months = pd.date_range("2000-01-01", periods=12, freq="MS") + pd.Timedelta(days=14)
+    lake = np.stack([(lat > 50) * m / 12.0 for m in range(1, 13)])
+    files = {"v015": write_reduced_gg_grib(tmp_path / "clim15" / "639l_2", v15,
+                                           TIMES[:1], n=32),
+             "v020": write_reduced_gg_grib(tmp_path / "clim20.grib", v20, TIMES[:1], n=32),
+             "lake": write_reduced_gg_grib(tmp_path / "clake.grib", {"cl": lake}, months, n=32)}
+    return files, v15, v20, lake
+
+
+def test_climate_versions_side_by_side_cut_to_the_era_points(tmp_path):
+    """Two climate versions (one file without a suffix, as IFS climate files come) become
+    <name>_<version> beside the CDS fields; a global file is cut exactly to a regional ERA5
+    (the same N32 points), never interpolated; the monthly field keeps its 12 months."""
+    import xarray as xr
+
+    from geoft_land.era5 import add_climate
+
+    files, v15, v20, lake = _climate_files(tmp_path)
+    lat, lon, _ = reduced_gaussian(32)
+    lon = ((lon + 180) % 360) - 180
+    keep = np.flatnonzero((lat > 30) & (lat < 70) & (lon > -20) & (lon < 40))  # a regional cut
+    era = xr.Dataset({"skt": (("time", "point"), np.ones((3, keep.size)))},
+                     coords={"time": TIMES, "lat": ("point", lat[keep]),
+                             "lon": ("point", lon[keep])})
+    out = add_climate(era, {"v015": [files["v015"]], "v020": [files["v020"]]},
+                      {"cl": [files["lake"]]})
+    assert {"cvh_v015", "cl_v015", "cvh_v020", "cl_v020", "cl_monthly"} <= set(out.data_vars)
+    assert out["cvh_v015"].dims == ("point",)
+    np.testing.assert_allclose(out["cvh_v015"].values, v15["cvh"][keep], atol=1e-3)
+    np.testing.assert_allclose(out["cvh_v020"].values, v20["cvh"][keep], atol=1e-3)
+    np.testing.assert_allclose(out["cl_v020"].values, v20["cl"][keep], atol=1e-3)
+    assert out["cl_monthly"].dims == ("month", "point")
+    assert list(out["month"].values) == list(range(1, 13))
+    np.testing.assert_allclose(out["cl_monthly"].values, lake[:, keep], atol=1e-3)
+    assert out["cvh_v020"].attrs["climate_version"] == "v020"
+
+    # the join takes each hour's calendar month
+    jan = pd.Timestamp("2021-01-31T23:00")
+    times = pd.DatetimeIndex([jan, jan + pd.Timedelta(hours=1)])
+    era2 = out.isel(time=[0, 1]).assign_coords(time=times)
+    p = int(np.flatnonzero(out["lat"].values > 55)[0])
+    pixels = pd.DataFrame({"time": times, "lat": [out["lat"].values[p]] * 2,
+                           "lon": [out["lon"].values[p]] * 2, "lst": [280.0, 281.0]})
+    table, _ = join(era2, EraPoints(out["lat"].values, out["lon"].values), pixels,
+                    ["skt", "cl_monthly", "cl_v020"])
+    assert table["cl_monthly"].tolist() == pytest.approx([1 / 12, 2 / 12], abs=1e-3)
+    assert table["cl_v020"].tolist() == pytest.approx([v20["cl"][keep][p]] * 2, abs=1e-3)
+
+
+def test_climate_and_monthly_files_that_do_not_fit_are_errors_naming_them(tmp_path):
+    import xarray as xr
+
+    from geoft_land.era5 import add_climate
+
+    files, *_ = _climate_files(tmp_path)
+    lat, lon, _ = reduced_gaussian(32)
+    era = xr.Dataset({"skt": (("time", "point"), np.ones((3, lat.size)))},
+                     coords={"time": TIMES, "lat": ("point", lat),
+                             "lon": ("point", ((lon + 180) % 360) - 180)})
+    # another grid (N48): no interpolation, an error naming the file
+    l48, _, _ = reduced_gaussian(48)
+    other = write_reduced_gg_grib(tmp_path / "n48.grib", {"cvh": np.zeros(l48.size)},
+                                  TIMES[:1], n=48)
+    with pytest.raises(GeoftError, match="n48.grib") as err:
+        add_climate(era, {"v020": [other]}, {})
+    assert "another grid" in str(err.value)
+    # months missing, or a month twice
+    months = pd.date_range("2000-01-01", periods=11, freq="MS")
+    eleven = write_reduced_gg_grib(tmp_path / "eleven.grib",
+                                   {"cl": np.zeros((11, lat.size))}, months, n=32)
+    with pytest.raises(GeoftError, match=r"lacks month\(s\) \[12\]"):
+        add_climate(era, {}, {"cl": [eleven]})
+    with pytest.raises(GeoftError, match="month 1 of cl is in two files"):
+        add_climate(era, {}, {"cl": [files["lake"], eleven]})
+    # a multi-field file without the named field
+    with pytest.raises(GeoftError, match="no field 'dl'"):
+        add_climate(era, {}, {"dl": [files["v020"]]})
+    with pytest.raises(GeoftError, match="no such file"):
+        add_climate(era, {"v020": [tmp_path / "missing.grib"]}, {})
+
+
+def test_climate_options_through_the_era5_source(tmp_path):
+    """``climate``/``monthly`` in the ERA5 options: globs expanded, opened with the hourly
+    fields; labels must end feature names cleanly."""
+    files, *_ = _climate_files(tmp_path)
+    path, *_ = _grib(tmp_path)
+    opts = Era5Options(files=[str(path)], climate={"v015": [str(tmp_path / "clim15/*")],
+                                                   "v020": [str(files["v020"])]},
+                       monthly={"cl": [str(tmp_path / "clake.grib")]})
+    ds = Era5Source().open(opts, tmp_path)
+    assert {"skt", "cvh_v015", "cvh_v020", "cl_monthly"} <= set(ds.data_vars)
+    with pytest.raises(ValueError, match="letters and digits"):
+        Era5Options(climate={"v-15": ["x"]})
+    with pytest.raises(ValueError, match="no files"):
+        Era5Options(monthly={"cl": []})
+    with pytest.raises(GeoftError, match="no file matches"):
+        Era5Source().open(Era5Options(files=[str(path)], climate={"v1": ["/nope/*"]}), tmp_path)

@@ -27,8 +27,9 @@ SOURCE = {"name": "synthetic-land",
 
 def _run(tmp_path: Path, **over) -> subprocess.CompletedProcess:
     recipe = {"name": "land-test", "workdir": str(tmp_path / "w"), "source": SOURCE,
-              "data": {"dataset": "land", "split": SPLIT,
-                       "options": {"features": ["skt", "2t", "2d", "ssrd", "swvl1", "z", "cvh"]}},
+              "data": {"dataset": "land", "split": SPLIT, "export": "greedy",
+                       "options": {"features": ["skt", "2t", "2d", "ssrd", "swvl1", "z", "cvh",
+                                                "cvh_v020", "cl_monthly"]}},
               "model": {"name": "mlp", "options": {"hidden": [32, 32]}},
               "train": {"steps": 400, "batch_size": 128, "lr": 3e-3, "val_every": 200,
                         "checkpoint_every": 200, "device": "cpu", "cpu_threads": 1,
@@ -82,6 +83,29 @@ def test_join_table_and_model_beat_era5(demo):
     assert cover <= {"high vegetation", "low vegetation", "sparse"} and len(cover) >= 2
 
 
+def test_greedy_export_one_normalised_file_per_split(demo):
+    """data.export: greedy writes ml-ready/<split>.parquet: the split's rows in one file, only
+    the table's columns, features as (value - train mean) / train std, targets physical."""
+    from geoft.table import TableStore
+
+    store = TableStore.open(demo / "prepared/table.parquet")
+    norm = json.loads((demo / "prepared/table.parquet/ml-ready/normalisation.json").read_text())
+    assert set(norm["features"]) == set(store.features)
+    for split in ("train", "val", "test"):
+        ml = pd.read_parquet(demo / f"prepared/table.parquet/ml-ready/{split}.parquet")
+        raw = pd.DataFrame(store.read(split, ["time", "point", *store.features, "lst"]))
+        assert len(ml) == store.rows(split) == len(raw)
+        assert set(ml.columns) == {"time", "lat", "lon", *store.keys, *store.features, "lst"}
+        np.testing.assert_array_equal(ml["lst"].to_numpy(), raw["lst"].to_numpy())
+        for c in store.features:
+            mean, std = store.stats(c)
+            np.testing.assert_allclose(ml[c].to_numpy(), (raw[c].to_numpy() - mean) / std,
+                                       rtol=1e-5, atol=1e-5)
+    train = pd.read_parquet(demo / "prepared/table.parquet/ml-ready/train.parquet")
+    for c in ("skt", "cvh_v020"):  # the train split's own statistics: mean 0, std 1
+        assert abs(train[c].mean()) < 1e-3 and abs(train[c].std(ddof=0) - 1) < 1e-3
+
+
 def test_pixels_go_to_their_nearest_point_and_hour(demo):
     """Recompute one row from the raw files: the mean LST of the clear pixels whose nearest
     ERA point (brute-force haversine) is that point, at that hour."""
@@ -106,6 +130,35 @@ def test_pixels_go_to_their_nearest_point_and_hour(demo):
     assert len(common) == len(want) == len(got)
     np.testing.assert_allclose(got.loc[common].to_numpy(), want.loc[common].to_numpy(),
                                rtol=0, atol=1e-3)
+
+    # the climate-version and monthly fields of those rows, read from the global N320 GRIB
+    # files with eccodes: the point's own value (no interpolation), June's lake cover
+    import eccodes
+
+    from geoft_land.era5 import reduced_gaussian
+
+    def messages(path):
+        out = []
+        with open(path, "rb") as f:
+            while (h := eccodes.codes_grib_new_from_file(f)) is not None:
+                out.append((eccodes.codes_get(h, "shortName"), eccodes.codes_get(h, "dataDate"),
+                            eccodes.codes_get_values(h)))
+                eccodes.codes_release(h)
+        return out
+
+    glat, glon, _ = reduced_gaussian(320)
+    index = {(round(a, 5), round(((b + 180) % 360) - 180, 5)): i
+             for i, (a, b) in enumerate(zip(glat, glon))}
+    rows = table[pd.DatetimeIndex(table["time"]).day_of_year == 155]
+    g = [index[(round(a, 5), round(b, 5))] for a, b in zip(era["lat"].values[rows["point"]],
+                                                        era["lon"].values[rows["point"]])]
+    cvh = {n: v for n, _, v in messages(demo / "raw/climate/climate-v020.grib")}["cvh"]
+    june = [v for _, d, v in messages(demo / "raw/climate/lake-cover-monthly.grib")
+            if d // 100 % 100 == 6]
+    assert len(june) == 1
+    np.testing.assert_allclose(rows["cvh_v020"].to_numpy(), cvh[g], atol=1e-6)
+    np.testing.assert_allclose(rows["cl_monthly"].to_numpy(), june[0][g], atol=1e-6)
+    assert rows["cl_monthly"].max() > 0  # the box holds a reservoir
 
 
 def test_a_threshold_that_drops_everything_is_an_error(tmp_path):
@@ -218,7 +271,8 @@ def test_months_joined_in_parallel_match_the_serial_join(tmp_path):
     raw.cache_dir = None  # join every month, both ways
 
     def rows(**kw):
-        table = LandDataset().to_canonical(raw, LandOptions(features=["skt", "z"], **kw))
+        table = LandDataset().to_canonical(
+            raw, LandOptions(features=["skt", "z", "cvh_v020", "cl_monthly"], **kw))
         frames = list(table.iter_frames())
         return pd.concat(frames, ignore_index=True), table.attrs
 

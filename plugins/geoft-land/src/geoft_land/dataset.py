@@ -32,8 +32,16 @@ class LandRaw:
     #: where joined months are kept (resume: a month already joined with the same inputs and
     #: settings is read back, not joined again); None: no cache
     cache_dir: Path | None = None
-    #: the ERA5 files ``era`` was opened from (dask.distributed workers open them again)
-    era_paths: list[Path] = field(default_factory=list)
+    #: how ``era`` was opened: the arguments of :func:`geoft_land.era5.open_land_era` (ERA5
+    #: files, static names, climate-version and monthly files); dask.distributed workers open
+    #: it again from them, and the join cache keys on their files
+    era_open: dict = field(default_factory=dict)
+
+    def era_files(self) -> list[Path]:
+        """Every file ``era`` was read from."""
+        o = self.era_open
+        groups = [*o.get("climate", {}).values(), *o.get("monthly", {}).values()]
+        return [Path(f) for f in o.get("files", [])] + [Path(f) for g in groups for f in g]
 
 
 class LandOptions(Strict):
@@ -74,7 +82,7 @@ def _cache_path(raw: LandRaw, month: str, files: list[Path], features: list[str]
         h.update(np.asarray(era["time"].values).astype("datetime64[ns]").tobytes())
     h.update(repr((CACHE_VERSION, sorted(features), options.max_km, options.target,
                    options.neighbours, raw.qc,
-                   sorted(file_key(p) for p in raw.era_paths))).encode())
+                   sorted(file_key(p) for p in raw.era_files()))).encode())
     return Path(raw.cache_dir) / f"{month}-{h.hexdigest()[:16]}.parquet"
 
 
@@ -155,7 +163,7 @@ def join_month(era, points, cover, files: list[Path], features: list[str],
     t1 = pixels["time"].max() + pd.Timedelta(hours=1)
     hourly = [v for v in features if "time" in era[v].dims]
     sub = era[features].sel(time=slice(t0, t1)) if hourly else era[features]
-    sub = sub.transpose(*[d for d in ("time", "point") if d in sub.dims]).load()
+    sub = sub.transpose(*[d for d in ("time", "month", "point") if d in sub.dims]).load()
     if hourly and sub.sizes.get("time", 0) == 0:
         month = pd.Timestamp(t0).strftime("%Y-%m")
         return pixels.iloc[:0], JoinReport(pixels=len(pixels), no_era_hour=len(pixels),
@@ -169,15 +177,15 @@ def join_month(era, points, cover, files: list[Path], features: list[str],
     return table, report, no_good
 
 
-def join_month_from_files(era_paths: list[Path], files: list[Path], features: list[str],
+def join_month_from_files(era_open: dict, files: list[Path], features: list[str],
                           options: dict, qc: str):
     """:func:`join_month` in a dask.distributed worker: opens ERA5 itself."""
     import pyproj  # noqa: F401  (before cfgrib)
 
-    from geoft_land.era5 import open_era5
+    from geoft_land.era5 import open_land_era
     from geoft_land.join import EraPoints
 
-    era = open_era5([Path(p) for p in era_paths])
+    era = open_land_era(**era_open)
     opts = LandOptions.model_validate(options)
     points = EraPoints(era["lat"].values, era["lon"].values, opts.neighbours)
     return join_month(era, points, landcover(era), files, features, opts, qc)
@@ -189,7 +197,7 @@ def _submit(raw: LandRaw, months: dict[str, list[Path]], features: list[str],
     month and the client; ``({}, None)`` in-process."""
     if not months or (options.workers <= 1 and options.scheduler is None):
         return {}, None
-    if not raw.era_paths:
+    if not raw.era_open.get("files"):
         raise GeoftError("this source cannot join in parallel (no ERA5 file list)",
                          where="data.options.workers", fix="set workers: 1")
     try:
@@ -203,7 +211,7 @@ def _submit(raw: LandRaw, months: dict[str, list[Path]], features: list[str],
         client = Client(LocalCluster(n_workers=options.workers, threads_per_worker=1,
                                      processes=True, dashboard_address=None))
     opts = options.model_dump(mode="json")
-    futures = {m: client.submit(join_month_from_files, [str(p) for p in raw.era_paths],
+    futures = {m: client.submit(join_month_from_files, raw.era_open,
                                 [str(f) for f in files], features, opts, raw.qc, pure=False)
                for m, files in months.items()}
     return futures, client

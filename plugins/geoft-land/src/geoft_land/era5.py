@@ -65,6 +65,16 @@ class Era5Options(Strict):
                             "CDSAPI_URL)")
     key: str | None = Field(None, description="CDS API key (default: ~/.cdsapirc or "
                             "CDSAPI_KEY)")
+    climate: dict[str, list[str]] = Field(
+        default_factory=dict, description="time-constant fields of IFS climate versions from "
+        "local GRIB/netCDF files (globs), by version label, e.g. {v015: [climate.v015/*], "
+        "v020: [climate.v020/*]}: each field becomes <name>_<label> (cvh_v015, cvh_v020) "
+        "beside the CDS ones; cut exactly to the ERA5 points, never interpolated")
+    monthly: dict[str, list[str]] = Field(
+        default_factory=dict, description="fields with a value per calendar month from local "
+        "GRIB/netCDF files, by name, e.g. {cl: [clake/*]} (monthly lake cover): 12 fields, "
+        "the month from each field's date (or a month dimension); each joined hour takes its "
+        "month's value as <name>_monthly")
 
     @field_validator("start", "end", mode="before")
     @classmethod
@@ -79,6 +89,20 @@ class Era5Options(Strict):
         if not v or any(not 0 <= h <= 23 for h in v):
             raise ValueError("hours must be UTC hours 0..23")
         return sorted(set(v))
+
+    @field_validator("climate", "monthly")
+    @classmethod
+    def _labels(cls, v):
+        import re
+
+        bad = [k for k in v if not re.fullmatch(r"[A-Za-z0-9]+", k)]
+        if bad:
+            raise ValueError(f"labels {bad} must be letters and digits (they end feature "
+                             "names: cvh_v015)")
+        empty = [k for k, files in v.items() if not files]
+        if empty:
+            raise ValueError(f"no files for {empty}")
+        return v
 
     @field_validator("variables", "static")
     @classmethod
@@ -160,14 +184,17 @@ class Era5Source:
         from geoft.sources import expand
 
         out_dir = Path(out_dir)
+        # climate-version and monthly files are local (IFS climate files): checked now
+        local = era_open_args(options, [])
+        local = {k: local[k] for k in ("climate", "monthly") if local[k]}
         if options.files:
             files = expand(options.files)
             return FetchResult(files=files, requests=[{"file": str(f)} for f in files],
-                               provenance={"files": [str(f) for f in files]})
+                               provenance={"files": [str(f) for f in files], **local})
         todo = requests(options)
         result = FetchResult(provenance={"dataset": options.dataset, "grid": options.grid
                                          or "0.25x0.25", "area": options.area,
-                                         "start": options.start, "end": options.end})
+                                         "start": options.start, "end": options.end, **local})
         client = None
         for request, name in todo:
             path = out_dir / name
@@ -210,7 +237,28 @@ class Era5Source:
         return files
 
     def open(self, options: Era5Options, out_dir: Path) -> "xr.Dataset":
-        return open_era5(self.files(options, out_dir), options.static)
+        return open_land_era(**era_open_args(options, self.files(options, out_dir)))
+
+
+def era_open_args(options: Era5Options, files: list[Path]) -> dict:
+    """What :func:`open_land_era` needs, as plain data (it travels to dask workers and into
+    the join cache's key): the ERA5 files, the static names and the climate-version and
+    monthly files, globs expanded."""
+    from geoft.sources import expand
+
+    return {"files": [str(f) for f in files], "static": list(options.static),
+            "climate": {k: [str(f) for f in expand(v)] for k, v in options.climate.items()},
+            "monthly": {k: [str(f) for f in expand(v)] for k, v in options.monthly.items()}}
+
+
+def open_land_era(files: list, static: list[str] | None = None,
+                  climate: dict[str, list] | None = None,
+                  monthly: dict[str, list] | None = None) -> "xr.Dataset":
+    """:func:`open_era5` and then :func:`add_climate`: everything the land dataset joins."""
+    era = open_era5([Path(f) for f in files], static)
+    if climate or monthly:
+        era = add_climate(era, climate or {}, monthly or {})
+    return era
 
 
 # ------------------------------------------------------------------------------------------
@@ -220,8 +268,12 @@ def _grib_parts(path: Path) -> list["xr.Dataset"]:
     import pyproj  # noqa: F401  (before cfgrib/eccodes: bundled PROJ clash)
     import cfgrib
 
+    import warnings
+
     try:
-        parts = cfgrib.open_datasets(str(path), indexpath="", cache_geo_coords=True)
+        with warnings.catch_warnings():  # cfgrib's own merge, about xarray's future defaults
+            warnings.simplefilter("ignore", FutureWarning)
+            parts = cfgrib.open_datasets(str(path), indexpath="", cache_geo_coords=True)
     except Exception as exc:
         raise GeoftError(f"cannot read GRIB file: {exc}", where=str(path),
                          fix="check the file is GRIB (ERA5 from the CDS)") from None
@@ -302,7 +354,7 @@ def _to_points(ds: "xr.Dataset", where: str) -> "xr.Dataset":
         raise GeoftError("unexpected ERA5 grid layout", where=where,
                          fix="use ERA5 on lat/lon or Gaussian grids")
     ds = ds.rename({lat: "lat", lon: "lon"}).set_coords(["lat", "lon"])
-    ds = ds.drop_vars([c for c in ds.coords if c not in ("time", "lat", "lon")])
+    ds = ds.drop_vars([c for c in ds.coords if c not in ("time", "lat", "lon", "month")])
     ds["lon"] = ((ds["lon"] + 180.0) % 360.0) - 180.0
     if "time" in ds.dims:
         ds = ds.sortby("time")
@@ -364,6 +416,113 @@ def open_era5(files: list[Path], static: list[str] | None = None) -> "xr.Dataset
     for name in out.data_vars:
         out[name].attrs.setdefault("units", _UNITS.get(name, out[name].attrs.get("units", "")))
     return out
+
+
+def _read_points(path: Path) -> list["xr.Dataset"]:
+    import xarray as xr
+
+    path = Path(path)
+    if not path.is_file():
+        raise GeoftError("no such file", where=str(path), fix="check the path")
+    raw = _grib_parts(path) if path.suffix.lower() in (".grib", ".grib2", ".grb") or \
+        _is_grib(path) else [xr.open_dataset(path)]
+    return [_to_points(ds, str(path)) for ds in raw]
+
+
+def _is_grib(path: Path) -> bool:
+    """IFS climate files often have no suffix: GRIB by their first bytes."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"GRIB"
+
+
+def _onto(part: "xr.Dataset", era: "xr.Dataset", where: str) -> "xr.Dataset":
+    """``part`` at ``era``'s points: the same points, or a file with more of them (a global
+    climate file and a regional ERA5 fetch) cut exactly to them. A point of ``era`` that is
+    not a point of the file (another grid) is an error: static fields are never interpolated."""
+    import numpy as np
+    from scipy.spatial import cKDTree
+
+    from geoft.grid import haversine_km, unit_vectors
+
+    lat, lon = era["lat"].values, era["lon"].values
+    if part.sizes["point"] == lat.size and np.allclose(part["lat"].values, lat, atol=1e-6) \
+            and np.allclose(part["lon"].values, lon, atol=1e-6):
+        return part.assign_coords(lat=era["lat"], lon=era["lon"])
+    plat, plon = part["lat"].values, part["lon"].values
+    _, idx = cKDTree(unit_vectors(plat, plon)).query(unit_vectors(lat, lon))
+    off = haversine_km(lat, lon, plat[idx], plon[idx])
+    if (off > 0.01).any():
+        k = int(np.argmax(off))
+        raise GeoftError(f"ERA5 point ({lat[k]:.4f}, {lon[k]:.4f}) is not a point of this file "
+                         f"(nearest {off[k]:.1f} km away): it is on another grid", where=where,
+                         fix="use fields on the ERA5 grid (the same reduced Gaussian grid, "
+                             "e.g. N320 / TL639 files for grid: N320); geoft does not "
+                             "interpolate static fields")
+    return part.isel(point=idx).assign_coords(lat=era["lat"], lon=era["lon"])
+
+
+def add_climate(era: "xr.Dataset", climate: dict[str, list], monthly: dict[str, list]) \
+        -> "xr.Dataset":
+    """``era`` with the time-constant fields of other climate versions (``climate``: label ->
+    files; every field ``<name>_<label>`` on ``point``) and the monthly fields (``monthly``:
+    name -> files holding its 12 calendar months; ``<name>_monthly`` on ``(month, point)``,
+    month 1..12), all on ``era``'s points."""
+    import numpy as np
+    import xarray as xr
+
+    era = era.copy()
+    for label, files in climate.items():
+        for path in files:
+            for part in _read_points(path):
+                part = _onto(part, era, str(path))
+                for name, da in part.data_vars.items():
+                    if "time" in da.dims:  # a climate field carries its version's date
+                        da = da.isel(time=0, drop=True)
+                    da = da.drop_vars("time", errors="ignore")
+                    out = f"{name}_{label}"
+                    da.attrs.setdefault("units", _UNITS.get(name, ""))
+                    da.attrs["climate_version"] = label
+                    era[out] = da.astype(np.float32)
+    for name, files in monthly.items():
+        by_month: dict[int, tuple[np.ndarray, str]] = {}
+        units = _UNITS.get(name, "")
+        for path in files:
+            for part in _read_points(path):
+                if name in part.data_vars:
+                    da = part[name]
+                elif len(part.data_vars) == 1:
+                    da = next(iter(part.data_vars.values()))
+                else:
+                    raise GeoftError(f"no field {name!r} (the file has "
+                                     f"{sorted(part.data_vars)})", where=str(path),
+                                     fix=f"give files holding {name} under monthly.{name}")
+                da = _onto(da.to_dataset(name=name), era, str(path))[name]
+                units = da.attrs.get("units") or units
+                if "month" in da.dims:
+                    stack = [(int(m), da.sel(month=m).values) for m in da["month"].values]
+                elif "time" in da.dims:
+                    import pandas as pd
+
+                    stack = [(int(pd.Timestamp(t).month), da.isel(time=i).values)
+                             for i, t in enumerate(da["time"].values)]
+                else:
+                    raise GeoftError(f"{name} has no date or month dimension: which month is "
+                                     "it?", where=str(path),
+                                     fix="files with one field per month, dated in its month")
+                for m, values in stack:
+                    if m in by_month:
+                        raise GeoftError(f"month {m} of {name} is in two files",
+                                         where=f"{by_month[m][1]}, {path}",
+                                         fix="give each month once")
+                    by_month[m] = (np.asarray(values, np.float32), str(path))
+        missing = sorted(set(range(1, 13)) - set(by_month))
+        if missing:
+            raise GeoftError(f"monthly {name} lacks month(s) {missing}",
+                             where=f"monthly.{name}", fix="give all 12 calendar months")
+        era[f"{name}_monthly"] = xr.DataArray(
+            np.stack([by_month[m][0] for m in range(1, 13)]), dims=("month", "point"),
+            coords={"month": np.arange(1, 13)}, attrs={"units": units})
+    return era
 
 
 _UNITS = {"skt": "K", "2t": "K", "2d": "K", "10u": "m s-1", "10v": "m s-1", "sp": "Pa",

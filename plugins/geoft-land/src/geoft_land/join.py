@@ -131,7 +131,13 @@ def join(era: "xr.Dataset", points: EraPoints, pixels: "pd.DataFrame", features:
     for name in features:
         da = era[name]
         values = np.asarray(da.values)
-        out[name] = values[ti, pi] if "time" in da.dims else values[pi]
+        if "time" in da.dims:
+            out[name] = values[ti, pi]
+        elif "month" in da.dims:  # a value per calendar month (monthly lake cover)
+            row = da.get_index("month").get_indexer(era_times[ti].month)
+            out[name] = values[row, pi]
+        else:
+            out[name] = values[pi]
     out[target] = stats["mean"].to_numpy()
     out[f"{target}_count"] = stats["count"].to_numpy(np.int64)
     out[f"{target}_std"] = stats["std"].to_numpy()

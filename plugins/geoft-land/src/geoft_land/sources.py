@@ -38,10 +38,11 @@ class LandSource:
 
     def open(self, options: LandSourceOptions, out_dir: Path):
         from geoft_land.dataset import LandRaw
-        from geoft_land.era5 import open_era5
+        from geoft_land.era5 import era_open_args, open_land_era
 
-        era_files = Era5Source.files(options.era5, Path(out_dir) / "era5")
+        era_open = era_open_args(options.era5, Era5Source.files(options.era5,
+                                                                Path(out_dir) / "era5"))
         granules = ModisSource().open(options.modis, Path(out_dir) / "modis")
-        return LandRaw(era=open_era5(era_files, options.era5.static), granules=list(granules),
+        return LandRaw(era=open_land_era(**era_open), granules=list(granules),
                        qc=options.modis.qc, cache_dir=Path(out_dir) / "join-cache",
-                       era_paths=era_files)
+                       era_open=era_open)

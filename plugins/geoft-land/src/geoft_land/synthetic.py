@@ -5,12 +5,18 @@
   netCDF file (``era5/era5-synthetic.nc``, read by the same reader as CDS files): skin and 2 m
   temperature with a diurnal cycle that follows local solar time, dewpoint, winds, surface
   pressure, solar radiation, soil moisture, and static orography, land-sea mask, vegetation.
+* Two climate versions of the time-constant fields as IFS climate files on the whole N320 grid
+  (``climate/climate-v015.grib``, ``climate/climate-v020.grib``: high/low vegetation cover and
+  lake cover) and the monthly lake cover (``climate/lake-cover-monthly.grib``, 12 messages).
+  ERA5 runs on v015 (its static fields are v015's); v020 has the land-cover changes and the
+  reservoirs v015 lacks, and the monthly file how far the reservoirs fill each month.
 * MODIS-like Aqua day LST granules (``modis/MYD11A1.AYYYYDDD.hHHvVV.061.synthetic.hdf``, HDF4
   written with pyhdf in the MYD11A1 layout, coarsened tiles) for the sinusoidal tiles over the
   box: view time ~13:30 local solar time varying across the swath, clouds as blobs of
   not-produced pixels, the sea as fill. The "true" LST is ERA5's skin temperature with errors
   a model can learn from the other features: ERA5 underestimates the daytime heating of dry,
-  bare, sunny ground and misses the lapse rate of sub-grid terrain.
+  bare, sunny ground, misses the lapse rate of sub-grid terrain, heats ground with v015's
+  vegetation where v020's is right, and knows no reservoir (cooler water, by the monthly fill).
 """
 
 from __future__ import annotations
@@ -60,15 +66,63 @@ def _land(lat, lon):
     return (lon > -9.2 + 0.3 * np.sin(lat)) & (lat > 36.5 + 0.4 * np.cos(lon))
 
 
-def _terrain(lat, lon):
-    """Orography (m) and vegetation (high, low) as smooth functions of position."""
+def _terrain(lat, lon, version: str = "v020"):
+    """Orography (m) and vegetation (high, low) as smooth functions of position, in a climate
+    version: ``v020`` is the truth; ``v015`` (what ERA5 runs on) misses the land-cover changes
+    since (forest lost in the west, grown in the east)."""
     import numpy as np
 
     height = 600 + 500 * np.sin(0.9 * lon) * np.cos(1.3 * lat) + 350 * np.cos(2.1 * lon + lat)
     height = np.clip(height, 0, None)
     cvh = np.clip(0.5 + 0.4 * np.sin(1.7 * lat + 0.5 * lon), 0, 1)
+    if version == "v015":
+        change = 0.45 * np.exp(-((lon + 6.0) ** 2 + (lat - 41.0) ** 2) / 2.0) \
+            - 0.4 * np.exp(-((lon - 0.5) ** 2 + (lat - 39.5) ** 2) / 1.5)
+        cvh = np.clip(cvh + change, 0, 1)
     cvl = np.clip(1 - cvh - 0.2 * (1 + np.cos(lon)), 0, 1)
     return height, cvh, cvl
+
+
+#: reservoirs (lat, lon, radius in degrees) that climate v015 does not have
+RESERVOIRS = [(39.3, -4.0, 0.35), (41.8, -1.5, 0.3), (38.2, -7.3, 0.3), (42.2, 1.0, 0.25)]
+
+
+def lake_cover(lat, lon, month=None):
+    """Lake cover (0..1) of the reservoirs: full (``month`` None: the annual mean, as climate
+    v020 holds it) or filled as in calendar ``month`` (high in spring, low by late summer)."""
+    import numpy as np
+
+    lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
+    cover = np.zeros(np.broadcast(lat, lon).shape)
+    for la, lo, r in RESERVOIRS:
+        cover = np.maximum(cover, np.clip(1.6 * np.exp(-((lat - la) ** 2 + (lon - lo) ** 2)
+                                                       / (2 * r * r)) - 0.3, 0, 1))
+    fill = 0.6 if month is None else 0.6 + 0.35 * np.cos(2 * np.pi * (month - 4) / 12.0)
+    return cover * fill
+
+
+def write_climate_files(out_dir: Path, n: int) -> dict[str, list[Path]]:
+    """The IFS-style climate files on the whole reduced Gaussian grid N\\ ``n``: two versions
+    of the time-constant fields and the 12 months of lake cover (GRIB, as ECMWF has them)."""
+    import numpy as np
+    import pandas as pd
+
+    from geoft_land.era5 import reduced_gaussian, write_reduced_gg_grib
+
+    lat, lon, _ = reduced_gaussian(n)
+    lon = ((lon + 180.0) % 360.0) - 180.0
+    out = {}
+    for version, when in (("v015", "2015-01-01"), ("v020", "2020-01-01")):
+        _, cvh, cvl = _terrain(lat, lon, version)
+        cl = np.zeros_like(lat) if version == "v015" else lake_cover(lat, lon)
+        out[version] = [write_reduced_gg_grib(Path(out_dir) / f"climate-{version}.grib",
+                                              {"cvh": cvh, "cvl": cvl, "cl": cl},
+                                              [pd.Timestamp(when)], n=n)]
+    months = pd.date_range("2000-01-01", periods=12, freq="MS") + pd.Timedelta(days=14)
+    monthly = np.stack([lake_cover(lat, lon, m) for m in range(1, 13)])
+    out["monthly"] = [write_reduced_gg_grib(Path(out_dir) / "lake-cover-monthly.grib",
+                                            {"cl": monthly}, months, n=n)]
+    return out
 
 
 def era_fields(lat, lon, times, rng):
@@ -77,7 +131,7 @@ def era_fields(lat, lon, times, rng):
     import pandas as pd
 
     times = pd.DatetimeIndex(times)
-    height, cvh, cvl = _terrain(lat, lon)
+    height, cvh, cvl = _terrain(lat, lon, "v015")  # ERA5's own land surface
     lsm = _land(lat, lon).astype(np.float32)
     hours = (times.hour.to_numpy() + times.minute.to_numpy() / 60.0)[:, None]
     solar = hours + lon[None, :] / 15.0  # local solar time
@@ -109,13 +163,18 @@ def era_fields(lat, lon, times, rng):
     return hourly, static
 
 
-def true_lst(skt, ssrd, swvl1, cvh, dz):
-    """The synthetic truth: ERA5 skin temperature plus what it misses (see the module doc)."""
+def true_lst(skt, ssrd, swvl1, cvh, dz, cvh_era=None, lake=0.0):
+    """The synthetic truth: ERA5 skin temperature plus what it misses (see the module doc):
+    ``cvh`` the true high vegetation, ``cvh_era`` ERA5's (v015; default: the same), ``lake``
+    the water cover this month."""
     import numpy as np
 
     rad = ssrd / 3600.0
     dry = np.clip(0.3 - swvl1, 0, None)
-    return skt + 0.005 * rad * (1 - cvh) + 15.0 * dry * (rad / 800.0) ** 2 - 0.0065 * dz
+    cvh_era = cvh if cvh_era is None else cvh_era
+    land = skt + 0.005 * rad * (1 - cvh) + 15.0 * dry * (rad / 800.0) ** 2 - 0.0065 * dz \
+        + 0.018 * rad * 0.4 * (cvh_era - cvh)  # ERA5's skt heats ground by its vegetation
+    return (1 - lake) * land + lake * (skt - 0.004 * rad - 2.0)
 
 
 def tiles_over(lon_min, lon_max, lat_min, lat_max) -> list[tuple[int, int]]:
@@ -190,6 +249,7 @@ def make_synthetic(options: SyntheticLandOptions, out_dir: Path) -> dict:
         nearest = nearest.reshape(plat.shape)
         p_height, p_cvh, _ = _terrain(plat, plon)
         dz = p_height - static["z"][nearest] / 9.80665
+        cvh_era = static["cvh"][nearest]
         for day in days:
             view = 13.5 + 0.8 * np.sin(2 * np.pi * (xx - xx.min()) / (2 * TILE_M)
                                        + day.day_of_year) + rng.normal(0, 0.05, xx.shape)
@@ -201,7 +261,8 @@ def make_synthetic(options: SyntheticLandOptions, out_dir: Path) -> dict:
             ok &= tidx >= 0
             ti, pi = np.clip(tidx, 0, None), nearest
             lst = true_lst(hourly["skt"][ti, pi], hourly["ssrd"][ti, pi],
-                           hourly["swvl1"][ti, pi], p_cvh, dz) + rng.normal(0, 1.0, xx.shape)
+                           hourly["swvl1"][ti, pi], p_cvh, dz, cvh_era,
+                           lake_cover(plat, plon, day.month)) + rng.normal(0, 1.0, xx.shape)
             cloud_noise = gaussian_filter(rng.standard_normal(xx.shape), sigma=max(1.0, n / 16))
             cloudy = cloud_noise < np.quantile(cloud_noise, options.clouds)
             qc = np.where(ok & ~cloudy, 0, 2).astype(np.uint8)
@@ -211,7 +272,13 @@ def make_synthetic(options: SyntheticLandOptions, out_dir: Path) -> dict:
             write_myd11a1(path, lst_k=lst, qc=qc, view_time_h=np.where(qc == 0, view, np.nan),
                           h=h, v=v, date=day)
             files.append(path)
-    return {"era5": str(era_path), "era_points": int(lat.size), "granules": len(files)}
+    climate = write_climate_files(out_dir / "climate", options.n)
+    return {"era5": str(era_path), "era_points": int(lat.size), "granules": len(files),
+            "climate": {k: [str(f) for f in v] for k, v in climate.items()}}
+
+
+#: raise when make_synthetic writes something else (a folder from before is made again)
+SYNTHETIC_VERSION = 2
 
 
 class SyntheticLandSource:
@@ -231,24 +298,30 @@ class SyntheticLandSource:
 
         from geoft.io import atomic_write_json
 
-        if marker.is_file() and json.loads(marker.read_text()).get("options") == \
-                options.model_dump(mode="json"):
+        if marker.is_file() and json.loads(marker.read_text()) \
+                .get("options") == options.model_dump(mode="json") \
+                and json.loads(marker.read_text()).get("version") == SYNTHETIC_VERSION:
             return FetchResult(files=self._files(out_dir), skipped=[request])
         summary = make_synthetic(options, out_dir)
-        atomic_write_json(marker, {"options": options.model_dump(mode="json"), **summary})
+        atomic_write_json(marker, {"options": options.model_dump(mode="json"),
+                                   "version": SYNTHETIC_VERSION, **summary})
         return FetchResult(files=self._files(out_dir), requests=[request],
                            provenance={"synthetic": summary})
 
     @staticmethod
     def _files(out_dir: Path) -> list[Path]:
-        return sorted((out_dir / "era5").glob("*.nc")) + sorted((out_dir / "modis").glob("*.hdf"))
+        return sorted((out_dir / "era5").glob("*.nc")) + sorted(
+            (out_dir / "climate").glob("*.grib")) + sorted((out_dir / "modis").glob("*.hdf"))
 
     def open(self, options: SyntheticLandOptions, out_dir: Path):
         from geoft_land.dataset import LandRaw
-        from geoft_land.era5 import open_era5
+        from geoft_land.era5 import open_land_era
 
         out_dir = Path(out_dir)
-        era_files = sorted((out_dir / "era5").glob("*.nc"))
-        return LandRaw(era=open_era5(era_files),
+        clim = out_dir / "climate"
+        era_open = {"files": [str(f) for f in sorted((out_dir / "era5").glob("*.nc"))],
+                    "climate": {v: [str(clim / f"climate-{v}.grib")] for v in ("v015", "v020")},
+                    "monthly": {"cl": [str(clim / "lake-cover-monthly.grib")]}}
+        return LandRaw(era=open_land_era(**era_open),
                        granules=sorted((out_dir / "modis").glob("*.hdf")), qc="good",
-                       cache_dir=out_dir / "join-cache", era_paths=era_files)
+                       cache_dir=out_dir / "join-cache", era_open=era_open)
