@@ -176,12 +176,74 @@ def finetune(recipe: Path = RecipeArg, set_: Optional[list[str]] = SetOpt,
 
 
 @app.command()
-def evaluate(recipe: Path = RecipeArg, set_: Optional[list[str]] = SetOpt,
+def evaluate(recipe: Optional[Path] = typer.Argument(
+                 None, metavar="[RECIPE]", help="Path of the YAML recipe (not needed with "
+                 "--forecast/--truth)."),
+             set_: Optional[list[str]] = SetOpt,
              workdir: Optional[Path] = WorkdirOpt, json_: bool = JsonOpt,
              progress: bool = ProgressOpt,
              checkpoint: Optional[str] = typer.Option(
-                 None, help="'best', 'latest' or a checkpoint directory (default: recipe's).")):
-    """Score forecasts and baselines on the test split; write tables, plots and a report."""
+                 None, help="'best', 'latest' or a checkpoint directory (default: recipe's)."),
+             forecast: Optional[list[str]] = typer.Option(
+                 None, "--forecast", help="A forecast file or glob (zarr, netCDF, GRIB), "
+                 "optionally NAME=PATH; repeat to score several side by side."),
+             truth: Optional[str] = typer.Option(
+                 None, "--truth", help="The truth file or glob (zarr, netCDF, GRIB)."),
+             out: Optional[Path] = typer.Option(
+                 None, "--out", help="Output folder with --forecast (default: ./evaluate)."),
+             regrid: str = typer.Option(
+                 "none", "--regrid", help="Put forecasts on the truth's grid: none, bilinear, "
+                 "conservative (lat/lon grids)."),
+             reference: Optional[str] = typer.Option(
+                 None, "--reference", help="Forecast the scorecard compares against "
+                 "(default: the first)."),
+             variables: Optional[str] = typer.Option(
+                 None, "--variables", help="Comma-separated canonical names (default: shared)."),
+             threshold: Optional[list[str]] = typer.Option(
+                 None, "--threshold", help="VAR=VALUE: a Brier score for the event VAR >= VALUE "
+                 "(canonical units); repeatable.")):
+    """Score forecasts and baselines on the test split; write tables, plots and a report.
+
+    Or score forecast files against a truth file, no recipe needed:
+    geoft evaluate --forecast mine=fc.zarr --forecast ifs=ifs.grib --truth era5.nc
+    (zarr/netCDF/GRIB, init/lead or valid-time layouts, ensembles with a member dim; writes
+    metrics.csv, scorecard.csv, report.md and a self-contained report.html)."""
+    if forecast or truth:
+        from geoft.compare import CompareSection, run_compare
+
+        if not forecast or not truth:
+            raise GeoftError("--forecast and --truth go together", where="geoft evaluate",
+                             fix="give both (or a recipe)")
+        named: dict[str, str] = {}
+        for item in forecast:
+            name, _, path = item.partition("=") if "=" in item else ("", "", item)
+            name = name or Path(path.rstrip("/")).stem.split("*")[0] or f"forecast{len(named)}"
+            if name in named:
+                raise GeoftError(f"two forecasts named {name!r}", where="--forecast",
+                                 fix="name them: --forecast NAME=PATH")
+            named[name] = path
+        thresholds: dict[str, list[float]] = {}
+        for item in threshold or []:
+            var, _, value = item.partition("=")
+            try:
+                thresholds.setdefault(var, []).append(float(value))
+            except ValueError:
+                raise GeoftError(f"--threshold {item!r} is not VAR=NUMBER",
+                                 where="--threshold", fix="e.g. --threshold tp=10") from None
+        try:
+            cfg = CompareSection(forecasts=named, truth=truth, regrid=regrid,
+                                 reference=reference, thresholds=thresholds,
+                                 variables=variables.split(",") if variables else None)
+        except Exception as exc:  # pydantic's ValidationError: one line
+            raise GeoftError(str(exc).splitlines()[-1 if len(str(exc).splitlines()) < 3
+                                                   else 2].strip(), where="geoft evaluate",
+                             fix="see geoft evaluate --help") from None
+        _finish(run_compare(cfg, out or Path("evaluate"), progress=progress and not json_),
+                json_, "evaluate")
+        return
+    if recipe is None:
+        raise GeoftError("no recipe", where="geoft evaluate",
+                         fix="give a RECIPE, or --forecast PATH --truth PATH")
     from geoft.stages import run_evaluate
 
     loaded = _load(recipe, set_, workdir)

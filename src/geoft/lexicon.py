@@ -102,6 +102,8 @@ CANONICAL: dict[str, Variable] = dict([
     _v("sd", "m", "snow depth (water equivalent)", "lwe_thickness_of_surface_snow_amount"),
     _v("strd", "J m-2", "surface thermal radiation downwards",
        "surface_downwelling_longwave_flux_in_air"),
+    # precipitation (what SEEPS scores)
+    _v("tp", "mm", "total precipitation (accumulated over the step)", "precipitation_amount"),
 ])
 
 
@@ -131,7 +133,8 @@ _ALIASES = {
     "gkg-1": "1e-3", "1": "1", "": "1", "dimensionless": "1", "fraction": "1", "(0-1)": "1",
     "%": "%", "percent": "%", "dbz": "dBZ", "kgkg-1": "kg kg-1", "kg/kg": "kg kg-1",
     "kgkg**-1": "kg kg-1", "jm-2": "J m-2", "jm**-2": "J m-2", "m3m-3": "m3 m-3",
-    "m**3m**-3": "m3 m-3", "m^3/m^3": "m3 m-3",
+    "m**3m**-3": "m3 m-3", "m^3/m^3": "m3 m-3", "mm": "mm", "millimetre": "mm",
+    "kgm-2": "kg m-2", "kgm**-2": "kg m-2", "kg/m2": "kg m-2", "kg/m^2": "kg m-2",
 }
 
 
@@ -151,9 +154,11 @@ _CONVERSIONS: dict[tuple[str, str], tuple[float, float]] = {
     ("hPa", "Pa"): (100.0, 0.0), ("Pa", "hPa"): (0.01, 0.0),
     ("gpm", "m2 s-2"): (G, 0.0), ("m", "m2 s-2"): (G, 0.0),  # geopotential height -> geopotential
     ("%", "1"): (0.01, 0.0), ("1", "%"): (100.0, 0.0),
+    ("m", "mm"): (1000.0, 0.0), ("kg m-2", "mm"): (1.0, 0.0),  # precipitation (water 1000 kg m-3)
 }
 #: conversions that only apply to some variables (metres are a height only for geopotential)
-_ONLY_FOR = {("m", "m2 s-2"): {"z"}, ("gpm", "m2 s-2"): {"z"}}
+_ONLY_FOR = {("m", "m2 s-2"): {"z"}, ("gpm", "m2 s-2"): {"z"}, ("m", "mm"): {"tp"},
+             ("kg m-2", "mm"): {"tp"}}
 
 
 def conversion(name: str, units: Any, *, where: str = "") -> tuple[float, float] | None:

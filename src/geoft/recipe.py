@@ -133,6 +133,27 @@ class EnsembleSection(Strict):
         return v
 
 
+class CompareSection(Strict):
+    """``evaluate.compare``: score forecast files against a truth file (no model, no store)."""
+
+    forecasts: dict[str, str] = Field(description="name -> file or glob (zarr, netCDF, GRIB)")
+    truth: str = Field(description="file or glob of the truth (zarr, netCDF, GRIB)")
+    variables: list[str] | None = Field(None, description="canonical names (default: those "
+                                        "every forecast and the truth share)")
+    regrid: Literal["none", "bilinear", "conservative"] = Field(
+        "none", description="put forecasts on the truth's grid (none: grids must match)")
+    reference: str | None = Field(None, description="the forecast the scorecard compares "
+                                  "against (default: the first)")
+    thresholds: dict[str, list[float]] = Field(
+        default_factory=dict, description="Brier score per variable and threshold "
+        "(canonical units), e.g. {tp: [1.0, 10.0]}")
+    lead_unit: Literal["h", "step"] = "h"
+    common_inits: bool = Field(True, description="score every forecast on the initial times "
+                               "they all have (a fair side-by-side table)")
+    n_boot: int = Field(1000, ge=100, description="bootstrap resamples for the scorecard")
+    out: str | None = Field(None, description="output folder (default: <workdir>/evaluate)")
+
+
 class EvaluateSection(Strict):
     split: Literal["train", "val", "test"] = "test"
     checkpoint: str = Field("best", description="'best', 'latest' or a checkpoint directory")
@@ -156,6 +177,9 @@ class EvaluateSection(Strict):
                                  "evaluate/forecasts.zarr (chunked by initial time, with lineage)")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where the model forecasts (auto: a GPU when one is visible)")
+    compare: CompareSection | None = Field(
+        None, description="score forecast files against a truth file instead of a checkpoint "
+        "(geoft evaluate --forecast/--truth does the same without a recipe)")
     ensemble: EnsembleSection | None = Field(
         None, description="score an ensemble of fine-tuned models: its mean ('ensemble'), each "
         "member ('member-NAME'), ensemble metrics (crps, brier-*) on the members, and "

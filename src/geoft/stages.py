@@ -114,6 +114,12 @@ def run_evaluate(loaded: LoadedRecipe, *, checkpoint: str | None = None,
                  progress: bool = True) -> dict:
     from geoft.evaluate import evaluate
 
+    compare = loaded.recipe.evaluate.compare
+    if compare is not None:  # forecast files against a truth file: no store, no checkpoint
+        from geoft.compare import run_compare
+
+        out = Path(compare.out) if compare.out else loaded.recipe.evaluate_dir
+        return run_compare(compare, out, progress=progress)
     store = _require_store(loaded)
     return evaluate(loaded, store, checkpoint=checkpoint, progress=progress,
                     adapter=_model_adapter(loaded))
@@ -126,7 +132,7 @@ def stages_of(loaded: LoadedRecipe) -> list[str]:
     out = ["fetch", "prepare"]
     if r.model is not None and r.train is not None:
         out.append("finetune")
-    if r.model is not None:
+    if r.model is not None or r.evaluate.compare is not None:
         out.append("evaluate")
     out += [s for s in ("densify", "assimilate") if getattr(r, s) is not None]
     return out
