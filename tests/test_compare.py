@@ -301,3 +301,145 @@ def test_bad_inputs_are_one_line_errors_naming_file_and_variable(files, tmp_path
     assert res.returncode == 0, res.stderr[-2000:]
     card = pd.read_csv(tmp_path / "w" / "evaluate" / "scorecard.csv")
     assert set(card["source"]) == {"mine"} and (card["skill"] > 0).all()
+
+
+def _grid_files(tmp_path, rng):
+    """A 16 x 16 lat/lon truth (1 degree) and a perfect and a noisy forecast of it."""
+    lat, lon = np.arange(55.0, 39.0, -1.0), np.arange(0.0, 16.0, 1.0)
+    yy, xx = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
+    truth = np.stack([280 + 3 * np.sin(2 * np.pi * (xx + k) / 8) * np.cos(2 * np.pi * yy / 16)
+                      + rng.normal(0, 0.3, (16, 16)) for k in range(8)])
+    xr.Dataset({"2t": (("time", "lat", "lon"), truth, {"units": "K"})},
+               coords={"time": TIMES, "lat": lat, "lon": lon}).to_netcdf(tmp_path / "t.nc")
+    perfect = np.stack([[truth[list(TIMES).index(t + ld)] for ld in LEADS] for t in INITS])
+    for name, values in (("perfect", perfect),
+                         ("noisy", perfect + rng.normal(0, 1.0, perfect.shape))):
+        xr.Dataset({"2t": (("time", "step", "lat", "lon"), values, {"units": "K"})},
+                   coords={"time": INITS, "step": LEADS, "lat": lat, "lon": lon}
+                   ).to_netcdf(tmp_path / f"{name}.nc")
+    return lat, truth, perfect
+
+
+def test_acc_against_the_truths_climatology_and_effective_resolution(tmp_path):
+    """ACC (climatology: truth) equals the uncentred anomaly correlation computed here with
+    the same day-of-year climatology; a perfect forecast resolves down to 2 grid steps, a
+    noisy one only coarser scales."""
+    from geoft.metrics import day_of_year_climatology
+
+    rng = np.random.default_rng(11)
+    lat, truth, perfect = _grid_files(tmp_path, rng)
+    run_compare(CompareSection(forecasts={"perfect": str(tmp_path / "perfect.nc"),
+                                          "noisy": str(tmp_path / "noisy.nc")},
+                               truth=str(tmp_path / "t.nc"), climatology="truth", n_boot=200),
+                tmp_path / "out", progress=False)
+    table = pd.read_csv(tmp_path / "out" / "metrics.csv")
+    noisy = xr.open_dataset(tmp_path / "noisy.nc")["2t"].values
+    clim = day_of_year_climatology(xr.DataArray(truth, dims=("time", "lat", "lon"),
+                                                coords={"time": TIMES}))
+    edges = np.concatenate([[lat[0] + 0.5], (lat[1:] + lat[:-1]) / 2, [lat[-1] - 0.5]])
+    w = np.abs(np.diff(np.sin(np.deg2rad(edges))))[:, None] * np.ones(16)[None]
+    for j, lead in enumerate((6.0, 12.0)):
+        accs = []
+        for i, t in enumerate(INITS):
+            c = clim.sel(dayofyear=(t + LEADS[j]).day_of_year).values
+            fa, ta = noisy[i, j] - c, truth[list(TIMES).index(t + LEADS[j])] - c
+            accs.append((w * fa * ta).sum() / np.sqrt((w * fa ** 2).sum() * (w * ta ** 2).sum()))
+        assert _metric(table, "noisy", "acc", lead) == pytest.approx(np.mean(accs), rel=1e-9)
+        assert _metric(table, "perfect", "acc", lead) == pytest.approx(1.0)
+        dx = 111.195
+        assert _metric(table, "perfect", "effective_resolution_km", lead) == \
+            pytest.approx(2 * dx, rel=1e-3)
+        assert 2.5 * dx < _metric(table, "noisy", "effective_resolution_km", lead) < 16 * dx
+
+
+def test_lambert_forecast_bilinear_onto_a_latlon_truth(tmp_path):
+    """A forecast on a Lambert conformal grid (CF grid mapping, x/y in metres) holding a
+    field linear in x and y, interpolated bilinearly onto lat/lon points inside it: the
+    truth (the same linear field at those points, through pyproj) is met exactly."""
+    from pyproj import CRS, Transformer
+
+    from geoft.grid import crs_variable
+
+    crs = CRS.from_proj4("+proj=lcc +lat_1=38.5 +lat_2=38.5 +lat_0=38.5 +lon_0=262.5 "
+                         "+R=6371229 +units=m")
+    x, y = np.arange(-300e3, 300e3 + 1, 30e3), np.arange(-200e3, 200e3 + 1, 30e3)
+    xx, yy = np.meshgrid(x, y)
+    to_geo = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    lon2, lat2 = to_geo.transform(xx, yy)
+
+    def field(px, py):
+        return 280 + 2e-5 * px - 1e-5 * py
+
+    fc = xr.Dataset({"2t": (("time", "step", "y", "x"),
+                            np.broadcast_to(field(xx, yy), (4, 2, *xx.shape)).copy(),
+                            {"units": "K", "grid_mapping": "crs"}),
+                     "crs": crs_variable(crs)},
+                    coords={"time": INITS, "step": LEADS, "y": y, "x": x,
+                            "lat": (("y", "x"), lat2), "lon": (("y", "x"), lon2)})
+    fc.to_netcdf(tmp_path / "lcc.nc")
+    tlat, tlon = np.linspace(37.0, 40.0, 9), np.linspace(-99.5, -95.5, 10)
+    to_crs = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+    tx, ty = to_crs.transform(*np.meshgrid(tlon, tlat))
+    truth = np.broadcast_to(field(tx, ty), (8, 9, 10)).copy()
+    xr.Dataset({"2t": (("time", "lat", "lon"), truth, {"units": "K"})},
+               coords={"time": TIMES, "lat": tlat, "lon": tlon}).to_netcdf(tmp_path / "ll.nc")
+    with pytest.raises(GeoftError, match="another grid"):
+        run_compare(CompareSection(forecasts={"lcc": str(tmp_path / "lcc.nc")},
+                                   truth=str(tmp_path / "ll.nc")), tmp_path / "o0",
+                    progress=False)
+    summary = run_compare(CompareSection(forecasts={"lcc": str(tmp_path / "lcc.nc")},
+                                         truth=str(tmp_path / "ll.nc"), regrid="bilinear"),
+                          tmp_path / "o1", progress=False)
+    table = pd.read_csv(tmp_path / "o1" / "metrics.csv")
+    assert _metric(table, "lcc", "rmse", 6.0) < 1e-6
+    assert summary["regrid"]["lcc"].startswith("bilinear")
+    # on its own Lambert grid (HRRR-like truth): no regridding, spectra in km from x
+    one = fc["2t"].isel(step=0, time=0, drop=True)
+    truth_lcc = xr.Dataset({"2t": xr.concat([one + 0.1] * 8, dim="time").assign_coords(
+        time=TIMES).assign_attrs(units="K", grid_mapping="crs"), "crs": fc["crs"]})
+    truth_lcc.to_netcdf(tmp_path / "lcc-truth.nc")
+    summary = run_compare(CompareSection(forecasts={"lcc": str(tmp_path / "lcc.nc")},
+                                         truth=str(tmp_path / "lcc-truth.nc")),
+                          tmp_path / "o2", progress=False)
+    table = pd.read_csv(tmp_path / "o2" / "metrics.csv")
+    assert summary["regrid"]["lcc"] == "same grid"
+    assert _metric(table, "lcc", "bias", 6.0) == pytest.approx(-0.1, abs=1e-9)
+    assert _metric(table, "lcc", "effective_resolution_km", 6.0) == pytest.approx(60.0)
+
+
+def test_reduced_gaussian_grib_forecast_against_a_point_truth(tmp_path):
+    """A GRIB forecast on the reduced Gaussian grid N32 (cfgrib's values dim: a point set)
+    scored against a netCDF truth on the same points: RMSE equals the plain mean over the
+    points (a point set without areas weighs points equally)."""
+    import eccodes
+
+    h = eccodes.codes_grib_new_from_samples("reduced_gg_pl_32_grib2")
+    lat = np.asarray(eccodes.codes_get_array(h, "latitudes"))
+    lon = np.asarray(eccodes.codes_get_array(h, "longitudes"))
+    rng = np.random.default_rng(2)
+    truth = 280 + rng.normal(0, 1, (8, lat.size))
+    fc = np.stack([[truth[list(TIMES).index(t + ld)] + rng.normal(0, 0.5, lat.size)
+                    for ld in LEADS] for t in INITS])
+    with open(tmp_path / "fc.grib", "wb") as f:
+        for i, t in enumerate(INITS):
+            for j, lead in enumerate(LEADS):
+                m = eccodes.codes_clone(h)
+                eccodes.codes_set_key_vals(m, {
+                    "centre": "ecmf", "shortName": "2t", "bitsPerValue": 24,
+                    "dataDate": int(t.strftime("%Y%m%d")), "dataTime": int(t.strftime("%H%M")),
+                    "stepUnits": "h", "forecastTime": int(lead / pd.Timedelta(hours=1))})
+                eccodes.codes_set_values(m, fc[i, j])
+                eccodes.codes_write(m, f)
+                eccodes.codes_release(m)
+    eccodes.codes_release(h)
+    xr.Dataset({"2t": (("time", "point"), truth, {"units": "K"})},
+               coords={"time": TIMES, "lat": ("point", lat), "lon": ("point", lon)}
+               ).to_netcdf(tmp_path / "truth.nc")
+    run_compare(CompareSection(forecasts={"gg": str(tmp_path / "fc.grib")},
+                               truth=str(tmp_path / "truth.nc")), tmp_path / "out",
+                progress=False)
+    table = pd.read_csv(tmp_path / "out" / "metrics.csv")
+    for j, lead in enumerate((6.0, 12.0)):
+        y = np.stack([truth[list(TIMES).index(t + LEADS[j])] for t in INITS])
+        want = np.sqrt(((fc[:, j] - y) ** 2).mean(1).mean())
+        assert _metric(table, "gg", "rmse", lead) == pytest.approx(want, abs=1e-4)

@@ -199,6 +199,9 @@ def evaluate(recipe: Optional[Path] = typer.Argument(
                  "(default: the first)."),
              variables: Optional[str] = typer.Option(
                  None, "--variables", help="Comma-separated canonical names (default: shared)."),
+             climatology: Optional[str] = typer.Option(
+                 None, "--climatology", help="For ACC: a dayofyear climatology file (WB2), or "
+                 "'truth' (the truth file's own day-of-year climatology)."),
              threshold: Optional[list[str]] = typer.Option(
                  None, "--threshold", help="VAR=VALUE: a Brier score for the event VAR >= VALUE "
                  "(canonical units); repeatable.")):
@@ -233,6 +236,7 @@ def evaluate(recipe: Optional[Path] = typer.Argument(
         try:
             cfg = CompareSection(forecasts=named, truth=truth, regrid=regrid,
                                  reference=reference, thresholds=thresholds,
+                                 climatology=climatology,
                                  variables=variables.split(",") if variables else None)
         except Exception as exc:  # pydantic's ValidationError: one line
             raise GeoftError(str(exc).splitlines()[-1 if len(str(exc).splitlines()) < 3

@@ -433,8 +433,9 @@ def prepare(cfg: CompareSection) -> Prepared:
                                  f"{sorted(map(str, fc.data_vars))})",
                                  where=cfg.forecasts[name], fix="choose shared variables")
     else:
-        variables = [str(v) for v in truth.data_vars
-                     if all(v in fc.data_vars for fc in fcs.values())]
+        variables = [str(v) for v in truth.data_vars  # fields on the grid, not a CRS
+                     if "time" in truth[v].dims and "grid_mapping_name" not in truth[v].attrs
+                     and all(v in fc.data_vars for fc in fcs.values())]
         if not variables:
             name, fc = next(iter(fcs.items()))
             raise GeoftError(f"forecast and truth share no variable (forecast {name!r} has "
@@ -454,9 +455,14 @@ def prepare(cfg: CompareSection) -> Prepared:
                                  f"forecast and {truth[v].attrs.get('units')!r} in the truth; "
                                  "the lexicon knows no conversion", where=where,
                                  fix="convert it, or register the variable in the lexicon")
-        fc, how = regrid(fc[variables], truth, cfg.regrid, where)
+        mapping = [c for c in fc.data_vars if "grid_mapping_name" in fc[c].attrs
+                   or "crs_wkt" in fc[c].attrs]  # a projected grid's CRS travels along
+        fc, how = regrid(fc[variables + mapping], truth, cfg.regrid, where)
+        fc = fc[variables]
         out.regridding[name] = how
-        t = truth[variables]
+        t_mapping = [c for c in truth.data_vars if "grid_mapping_name" in truth[c].attrs
+                     or "crs_wkt" in truth[c].attrs]
+        t = truth[variables + t_mapping]
         # the truth's grid coordinates (the same points: no float noise in alignment)
         fc = fc.assign_coords({c: t[c] for c in ("lat", "lon", "y", "x")
                                if c in t.coords and c in fc.coords})
@@ -470,7 +476,8 @@ def prepare(cfg: CompareSection) -> Prepared:
                                  f"truth {t['level'].values.tolist()})", where=where,
                                  fix="give the truth at the forecast's levels")
             fc, t = fc.sel(level=common), t.sel(level=common)
-        aligned = align(fc, t, variables, where)
+        aligned = align(fc, t, variables, where).assign(
+            {m: t[m].isel({d: 0 for d in t[m].dims}, drop=True) for m in t_mapping})
         out.forecasts[name] = fc.sel(init_time=aligned["init_time"])
         out.truths[name] = aligned
     if cfg.common_inits and len(out.forecasts) > 1:
@@ -521,6 +528,50 @@ def seeps_climatology(truth: xr.DataArray, dry: float = 0.2):
     return p_dry, threshold.fillna(dry)
 
 
+def grid_spacing_km(truth: xr.Dataset) -> float | None:
+    """The grid step in km for spectra: lat/lon grids by their latitude step (111.2 km per
+    degree), projected grids by their x step; None for point sets or fewer than 8 x 8 cells."""
+    from geoft.grid import _axis_metres, crs_of, layout_of
+
+    kind = layout_of(truth)
+    if kind == "latlon" and truth.sizes["lat"] >= 8 and truth.sizes["lon"] >= 8:
+        return float(np.abs(np.diff(truth["lat"].values)).mean() * 111.195)
+    if kind == "projected" and truth.sizes["y"] >= 8 and truth.sizes["x"] >= 8:
+        return float(np.abs(np.diff(truth["x"].values)).mean() * _axis_metres(crs_of(truth))
+                     / 1000.0)
+    return None
+
+
+def climatology_on(clim: xr.DataArray, valid: xr.DataArray) -> xr.DataArray:
+    """A ``dayofyear`` (and optionally ``hour``) climatology at each valid time."""
+    if "dayofyear" not in clim.dims:
+        raise GeoftError(f"the climatology has no dayofyear dim (dims {list(clim.dims)})",
+                         where="evaluate.compare.climatology",
+                         fix="give a WeatherBench 2 style climatology (dayofyear[, hour])")
+    picked = clim.sel(dayofyear=valid.dt.dayofyear)
+    if "hour" in clim.dims:
+        picked = picked.sel(hour=valid.dt.hour)
+    return picked.drop_vars([c for c in ("dayofyear", "hour") if c in picked.coords])
+
+
+def load_climatology(cfg: CompareSection, prep: Prepared) -> dict[str, xr.DataArray]:
+    from geoft.metrics import day_of_year_climatology
+
+    if cfg.climatology is None:
+        return {}
+    if cfg.climatology == "truth":
+        truth = truth_layout(canonical_names(open_any(cfg.truth, where="truth")), cfg.truth)
+        truth = to_canonical_units(truth, prep.variables, cfg.truth)
+        return {v: day_of_year_climatology(truth[v]) for v in prep.variables}
+    clim = canonical_names(open_any(cfg.climatology, where="climatology"))
+    missing = [v for v in prep.variables if v not in clim.data_vars]
+    if missing:
+        raise GeoftError(f"the climatology has no variable(s) {missing}",
+                         where=cfg.climatology, fix="give one with every scored variable")
+    clim = to_canonical_units(clim, prep.variables, cfg.climatology)
+    return {v: clim[v] for v in prep.variables}
+
+
 def score_all(prep: Prepared, cfg: CompareSection, truth_full: xr.Dataset | None = None):
     """``(metrics table, per-init MSE table, rank histograms table)``."""
     from scores.categorical import seeps
@@ -530,11 +581,13 @@ def score_all(prep: Prepared, cfg: CompareSection, truth_full: xr.Dataset | None
     from geoft.grid import grid_of
 
     rows, per_init, ranks = [], [], []
+    climatology = load_climatology(cfg, prep)
     for name, fc in prep.forecasts.items():
         truth = prep.truths[name]
         grid = grid_of(truth)
         dims = list(grid.dims)
         weights = grid.weights()
+        dx_km = grid_spacing_km(truth)
         leads = np.sort(fc["lead"].values)
         step = pd.Timedelta(np.diff(leads).min()) if leads.size > 1 else None
         members = fc.sizes.get("member", 0)
@@ -572,6 +625,15 @@ def score_all(prep: Prepared, cfg: CompareSection, truth_full: xr.Dataset | None
                     h["source"], h["variable"] = name, v
                     h["lead"] = [_lead_value(x, cfg.lead_unit, step) for x in h["lead"]]
                     ranks.append(h)
+            if v in climatology:
+                valid = truth["init_time"] + truth["lead"]
+                clim = climatology_on(climatology[v], valid)
+                clim = clim.assign_coords({c: y[c] for c in dims if c in y.coords})
+                rows += _rows(M.acc(det, y, climatology=clim, **kw), name, v, "acc", n,
+                              cfg.lead_unit, step)
+            if cfg.spectra and dx_km is not None:
+                eff = M.effective_resolution(det, y, dx_km, dims=dims, time_dim="init_time")
+                rows += _rows(eff, name, v, "effective_resolution_km", n, cfg.lead_unit, step)
             for thr in cfg.thresholds.get(v, []):
                 rows += _rows(M.brier_score(ens if members else det, y, threshold=thr, **kw),
                               name, v, f"brier>={thr:g}", n, cfg.lead_unit, step)
@@ -686,6 +748,14 @@ def run_compare(cfg: CompareSection, out_dir: Path, *, progress: bool = True) ->
              "fair; spread-skill with the (M+1)/M correction",
              f"scorecard: RMSE skill 1 - RMSE/RMSE_ref against {reference}, paired bootstrap "
              f"over initial times ({cfg.n_boot} resamples), significant at p < 0.05"]
+        if cfg.climatology == "truth":
+            summary.append("ACC: anomalies against a day-of-year climatology of the truth file "
+                           "itself (15-day window), not an independent climatology")
+        elif cfg.climatology:
+            summary.append(f"ACC: anomalies against the climatology {cfg.climatology}")
+        if cfg.spectra:
+            summary.append("effective resolution: smallest wavelength where 1 - PSD(error)/"
+                           "PSD(truth) >= 0.5 (time-mean isotropic spectra, Hann window)")
         if "tp" in prep.variables:
             summary.append("SEEPS: dry (<= 0.2 mm) probability and light/heavy threshold per "
                            "point from the truth's own period, not a 30-year climatology")

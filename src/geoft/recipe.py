@@ -147,6 +147,13 @@ class CompareSection(Strict):
     thresholds: dict[str, list[float]] = Field(
         default_factory=dict, description="Brier score per variable and threshold "
         "(canonical units), e.g. {tp: [1.0, 10.0]}")
+    climatology: str | None = Field(
+        None, description="for ACC: a file with a dayofyear dim (a WeatherBench 2 climatology; "
+        "an hour dim too is matched by hour) or 'truth' (a day-of-year climatology of the "
+        "truth file itself, stated in the report); none: no ACC")
+    spectra: bool = Field(True, description="effective resolution (km) per forecast, "
+                          "variable and lead from error and truth power spectra (regular "
+                          "lat/lon and projected grids)")
     lead_unit: Literal["h", "step"] = "h"
     common_inits: bool = Field(True, description="score every forecast on the initial times "
                                "they all have (a fair side-by-side table)")
