@@ -632,6 +632,23 @@ def test_evaluate_with_stub_adapter_report_and_metrics_csv(tmp_path, monkeypatch
     np.testing.assert_allclose([float(c) for c in rows[("temp", 3, "bias")]], [-14.5, 0.0, -3.0],
                                rtol=0, atol=1e-12)            # model: (1.5 - 1.5) / 2 = 0
 
+    # --- report.html: the scorecard against persistence agrees with metrics.csv -----------------
+    html = (Path(out["out"]) / "report.html").read_text()
+    assert out["html"].endswith("report.html") and "http://" not in html
+    assert html.count("data:image/png;base64,") >= 1
+    assert "against persistence" in html
+    card = pd.read_csv(Path(out["out"]) / "scorecard.csv")
+    assert set(card["source"]) == {"model", "climatology"}
+    for i, source in card["source"].items():
+        var, lead, level = card["variable"][i], card["lead"][i], card["level"][i]
+        got = csv[(csv.source == source) & (csv.variable == var) & (csv.lead == lead)
+                  & (csv.metric == "rmse") & (np.isclose(csv.level, level) | csv.level.isna())]
+        ref = csv[(csv.source == "persistence") & (csv.variable == var) & (csv.lead == lead)
+                  & (csv.metric == "rmse") & (np.isclose(csv.level, level) | csv.level.isna())]
+        assert float(card["rmse"][i]) == pytest.approx(float(got["value"].iloc[0]), rel=1e-3)
+        assert float(card["skill"][i]) == pytest.approx(
+            1 - float(got["value"].iloc[0]) / float(ref["value"].iloc[0]), abs=2e-3)
+
     # --- lineage: evaluate <- finetune <- prepare -------------------------------------------------
     lin = json.loads((Path(out["out"]) / LINEAGE_FILE).read_text())
     assert lin["facts"]["skill_vs_persistence"] == {"ssh": -0.5, "temp": 0.375}

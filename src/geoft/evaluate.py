@@ -264,6 +264,7 @@ def evaluate_grid(loaded, store: PreparedStore, *, checkpoint: str | None = None
                     for name, path in (ensemble.members.items() if ensemble else [])}
     reliability = Reliability(store, metric_names, ensemble.bins if ensemble else 10)
     statistics: dict[tuple[str, str, str], xr.Dataset] = {}  # pooled scores, summed
+    per_init: list[pd.DataFrame] = []  # per-init MSE for the HTML scorecard
     writer = ForecastWriter(out_dir / "forecasts.zarr") if cfg.save_forecasts else None
     with progress_task(progress, "evaluate", len(batches)) as bar:
         for chunk in batches:
@@ -304,6 +305,8 @@ def evaluate_grid(loaded, store: PreparedStore, *, checkpoint: str | None = None
             for key, stats in batch_stats.items():
                 statistics[key] = stats if key not in statistics else statistics[key] + stats
             reliability.add(forecasts, members, truth)
+            if "rmse" in metric_names:
+                per_init.append(per_init_mse(store, forecasts, truth))
             batch_table["inits"] = len(chunk)
             tables.append(batch_table)
             if writer is not None:
@@ -323,6 +326,8 @@ def evaluate_grid(loaded, store: PreparedStore, *, checkpoint: str | None = None
                            checkpoint=ckpt, recipe=loaded, lead_hours=hours, maps=cfg.maps,
                            skills=skills, n_init=len(init))
     figures += reliability.write(out_dir)
+    html = write_html_report(out_dir, loaded, table, skills, per_init, baseline_names, figures,
+                             ckpt, len(init))
     saved = None
     if writer is not None:
         saved = writer.finish()
@@ -337,8 +342,67 @@ def evaluate_grid(loaded, store: PreparedStore, *, checkpoint: str | None = None
             "init_times": int(len(init)), "lead_steps": cfg.lead_steps,
             "rmse_mean": mean_rmse(table), "skill_vs_persistence": skill,
             "report": str(out_dir / "report.md"), "figures": [str(f) for f in figures],
-            "forecasts": str(saved) if saved else None,
+            "html": str(html), "forecasts": str(saved) if saved else None,
             "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def per_init_mse(store, forecasts: dict[str, xr.Dataset], truth: xr.Dataset) -> pd.DataFrame:
+    """Area-weighted spatial MSE per source, variable, level, lead and initial time (what the
+    scorecard's paired bootstrap resamples); ensemble members are left out."""
+    from geoft.metrics import mse
+
+    grid = store.grid
+    weights = grid.weights()
+    frames = []
+    for var in store.variables:
+        mask = xr.DataArray(store.valid(var), dims=store.var_dims(var))
+        for source, fc in forecasts.items():
+            if source.startswith("member-"):
+                continue
+            value = mse(fc[var], truth[var], weights=weights, mask=mask, reduce_dims=grid.dims,
+                        time_dim=None)
+            frame = value.rename("mse").to_dataframe().reset_index()
+            frame["source"], frame["variable"] = source, var
+            if "level" not in frame:
+                frame["level"] = np.nan
+            frames.append(frame[["source", "variable", "level", "lead", "init_time", "mse"]])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def write_html_report(out_dir: Path, loaded, table: pd.DataFrame, skills: pd.DataFrame,
+                      per_init: list[pd.DataFrame], baselines: list[str], figures: list[Path],
+                      checkpoint: Path, n_init: int) -> Path:
+    """``report.html``: the tables, a scorecard of every source's RMSE skill against
+    persistence (or the first baseline) with a paired bootstrap over initial times (also
+    ``scorecard.csv``), and the figures, in one self-contained file."""
+    from geoft.scorecard import scorecard_table, write_html
+
+    card, reference = None, None
+    mses = pd.concat(per_init, ignore_index=True) if per_init else pd.DataFrame()
+    if baselines and len(mses):
+        reference = "persistence" if "persistence" in baselines else baselines[0]
+        card = scorecard_table(mses.dropna(subset=["mse"]), reference)
+    shown = table.assign(level=[("" if pd.isna(x) else f"{x:g}") for x in table["level"]])
+    wide = shown.pivot_table(index=["variable", "level", "lead", "metric"], columns="source",
+                             values="value").reset_index()
+    summary = [f"recipe {loaded.recipe.name} (hash {loaded.hash}); checkpoint {checkpoint}",
+               f"split {loaded.recipe.evaluate.split}, {n_init} initial times; leads in steps "
+               f"of the store",
+               "scores as WeatherBench 2 defines them: area-weighted spatial mean per initial "
+               "time, then the mean over initial times (RMSE: the root after that mean)"]
+    if card is not None:
+        summary.append(f"scorecard: RMSE skill 1 - RMSE/RMSE_ref against {reference}, paired "
+                       "bootstrap over initial times (1000 resamples), significant at p < 0.05")
+    tables = [("Scores", wide)]
+    if len(skills):
+        tables.append(("Skill against each baseline", skills))
+    if card is not None:
+        tables.append(("Scorecard table", card))
+    if card is not None:
+        _write_csv(card, out_dir / "scorecard.csv")
+    return write_html(out_dir / "report.html", title=f"geoft evaluation: {loaded.recipe.name}",
+                      summary=summary, tables=tables, scorecard=card, reference=reference,
+                      figures=[f for f in figures if Path(f).suffix.lower() == ".png"])
 
 
 def member_checkpoint(name: str, path: Path, choice: str) -> Path:

@@ -82,6 +82,8 @@ def _ttest_p(m: np.ndarray, r: np.ndarray) -> float:
     diff = m - r
     if diff.size < 2 or not np.all(np.isfinite(diff)) or np.ptp(diff) == 0.0:
         return float("nan")
+    if np.abs(diff).max() <= 1e-12 * max(np.abs(m).max(), np.abs(r).max()):
+        return float("nan")  # the same forecast up to round-off: nothing to test
     return float(stats.ttest_rel(m, r).pvalue)
 
 
