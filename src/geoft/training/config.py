@@ -49,6 +49,7 @@ class TrainConfig(Strict):
     many times faster for small models. ``log_every`` writes one ``metrics.jsonl`` line per that
     many steps (the mean loss over them). ``ema_decay`` keeps an exponential moving average of
     the weights (with warm-up ``1 - (1 + step)^-ema_power``), saved as ``ema.pt``.
+    ``parallel``: how several processes share the model (``ddp`` or ``fsdp``).
     """
 
     steps: int | None = Field(None, ge=1)
@@ -72,6 +73,11 @@ class TrainConfig(Strict):
     cpu_threads: int | None = Field(None, ge=1)
     max_time: dt.timedelta | None = None
     log_every: int = Field(1, ge=1)
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="with several processes (torchrun/srun): ddp replicates the model "
+        "(small models); fsdp shards parameters, gradients and optimizer states (FSDP2 "
+        "fully_shard; checkpoints as torch.distributed.checkpoint shards that resume on any "
+        "number of processes, plus the full model.pt for evaluation)")
     ema_decay: float | None = Field(None, gt=0, le=1)
     ema_power: float = Field(0.75, gt=0)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)

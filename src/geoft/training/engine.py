@@ -14,7 +14,9 @@ fine-tuning, the diffusion priors of ``densify``/``assimilate`` and any plugin's
   uninterrupted run, lines written after the checkpoint are dropped and replayed);
 * one device choice (``train.device``), one metrics log, validation with early stopping,
   ``max_time``;
-* DDP under ``torchrun`` for every spec (rank 0 writes files; the sampler shards by rank).
+* DDP under ``torchrun`` for every spec (rank 0 writes files; the sampler shards by rank), or
+  FSDP2 (``train.parallel: fsdp``: ``fully_shard`` on the spec's units and the root, sharded
+  checkpoints with ``torch.distributed.checkpoint`` that resume on another number of processes).
 
 Parallelism and memory techniques are applied to the model by the spec (``build_model``) or
 here as functions (DDP), switchable from the config, as in torchtitan.
@@ -219,6 +221,18 @@ class Distributed:
         return t.tolist()
 
 
+def shard_model(model: torch.nn.Module, spec: Any) -> None:
+    """FSDP2: ``fully_shard`` each of the spec's units (``spec.fsdp_units(model)``; default:
+    the model's direct children that hold parameters), then the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    units = spec.fsdp_units(model) if hasattr(spec, "fsdp_units") else [
+        m for m in model.children() if any(True for _ in m.parameters())]
+    for unit in units:
+        fully_shard(unit)
+    fully_shard(model)
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` (CUDA when visible, else CPU), ``cpu`` or ``cuda`` (the local rank's GPU)."""
     if name == "cpu":
@@ -350,7 +364,14 @@ class Trainer:
         self.model = spec.build_model(self.device)
         self.module = spec.training_module(self.model)
         self.train_module: torch.nn.Module = self.module
-        if self.dist.world_size > 1:
+        self.fsdp = cfg.parallel == "fsdp" and self.dist.world_size > 1
+        self._shadow = None  # rank 0's unsharded CPU copy for model.pt under FSDP
+        if self.fsdp:
+            if cfg.ema_decay is not None:
+                raise GeoftError("an EMA of the weights is not kept with parallel: fsdp",
+                                 where="train.ema_decay", fix="drop ema_decay, or use ddp")
+            shard_model(self.model, spec)
+        elif self.dist.world_size > 1:
             self.train_module = torch.nn.parallel.DistributedDataParallel(
                 self.module,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -447,6 +468,8 @@ class Trainer:
         loss.backward()
         max_norm = self.config.grad_clip if self.config.grad_clip else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+            grad_norm = grad_norm.full_tensor()
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
@@ -554,7 +577,7 @@ class Trainer:
         make = getattr(self.spec, "sample_figures", None)
         batch = self._val_sample
         if self.dashboard is None or make is None or not self.config.dashboard.sample_maps \
-                or batch is None:
+                or batch is None or self.fsdp:  # FSDP: a forward on rank 0 alone would hang
             return
         self.module.eval()
         with torch.no_grad():
@@ -608,6 +631,8 @@ class Trainer:
         """Write ``checkpoints/step-XXXXXX`` atomically (rank 0 only; every rank's RNG states
         are gathered first) and move the pointers."""
         rng_per_rank = self._gather_rng_states()
+        if self.fsdp:
+            return self._save_sharded(best, rng_per_rank)
         if not self.dist.is_main:
             return None
         final = self.ckpt_root / step_dir_name(self.counters.step)
@@ -625,6 +650,57 @@ class Trainer:
         prune_checkpoints(self.ckpt_root, self.config.keep_checkpoints)
         return final
 
+    def _save_sharded(self, best: bool, rng_per_rank: list[dict[str, Any]]) -> Path | None:
+        """FSDP: every rank writes its shards of the model and optimizer (``sharded/``, a
+        torch.distributed.checkpoint that loads on any number of processes); rank 0 adds the
+        full ``model.pt`` (gathered to its CPU) and the rest, then renames the directory."""
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_state_dict)
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        full = get_model_state_dict(self.model, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True))
+        final = self.ckpt_root / step_dir_name(self.counters.step)
+        context = atomic_directory(final) if self.dist.is_main else contextlib.nullcontext()
+        with context as tmp:
+            where = [str(tmp) if self.dist.is_main else None]
+            dist.broadcast_object_list(where, src=0)
+            tmp = Path(where[0])
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "sharded"))
+            if self.dist.is_main:
+                if self._shadow is None:
+                    self._shadow = self.spec.build_model(torch.device("cpu"))
+                self._shadow.load_state_dict(full, strict=True)
+                self.spec.save(self._shadow, tmp)
+                torch.save({**self.trainer_state(rng_per_rank), "optimizer": None,
+                            "sharded": True}, tmp / "trainer.pt")
+                (tmp / "model_config.json").write_text(json.dumps(self.model_config(), indent=2,
+                                                                  default=str))
+                (tmp / "README.md").write_text(self.spec.readme())
+        dist.barrier()  # the directory is renamed before any rank goes on
+        if not self.dist.is_main:
+            return None
+        set_pointer(self.ckpt_root, "latest", final)
+        if best:
+            set_pointer(self.ckpt_root, "best", final)
+        prune_checkpoints(self.ckpt_root, self.config.keep_checkpoints)
+        return final
+
+    def _load_sharded(self, ckpt: Path) -> None:
+        """Model and optimizer from a checkpoint's ``sharded/`` (written under FSDP by any
+        number of processes), into this run's model: sharded (FSDP), replicated (DDP) or
+        whole (one process)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=str(ckpt / "sharded"))
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"])
+
     def resume(self) -> Path | None:
         """Restore the newest checkpoint in ``out_dir`` (if any); returns its path."""
         ckpt = read_pointer(self.ckpt_root, "latest")
@@ -639,9 +715,16 @@ class Trainer:
                              f"{self.spec.kind!r}", where=str(ckpt),
                              fix="use another output directory")
         self.spec.check_resume(config, where=str(ckpt))
-        self.spec.restore(self.model, ckpt, self.device)
         trainer = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)
-        self.optimizer.load_state_dict(trainer["optimizer"])
+        if (ckpt / "sharded").is_dir():
+            self._load_sharded(ckpt)
+        elif self.fsdp:
+            raise GeoftError("this checkpoint was written without FSDP (no sharded/); an FSDP "
+                             "run resumes only from FSDP checkpoints", where=str(ckpt),
+                             fix="resume with train.parallel: ddp (or one process), then switch")
+        else:
+            self.spec.restore(self.model, ckpt, self.device)
+            self.optimizer.load_state_dict(trainer["optimizer"])
         self.scheduler.load_state_dict(trainer["scheduler"])
         # A longer/shorter run than before: the schedule follows the new total.
         self.scheduler.lr_lambdas = [WarmupCosine(min(self.config.warmup_steps, self.total_steps),
