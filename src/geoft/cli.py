@@ -166,11 +166,26 @@ def finetune(recipe: Path = RecipeArg, set_: Optional[list[str]] = SetOpt,
              progress: bool = ProgressOpt,
              resume: bool = typer.Option(True, "--resume/--restart",
                                          help="Continue from the latest checkpoint (default) "
-                                              "or start over.")):
+                                              "or start over."),
+             plan: bool = typer.Option(False, "--plan", help="Measure a few training steps "
+                                       "on the device and print peak memory per process, "
+                                       "seconds per step and the expected duration; refuse "
+                                       "a plan that does not fit, naming switches. Writes "
+                                       "nothing."),
+             memory_limit: Optional[float] = typer.Option(
+                 None, "--memory-limit", help="GiB per process the plan must fit in (default: "
+                 "the device's memory), e.g. 40 for a 48 GB card.")):
     """Fine-tune the recipe's model on the prepared store (resumable)."""
     from geoft.stages import run_finetune
 
     loaded = _load(recipe, set_, workdir)
+    if plan:
+        from geoft.training.engine import planning
+
+        with planning(limit_gib=memory_limit):
+            summary = run_finetune(loaded, resume=False, progress=False, plan=True)
+        _finish(summary, json_, "finetune --plan")
+        return
     _finish(run_finetune(loaded, resume=resume, progress=progress and not json_), json_,
             "finetune")
 

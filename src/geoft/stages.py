@@ -85,7 +85,8 @@ def _model_adapter(loaded: LoadedRecipe):
     return instance(get_plugin_manager().get("model", loaded.recipe.model.name))
 
 
-def run_finetune(loaded: LoadedRecipe, *, resume: bool = True, progress: bool = True) -> dict:
+def run_finetune(loaded: LoadedRecipe, *, resume: bool = True, progress: bool = True,
+                 plan: bool = False) -> dict:
     recipe = loaded.recipe
     _model_adapter(loaded)
     if "train" not in loaded.parts:
@@ -93,6 +94,19 @@ def run_finetune(loaded: LoadedRecipe, *, resume: bool = True, progress: bool = 
                          fix="add a `train:` section (see `geoft recipe schema`)")
     store = _require_store(loaded)
     record = make_lineage("finetune", loaded, inputs=[store])
+    if plan:  # measured in a scratch folder: the run's own stays untouched
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="geoft-plan-") as scratch:
+            with blame(_entry("model", recipe.model.name), "planning"):
+                summary = _model_adapter(loaded).finetune(
+                    store, loaded.parts["model"], loaded.parts["train"], Path(scratch),
+                    progress=False, resume=False, lineage=record)
+        if summary.get("mode") != "plan":
+            raise GeoftError(f"model {recipe.model.name!r} does not train through geoft's "
+                             "engine: no plan to measure", where="geoft finetune --plan",
+                             fix="run it without --plan")
+        return summary
     with blame(_entry("model", recipe.model.name), "fine-tuning"):
         summary = _model_adapter(loaded).finetune(
             store, loaded.parts["model"], loaded.parts["train"], recipe.finetune_dir,

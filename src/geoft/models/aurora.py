@@ -1405,6 +1405,20 @@ class AuroraSpec:
             if getattr(self, "_model", None) is not None:
                 bare_module(self._model).geoft_normalisation = dict(theirs)
 
+    def memory_switches(self) -> list[str]:
+        """What ``geoft finetune --plan`` suggests when a run does not fit, the cheapest
+        first (those already on are left out)."""
+        o = self.adapter.options
+        out = []
+        if not o.activation_checkpointing:
+            out.append("model.options.activation_checkpointing: true")
+        if not o.autocast:
+            out.append("model.options.autocast: true (bf16 autocast, fp32 weights)")
+        if o.strategy in ("custom", "full"):
+            out.append("model.options.strategy: lora (frozen base: no gradients or optimizer "
+                       "states for it)")
+        return out
+
     def readme(self) -> str:
         return LOAD_README
 

@@ -221,6 +221,52 @@ class Distributed:
         return t.tolist()
 
 
+#: set by ``geoft finetune --plan`` (:func:`planning`): ``fit`` measures a few steps instead of
+#: training, writes nothing and returns the plan
+_PLAN: dict[str, Any] | None = None
+
+
+@contextlib.contextmanager
+def planning(*, steps: int = 3, limit_gib: float | None = None):
+    """Inside this block :meth:`Trainer.fit` returns :meth:`Trainer.plan` (any adapter whose
+    ``finetune`` trains through the engine gets ``--plan`` for free)."""
+    global _PLAN
+    before, _PLAN = _PLAN, {"steps": steps, "limit_gib": limit_gib}
+    try:
+        yield
+    finally:
+        _PLAN = before
+
+
+def _rss_bytes() -> int:
+    """This process's resident memory now (Linux /proc; 0 elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # kB on Linux
+
+
+def _available_bytes(device: torch.device) -> tuple[int, str]:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return int(props.total_memory), f"{props.name} ({props.total_memory / 2**30:.1f} GiB)"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                free = int(line.split()[1]) * 1024
+                return free + _rss_bytes(), "CPU memory (available + this process)"
+    except OSError:
+        pass
+    return 0, "CPU memory (unknown)"
+
+
 def shard_model(model: torch.nn.Module, spec: Any) -> None:
     """FSDP2: ``fully_shard`` each of the spec's units (``spec.fsdp_units(model)``; default:
     the model's direct children that hold parameters), then the root."""
@@ -756,6 +802,63 @@ class Trainer:
         log.info("resumed from %s (step %d)", ckpt, self.counters.step)
         return ckpt
 
+    def plan(self, steps: int = 3, limit_gib: float | None = None) -> dict[str, Any]:
+        """Measure ``steps`` training steps (the first a warm-up) on this device: peak memory
+        per process and seconds per step, the run's expected duration, and whether it fits in
+        ``limit_gib`` (default: the device's memory). Nothing is written and no checkpoint is
+        read; a plan that cannot fit is a :class:`GeoftError` naming the switches to try."""
+        numel = lambda p: p.to_local().numel() if hasattr(p, "to_local") else p.numel()  # noqa
+        params = sum(numel(p) for p in self.model.parameters())
+        trainable = sum(numel(p) for p in self.trainable)
+        bytes_of = {p.dtype: p.element_size() for p in self.model.parameters()}
+        width = max(bytes_of.values()) if bytes_of else 4
+        # weights + gradients + AdamW's two moments, fp32 moments
+        static = params * width + trainable * (width + 8)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        times = []
+        for _ in range(max(2, steps)):
+            batch = self.next_batch()
+            if cuda:
+                torch.cuda.synchronize(self.device)
+            t0 = time.perf_counter()
+            self.train_step(batch)
+            if cuda:
+                torch.cuda.synchronize(self.device)
+            times.append(time.perf_counter() - t0)
+        peak = torch.cuda.max_memory_allocated(self.device) if cuda else _peak_rss_bytes()
+        step_s = float(np.median(times[1:]))
+        available, what = _available_bytes(self.device)
+        limit = limit_gib * 2**30 if limit_gib is not None else available
+        gib = 2**30
+        out = {"stage": "finetune", "mode": "plan", "device": str(self.device),
+               "world_size": self.dist.world_size, "parallel": self.config.parallel
+               if self.dist.world_size > 1 else "none",
+               "parameters": int(params), "trainable_parameters": int(trainable),
+               "weights_grads_adam_gib": round(static / gib, 3),
+               "peak_memory_gib": round(peak / gib, 3),
+               "peak_memory_kind": "torch.cuda.max_memory_allocated" if cuda else
+               "peak resident memory of the process (ru_maxrss)",
+               "limit_gib": round(limit / gib, 3) if limit else None, "limit_from": (
+                   "--memory-limit" if limit_gib is not None else what),
+               "seconds_per_step": round(step_s, 4), "probe_steps": len(times),
+               "total_steps": self.total_steps,
+               "expected_seconds": round(step_s * self.total_steps, 2),
+               "expected_hours": round(step_s * self.total_steps / 3600, 3),
+               "fits": bool(not limit or peak <= 0.95 * limit)}
+        if not out["fits"]:
+            switches = list(getattr(self.spec, "memory_switches", lambda: [])()) + [
+                f"train.batch_size below {self.config.batch_size}",
+                "train.parallel: fsdp on several GPUs (shards weights, gradients and "
+                "optimizer states)"]
+            raise GeoftError(f"the plan needs {peak / gib:.2f} GiB per process (measured over "
+                             f"{len(times)} steps), more than {0.95 * limit / gib:.2f} GiB "
+                             f"(95% of {limit / gib:.2f} GiB, {out['limit_from']})",
+                             where="geoft finetune --plan", fix="try " + "; ".join(switches))
+        return out
+
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric lines written after the checkpoint we resume from (they are replayed),
         and a last line cut by the kill."""
@@ -775,6 +878,8 @@ class Trainer:
         """Train to ``total_steps`` (or an early stop; ``stop_at`` ends after that step with a
         checkpoint, as an interruption would); returns the run summary."""
         cfg = self.config
+        if _PLAN is not None:  # geoft finetune --plan: measure, write nothing
+            return self.plan(**_PLAN)
         resumed = self.resume() if resume else None
         if not resume and list_checkpoints(self.ckpt_root):
             raise GeoftError("output directory already has checkpoints", where=str(self.ckpt_root),
