@@ -133,6 +133,9 @@ def _load(recipe: Path, sets: Optional[list[str]], workdir: Optional[Path]):
 
 
 def _finish(summary: dict, as_json: bool, title: str) -> None:
+    from geoft.redact import redact
+
+    summary = redact(summary)
     if as_json:
         sys.stdout.write(json.dumps(summary, default=str) + "\n")
         return
@@ -166,7 +169,12 @@ def finetune(recipe: Path = RecipeArg, set_: Optional[list[str]] = SetOpt,
              progress: bool = ProgressOpt,
              resume: bool = typer.Option(True, "--resume/--restart",
                                          help="Continue from the latest checkpoint (default) "
-                                              "or start over."),
+                                              "or start over (the old run is moved to "
+                                              "finetune.old-<time>, not deleted)."),
+             with_changes: bool = typer.Option(
+                 False, "--resume-with-changes", help="Resume although the training config "
+                 "changed (lr, batch size, loss...); the changes are recorded as a new "
+                 "segment (segments.json, lineage). Without it a changed config is refused."),
              plan: bool = typer.Option(False, "--plan", help="Measure a few training steps "
                                        "on the device and print peak memory per process, "
                                        "seconds per step and the expected duration; refuse "
@@ -186,8 +194,14 @@ def finetune(recipe: Path = RecipeArg, set_: Optional[list[str]] = SetOpt,
             summary = run_finetune(loaded, resume=False, progress=False, plan=True)
         _finish(summary, json_, "finetune --plan")
         return
-    _finish(run_finetune(loaded, resume=resume, progress=progress and not json_), json_,
-            "finetune")
+    if with_changes:
+        from geoft.training.engine import resume_with_changes
+
+        with resume_with_changes():
+            summary = run_finetune(loaded, resume=resume, progress=progress and not json_)
+    else:
+        summary = run_finetune(loaded, resume=resume, progress=progress and not json_)
+    _finish(summary, json_, "finetune")
 
 
 @app.command()
@@ -465,8 +479,10 @@ def _source_fetch_command(name: str) -> click.Command:
         t = __import__("time").perf_counter()
         result = source.fetch(options, out_dir, dry_run=dry_run, progress=progress and not json_)
         if dry_run and not json_:
+            from geoft.redact import redact
+
             for r in result.requests:
-                click.echo(json.dumps(r, default=str))
+                click.echo(json.dumps(redact(r), default=str))
         _finish({"stage": "fetch", "source": name, "out": str(out_dir), "dry_run": dry_run,
                  "requests": result.requests, "files": len(result.files),
                  "skipped": len(result.skipped),
@@ -587,7 +603,9 @@ def recipe_show(recipe: Path = RecipeArg, set_: Optional[list[str]] = SetOpt,
         typer.echo(f"# resolved recipe, hash {loaded.hash}")
         typer.echo(dump_yaml(loaded.resolved))
     else:
-        typer.echo(Path(recipe).read_text())
+        from geoft.redact import redact_text
+
+        typer.echo(redact_text(Path(recipe).read_text()))
 
 
 @recipe_app.command("schema")

@@ -55,6 +55,7 @@ def read_lineage(path: str | Path) -> dict[str, Any] | None:
 def make_lineage(stage: str, loaded=None, *, inputs: list[str | Path] = (),
                  facts: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the lineage record of a stage output. ``loaded`` is a LoadedRecipe (or None)."""
+    from geoft.redact import redact
     input_records = []
     for p in inputs:
         parent = read_lineage(p)
@@ -72,7 +73,7 @@ def make_lineage(stage: str, loaded=None, *, inputs: list[str | Path] = (),
         "versions": package_versions(),
         "host": socket.gethostname(),
         "inputs": input_records,
-        "facts": facts or {},
+        "facts": redact(facts or {}),
     }
     text = json.dumps(record, sort_keys=True, default=str)
     record["lineage_id"] = hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -86,7 +87,10 @@ def write_lineage(out_dir: str | Path, record: dict[str, Any], loaded=None) -> P
         from geoft.recipe import dump_yaml
 
         atomic_write_text(out_dir / RECIPE_FILE, dump_yaml(loaded.resolved))
-    return atomic_write_text(out_dir / LINEAGE_FILE, json.dumps(record, indent=2, default=str))
+    from geoft.redact import redact
+
+    return atomic_write_text(out_dir / LINEAGE_FILE, json.dumps(redact(record), indent=2,
+                                                                default=str))
 
 
 def chain(path: str | Path) -> list[dict[str, Any]]:

@@ -484,7 +484,10 @@ _DEFAULT_METHOD = {"densify": "diffusion-densify", "assimilate": "sda"}
 
 
 def dump_yaml(data: dict[str, Any]) -> str:
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+    """YAML of a recipe (or any dict) to write or print: secrets masked (:mod:`geoft.redact`)."""
+    from geoft.redact import redact
+
+    return yaml.safe_dump(redact(data), sort_keys=False, default_flow_style=None, width=100)
 
 
 def json_schema() -> dict[str, Any]:

@@ -11,11 +11,28 @@ from pathlib import Path
 from typing import Any
 
 from geoft.errors import GeoftError
+from geoft.io import stage_lock
 from geoft.lineage import make_lineage, write_lineage
 from geoft.plugins import blame, get_plugin_manager
 from geoft.recipe import LoadedRecipe
 
 STAGES = ("fetch", "prepare", "finetune", "evaluate", "densify", "assimilate")
+
+
+def _locked(stage: str | None = None):
+    """Run a stage function holding its workdir lock (:func:`geoft.io.stage_lock`)."""
+    import functools
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(loaded, *args, **kwargs):
+            name = stage if stage is not None else (args[0] if args else kwargs["stage"])
+            if kwargs.get("dry_run"):
+                return fn(loaded, *args, **kwargs)
+            with stage_lock(loaded.recipe.workdir, name):
+                return fn(loaded, *args, **kwargs)
+        return inner
+    return wrap
 
 
 def instance(obj: Any) -> Any:
@@ -31,6 +48,7 @@ def _entry(kind: str, name: str):
     return get_plugin_manager().entry(kind, name)
 
 
+@_locked("fetch")
 def run_fetch(loaded: LoadedRecipe, *, dry_run: bool = False, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     out = loaded.recipe.raw_dir
@@ -46,6 +64,7 @@ def run_fetch(loaded: LoadedRecipe, *, dry_run: bool = False, progress: bool = T
             "skipped": len(result.skipped), "seconds": round(time.perf_counter() - t0, 2)}
 
 
+@_locked("prepare")
 def run_prepare(loaded: LoadedRecipe, *, progress: bool = True) -> dict:
     from geoft.prepare import prepare_store
     from geoft.table import is_table
@@ -85,6 +104,7 @@ def _model_adapter(loaded: LoadedRecipe):
     return instance(get_plugin_manager().get("model", loaded.recipe.model.name))
 
 
+@_locked("finetune")
 def run_finetune(loaded: LoadedRecipe, *, resume: bool = True, progress: bool = True,
                  plan: bool = False) -> dict:
     recipe = loaded.recipe
@@ -107,10 +127,20 @@ def run_finetune(loaded: LoadedRecipe, *, resume: bool = True, progress: bool = 
                              "engine: no plan to measure", where="geoft finetune --plan",
                              fix="run it without --plan")
         return summary
+    kept_aside = None
+    if not resume and recipe.finetune_dir.exists() and any(recipe.finetune_dir.iterdir()):
+        # --restart: start over, the old run kept beside (never deleted)
+        import datetime as dt
+
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        kept_aside = recipe.finetune_dir.with_name(f"{recipe.finetune_dir.name}.old-{stamp}")
+        recipe.finetune_dir.rename(kept_aside)
     with blame(_entry("model", recipe.model.name), "fine-tuning"):
         summary = _model_adapter(loaded).finetune(
             store, loaded.parts["model"], loaded.parts["train"], recipe.finetune_dir,
             progress=progress, resume=resume, lineage=record)
+    if kept_aside is not None:
+        summary["previous_run"] = str(kept_aside)
     record["facts"] = {k: v for k, v in summary.items() if k != "history"}
     write_lineage(recipe.finetune_dir, record, loaded)
     return {"stage": "finetune", **summary}
@@ -124,6 +154,7 @@ def _require_store(loaded: LoadedRecipe) -> Path:
     return path
 
 
+@_locked("evaluate")
 def run_evaluate(loaded: LoadedRecipe, *, checkpoint: str | None = None,
                  progress: bool = True) -> dict:
     from geoft.evaluate import evaluate
@@ -162,6 +193,7 @@ def run_stage(loaded: LoadedRecipe, stage: str, *, progress: bool = True) -> dic
     return runner(loaded, progress=progress)
 
 
+@_locked()
 def run_reconstruction(loaded: LoadedRecipe, stage: str, *, resume: bool = True,
                        train: bool = True, progress: bool = True, out_name: str = "result"
                        ) -> dict:

@@ -590,3 +590,54 @@ def test_statics_fetched_once_and_mapped_to_z_and_lsm(monkeypatch, tmp_path):
     # the dry run lists the static request too
     plan = CopernicusSource().fetch(options, out, dry_run=True)
     assert any(r["dataset_id"].endswith("_static") for r in plan.requests)
+
+
+def test_a_planted_secret_is_never_written_or_printed(tmp_path):
+    """A password in a recipe: fetch, prepare, recipe show (raw and resolved), validate and a
+    dry run, in JSON and as tables; then every file of the workdir and every output is
+    searched for it (#14: secrets are never written or printed)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    secret = "PLANTED-s3cret-9f1"
+    mine = tmp_path / "glorys"
+    mine.mkdir()
+    box = dict(lon_min=-19.0, lon_max=-17.0, lat_min=27.5, lat_max=28.5)
+    write(glorys_like(pd.date_range("2020-01-01", "2020-02-29"), variables=("thetao", "zos"),
+                      **box), mine / "glorys.nc")
+    recipe = {"name": "secret-test", "workdir": str(tmp_path / "w"),
+              "source": {"name": "copernicus", "options": {
+                  "local_files": [str(mine / "glorys.nc")], "variables": ["thetao", "zos"],
+                  "username": "someone", "password": secret, "lon_min": -19.0,
+                  "lon_max": -17.0, "lat_min": 27.5, "lat_max": 28.5, "depth_max": 6.0,
+                  "start": "2020-01-01", "end": "2020-02-29"}},
+              "data": {"dataset": "ocean", "options": {"surface_variables": ["zos"],
+                                                       "level_variables": ["thetao"],
+                                                       "depths": [0.5, 5.0]},
+                       "patch_size": 4, "fit": "pad",
+                       "split": {"train": ["2020-01-01", "2020-01-31"],
+                                 "val": ["2020-02-01", "2020-02-10"],
+                                 "test": ["2020-02-11", "2020-02-29"]}}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, default_flow_style=None)
+                    + f"# flow form too: {{password: {secret}}}\n")
+    outputs = []
+    for args in (["fetch", path], ["prepare", path, "--json"], ["prepare", path],
+                 ["recipe", "show", path], ["recipe", "show", path, "--resolved"],
+                 ["recipe", "validate", path, "--json"], ["fetch", path, "--dry-run"],
+                 ["fetch", path, "--dry-run", "--json"]):
+        res = subprocess.run([sys.executable, "-m", "geoft.cli", *map(str, args)],
+                             capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "COLUMNS": "200"})
+        assert res.returncode == 0, (args, res.stderr[-2000:])
+        outputs.append(res.stdout + res.stderr)
+    assert "***" in outputs[3] and "***" in outputs[4]  # shown, masked
+    assert "flow form too: {password: ***}" in outputs[3]
+    for text in outputs:
+        assert secret not in text
+    written = [f for f in (tmp_path / "w").rglob("*") if f.is_file()]
+    assert any(f.name == "recipe.resolved.yaml" for f in written)
+    for f in written:
+        assert secret.encode() not in f.read_bytes(), f

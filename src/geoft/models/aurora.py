@@ -752,7 +752,7 @@ class AuroraAdapter:
             raise GeoftError("checkpoint does not match the store: " + "; ".join(problems),
                              where=where,
                              fix="use the store the model was trained on, or start a new run "
-                                 "(another finetune out_dir, or resume=False)")
+                                 "(geoft finetune --restart keeps the old run aside)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -238,6 +238,45 @@ def planning(*, steps: int = 3, limit_gib: float | None = None):
         _PLAN = before
 
 
+#: ``geoft finetune --resume-with-changes``: a resume may continue with another training
+#: config (recorded as a new segment); without it a changed config is refused
+_ALLOW_CHANGES = False
+
+#: train config keys that may change on resume (length, bookkeeping, hardware): everything
+#: else changes what is learnt
+RESUMABLE_CHANGES = {"steps", "epochs", "max_time", "val_every", "val_batches",
+                     "checkpoint_every", "keep_checkpoints", "num_workers", "cpu_threads",
+                     "log_every", "dashboard", "device", "early_stopping_patience",
+                     "early_stopping_min_delta", "data", "greedy_max_mb"}
+
+
+@contextlib.contextmanager
+def resume_with_changes():
+    """Inside this block a resumed run may change its training config (``--resume-with-
+    changes``); the changes are recorded (``segments.json``, the summary, the lineage)."""
+    global _ALLOW_CHANGES
+    before, _ALLOW_CHANGES = _ALLOW_CHANGES, True
+    try:
+        yield
+    finally:
+        _ALLOW_CHANGES = before
+
+
+def changed_train_keys(saved: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, Any]:
+    """``{key: [old, new]}`` for the training settings that differ and matter."""
+    if not saved:
+        return {}
+    out = {}
+    for key in sorted(set(saved) | set(current)):
+        if key in RESUMABLE_CHANGES:
+            continue
+        old, new = saved.get(key), current.get(key)
+        if json.dumps(old, sort_keys=True, default=str) != json.dumps(new, sort_keys=True,
+                                                                       default=str):
+            out[key] = [old, new]
+    return out
+
+
 def _rss_bytes() -> int:
     """This process's resident memory now (Linux /proc; 0 elsewhere)."""
     try:
@@ -761,6 +800,21 @@ class Trainer:
                              f"{self.spec.kind!r}", where=str(ckpt),
                              fix="use another output directory")
         self.spec.check_resume(config, where=str(ckpt))
+        changed = changed_train_keys(config.get("train"), self.config.model_dump(mode="json"))
+        if changed and not _ALLOW_CHANGES:
+            listed = ", ".join(f"{k} ({json.dumps(v[0], default=str)} -> "
+                               f"{json.dumps(v[1], default=str)})" for k, v in changed.items())
+            raise GeoftError(f"the training config changed since this run's checkpoint: {listed}",
+                             where=str(ckpt),
+                             fix="geoft finetune --restart (start over; the old run is kept "
+                                 "aside) or --resume-with-changes (continue; recorded as a new "
+                                 "segment), or restore the old settings")
+        self.changed_on_resume = changed
+        if changed and self.dist.is_main:
+            segments = self.out_dir / "segments.json"
+            past = json.loads(segments.read_text()) if segments.is_file() else []
+            atomic_write_json(segments, past + [{"from_step": int(ckpt.name.rsplit("-", 1)[-1]),
+                                                 "checkpoint": str(ckpt), "changed": changed}])
         trainer = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)
         if (ckpt / "sharded").is_dir():
             self._load_sharded(ckpt)
@@ -883,7 +937,8 @@ class Trainer:
         resumed = self.resume() if resume else None
         if not resume and list_checkpoints(self.ckpt_root):
             raise GeoftError("output directory already has checkpoints", where=str(self.ckpt_root),
-                             fix="resume (the default), or choose another output directory")
+                             fix="resume (the default); geoft finetune --restart moves the old "
+                                 "run aside and starts over")
         if self.dist.is_main:
             remove_partial_writes(self.ckpt_root)
             if resumed is None and self.metrics_path.exists():
@@ -954,6 +1009,8 @@ class Trainer:
             "world_size": self.dist.world_size, "out_dir": str(self.out_dir),
             "trainable_parameters": int(sum(p.numel() for p in self.trainable)),
         }
+        if getattr(self, "changed_on_resume", None):
+            summary["changed_on_resume"] = self.changed_on_resume
         if self.dist.is_main:
             atomic_write_json(self.out_dir / "summary.json", summary)
         return summary
