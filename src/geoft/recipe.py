@@ -352,8 +352,50 @@ def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
             raise RecipeError(f"override {item!r} is not KEY=VALUE", where="--set",
                               fix="write e.g. --set train.lr=1e-4")
         key, _, value = item.partition("=")
-        out.append((key.strip(), yaml.safe_load(value)))
+        try:
+            parsed = yaml.safe_load(value)
+        except (yaml.YAMLError, ValueError) as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise RecipeError(f"override {item!r}: the value is not valid YAML ({problem})",
+                              where="--set", fix="quote it or fix the brackets, e.g. "
+                                                 "--set 'train.lr=1e-4' or --set 'x=[1, 2]'") \
+                from None
+        out.append((key.strip(), parsed))
     return out
+
+
+def _duplicate_key(node) -> tuple[str, int] | None:
+    """The first key written twice in one mapping of a composed YAML tree (YAML keeps the
+    last silently): ``(key, line)``."""
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key, value in node.value:
+            name = getattr(key, "value", None)
+            if name in seen:
+                return str(name), key.start_mark.line + 1
+            seen.add(name)
+            found = _duplicate_key(value)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            found = _duplicate_key(item)
+            if found:
+                return found
+    return None
+
+
+def _bad_date_line(text: str) -> int | None:
+    import datetime as dt
+    import re
+
+    for i, line in enumerate(text.splitlines(), 1):
+        for m in re.finditer(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b", line.split("#")[0]):
+            try:
+                dt.date(*map(int, m.groups()))
+            except ValueError:
+                return i
+    return None
 
 
 def load_recipe(path: str | Path | None = None, *, data: dict | None = None,
@@ -366,7 +408,14 @@ def load_recipe(path: str | Path | None = None, *, data: dict | None = None,
         if not path.exists():
             raise RecipeError("recipe file not found", where=str(path),
                               fix="check the path; `ls recipes/` lists the shipped recipes")
-        text = path.read_text()
+        if path.is_dir():
+            raise RecipeError("this is a directory, not a recipe file", where=str(path),
+                              fix="give the YAML file, e.g. recipes/ocean-demo.yaml")
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise RecipeError("not a text (UTF-8) file", where=str(path),
+                              fix="a recipe is a YAML text file") from None
         try:
             node = yaml.compose(text)
             data = yaml.safe_load(text)
@@ -375,6 +424,16 @@ def load_recipe(path: str | Path | None = None, *, data: dict | None = None,
             where = f"{path}:{mark.line + 1}" if mark else str(path)
             raise RecipeError(f"not valid YAML ({getattr(exc, 'problem', exc)})", where=where,
                               fix="check indentation and colons on that line") from None
+        except ValueError as exc:  # YAML's timestamps: 2014-02-30 and the like
+            line = _bad_date_line(text)
+            raise RecipeError(f"not a valid date ({exc})",
+                              where=f"{path}:{line}" if line else str(path),
+                              fix="write a date that exists, YYYY-MM-DD") from None
+        dup = _duplicate_key(node)
+        if dup:
+            raise RecipeError(f"key {dup[0]!r} is written twice in the same section (YAML "
+                              "would keep the last silently)", where=f"{path}:{dup[1]}",
+                              fix="keep one of them")
     if not isinstance(data or {}, dict):
         raise RecipeError(f"a recipe must be a mapping of sections, not a {type(data).__name__}",
                           where=str(path or "<recipe>"), fix="start from recipes/ocean-demo.yaml")
@@ -394,6 +453,9 @@ def load_recipe(path: str | Path | None = None, *, data: dict | None = None,
         recipe = Recipe.model_validate(core)
     except ValidationError as exc:
         _raise_validation(exc, Recipe, prefix=(), path=path, node=node)
+    if recipe.workdir.exists() and not recipe.workdir.is_dir():
+        raise RecipeError("the workdir is a file, not a directory", where=str(recipe.workdir),
+                          fix="choose another workdir (or --workdir)")
 
     parts: dict[str, BaseModel] = {}
     extras: dict[str, BaseModel] = {}
