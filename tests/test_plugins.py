@@ -255,3 +255,42 @@ def test_help_imports_no_heavy_module():
             "print('HEAVY', heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in out.stdout, out.stdout[-500:]
+
+
+def test_a_plugin_calling_sys_exit_at_import_or_registering_a_bad_command_is_contained(
+        tmp_path):
+    """#14: a plugin module that calls sys.exit at import does not end geoft (the other
+    commands work, exit 0) and is reported by doctor; a command object that is not a click
+    command is reported by doctor and refused with one line when invoked."""
+    import os
+
+    site = tmp_path / "site"
+    for name, body in (("geoft_exits", "import sys\nsys.exit(3)\n"),
+                       ("geoft_badcmd", "import geoft\n\n\n@geoft.hookimpl\n"
+                                        "def geoft_commands():\n"
+                                        "    return {'hello-bad': geoft.Ref('geoft_badcmd.obj:X',"
+                                        " summary='not a command')}\n")):
+        (site / name).mkdir(parents=True)
+        (site / name / "__init__.py").write_text(body)
+        dist = site / f"{name}-1.0.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+        (dist / "entry_points.txt").write_text(f"[geoft]\n{name} = {name}\n")
+    (site / "geoft_badcmd" / "obj.py").write_text("X = 42\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
+
+    def geoft(*args):
+        return subprocess.run([sys.executable, "-m", "geoft.cli", *args], capture_output=True,
+                              text=True, env=env, timeout=120)
+
+    listed = geoft("plugins", "list")
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert geoft("fetch", "--help").returncode == 0
+    doctor = geoft("plugins", "doctor")
+    assert doctor.returncode == 1
+    assert "geoft_exits" in doctor.stdout and "SystemExit" in doctor.stdout
+    assert "command 'hello-bad' from plugin 'geoft_badcmd' is a int, not a click command" \
+        in doctor.stdout
+    bad = geoft("hello-bad")
+    assert bad.returncode == 2 and "not a click command" in bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stdout + bad.stderr

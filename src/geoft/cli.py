@@ -38,6 +38,11 @@ class _Deferred(click.Command):
 
     def invoke(self, ctx: click.Context) -> Any:
         real = self._loader()
+        if not isinstance(real, click.Command):
+            raise GeoftError(f"plugin command {self.name!r} is a {type(real).__name__}, not a "
+                             "click command", where=f"geoft {self.name}",
+                             fix="report it to the plugin's authors; `geoft plugins doctor` "
+                                 "lists it")
         return real.main(list(ctx.params["args"]), prog_name=ctx.command_path,
                          standalone_mode=False)
 
@@ -564,9 +569,14 @@ def plugins_doctor(json_: bool = JsonOpt,
         for kind in pm.entries.values():
             for e in kind.values():
                 try:
-                    e.load()
+                    obj = e.load()
                 except GeoftError as exc:
                     problems.append(exc.one_line())
+                    continue
+                if e.kind == "command" and not isinstance(obj, click.Command):
+                    problems.append(f"command {e.name!r} from plugin {e.plugin!r} is a "
+                                    f"{type(obj).__name__}, not a click command (typer: "
+                                    "typer.main.get_command(app))")
     if json_:
         sys.stdout.write(json.dumps({"ok": not problems, "problems": problems}) + "\n")
     else:

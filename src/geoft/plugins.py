@@ -80,7 +80,7 @@ class Entry:
             return self.target
         try:
             return self.target.resolve()
-        except Exception as exc:  # noqa: BLE001 - any import failure of a plugin module
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - any import failure (sys.exit at import too)
             if os.environ.get("GEOFT_DEBUG"):
                 raise
             raise PluginError(
@@ -179,7 +179,7 @@ class GeoftPluginManager:
         try:
             obj = loader()
             self.pm.register(obj, name=name)
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break geoft
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin (even one calling sys.exit at import) must not break geoft
             if os.environ.get("GEOFT_DEBUG"):
                 raise
             info.error = f"failed to import: {exc.__class__.__name__}: {exc}"
@@ -217,7 +217,7 @@ class GeoftPluginManager:
                         result = impl.function() or {}
                         if not isinstance(result, dict):
                             raise TypeError(f"{hook} must return a dict, got {type(result).__name__}")
-                    except Exception as exc:  # noqa: BLE001
+                    except (Exception, SystemExit) as exc:  # noqa: BLE001
                         if os.environ.get("GEOFT_DEBUG"):
                             raise
                         message = f"hook {hook} raised {exc.__class__.__name__}: {exc}"
