@@ -60,6 +60,9 @@ def no_network_no_credentials(monkeypatch, tmp_path):
     def refuse(*args, **kwargs):
         raise RuntimeError("network access attempted in a test")
 
+    import geoft_ocean.copernicus as module
+
+    monkeypatch.setattr(module, "_NETWORK_OK", True)  # the pre-check has its own test
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
@@ -641,3 +644,28 @@ def test_a_planted_secret_is_never_written_or_printed(tmp_path):
     assert any(f.name == "recipe.resolved.yaml" for f in written)
     for f in written:
         assert secret.encode() not in f.read_bytes(), f
+
+
+def test_offline_fetch_fails_in_seconds_before_the_client_retries(monkeypatch, tmp_path):
+    """No network: the pre-check's one short connection fails and the fetch stops with a
+    one-line error at once; copernicusmarine.subset is never called (its retries take ~90 s)."""
+    import time
+
+    import geoft_ocean.copernicus as module
+
+    calls = []
+    monkeypatch.setattr(module, "_NETWORK_OK", False)
+
+    def unreachable(address, timeout=None):
+        calls.append((address, timeout))
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    t0 = time.perf_counter()
+    with pytest.raises(GeoftError, match="cannot reach stac.marine.copernicus.eu:443"):
+        CopernicusSource().fetch(make_options(), tmp_path / "raw", progress=False)
+    assert time.perf_counter() - t0 < 5
+    assert calls == [(("stac.marine.copernicus.eu", 443), 5.0)]
+    monkeypatch.setenv("GEOFT_SKIP_NETWORK_CHECK", "1")  # behind a proxy: straight to the client
+    with pytest.raises(RuntimeError, match="network access attempted"):
+        CopernicusSource().fetch(make_options(), tmp_path / "raw2", progress=False)

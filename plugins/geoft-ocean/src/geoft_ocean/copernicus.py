@@ -610,12 +610,35 @@ def _map_library_error(exc: BaseException, request: dict[str, Any],
                       fix=OFFLINE_FIX)
 
 
+#: what the network pre-check connects to (the catalogue the client asks first)
+NETWORK_HOST = ("stac.marine.copernicus.eu", 443)
+_NETWORK_OK = False
+
+
+def network_check(timeout: float = 5.0) -> None:
+    """Fail in seconds, not after the client's minute and a half of retries, when the
+    network is absent (a compute node): one TCP connection to the catalogue, once per
+    process. ``GEOFT_SKIP_NETWORK_CHECK=1`` skips it (e.g. behind a proxy)."""
+    global _NETWORK_OK
+    if _NETWORK_OK or os.environ.get("GEOFT_SKIP_NETWORK_CHECK"):
+        return
+    host, port = NETWORK_HOST
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise GeoftError(f"cannot reach {host}:{port} ({exc.__class__.__name__}: {exc}): no "
+                         "network here", where="geoft fetch copernicus", fix=OFFLINE_FIX) \
+            from None
+    _NETWORK_OK = True
+
+
 def _call_subset(request: dict[str, Any], out_dir: Path, partial_name: str,
                  credentials: Credentials) -> Path:
     """Run one real ``copernicusmarine.subset`` into ``out_dir/partial_name``; return the path
     it wrote."""
     import copernicusmarine
 
+    network_check()
     kwargs = dict(request, output_filename=partial_name, output_directory=out_dir,
                   username=credentials.username, password=credentials.password,
                   # our own partial name: replace a leftover instead of writing name_(1).nc
