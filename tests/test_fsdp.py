@@ -119,3 +119,46 @@ def test_fsdp_matches_ddp_and_sharded_checkpoints_resume_on_any_world_size(tmp_p
         if k in model_pt:
             torch.testing.assert_close(v.float(), model_pt[k].float(), rtol=0, atol=0)
     assert sharded_run["summary"]["steps"] == 4
+
+
+def test_slurm_variables_become_torch_distributed_ones():
+    from geoft.training.engine import slurm_environment
+
+    env = {"SLURM_NTASKS": "8", "SLURM_PROCID": "5", "SLURM_LOCALID": "1",
+           "SLURM_JOB_NODELIST": "gpu017,gpu018", "SLURM_JOB_ID": "123456"}
+    assert slurm_environment(env)
+    assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"]) == ("5", "8", "1")
+    assert env["MASTER_ADDR"] == "gpu017" and env["MASTER_PORT"] == str(29500 + 456)
+    torchrun = {"SLURM_NTASKS": "8", "SLURM_PROCID": "5", "WORLD_SIZE": "4"}
+    assert not slurm_environment(torchrun) and "RANK" not in torchrun  # torchrun's win
+    assert not slurm_environment({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"})
+
+
+@pytest.mark.slow
+def test_two_srun_tasks_train_with_ddp(tmp_path):
+    """Two processes started with only SLURM's variables (as ``srun --ntasks 2`` does, no
+    torchrun) form the process group and train together."""
+    import socket
+
+    store = make_tiny_store(tmp_path / "store.zarr")
+    script = tmp_path / "fsdp_run.py"
+    script.write_text(SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "srun"
+    procs = []
+    for rank in (0, 1):
+        env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK",
+                                                                 "LOCAL_RANK", "MASTER_ADDR")}
+        env.update({"PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1",
+                    "SLURM_NTASKS": "2", "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
+                    "SLURM_LAUNCH_NODE_IPADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+        procs.append(subprocess.Popen(
+            [sys.executable, str(script), str(store), json.dumps(MODEL), str(out), "ddp", "2"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["summary"]["world_size"] == 2 and ranks[0]["summary"]["steps"] == 2

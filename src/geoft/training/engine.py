@@ -198,7 +198,9 @@ class Distributed:
 
     @classmethod
     def from_environment(cls) -> "Distributed":
-        """Join the process group when launched by torchrun with ``WORLD_SIZE`` > 1."""
+        """Join the process group when launched by torchrun with ``WORLD_SIZE`` > 1, or by
+        SLURM's ``srun`` directly (one task per GPU: :func:`slurm_environment`)."""
+        slurm_environment()
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
@@ -316,6 +318,38 @@ def shard_model(model: torch.nn.Module, spec: Any) -> None:
     for unit in units:
         fully_shard(unit)
     fully_shard(model)
+
+
+def slurm_environment(env: dict[str, str] | None = None) -> bool:
+    """Under ``srun`` without torchrun (``SLURM_NTASKS`` > 1, no ``WORLD_SIZE``): set what
+    ``torch.distributed`` reads from SLURM's variables -- ``RANK`` (SLURM_PROCID),
+    ``WORLD_SIZE`` (SLURM_NTASKS), ``LOCAL_RANK`` (SLURM_LOCALID), ``MASTER_ADDR`` (the first
+    host of SLURM_JOB_NODELIST, by ``scontrol show hostnames``, else SLURM_LAUNCH_NODE_IPADDR)
+    and ``MASTER_PORT`` (kept if set, else 29500 + the job id modulo 1000). Returns whether
+    it did."""
+    env = os.environ if env is None else env
+    if "WORLD_SIZE" in env or int(env.get("SLURM_NTASKS", "1") or 1) <= 1 \
+            or "SLURM_PROCID" not in env:
+        return False
+    env["RANK"] = env["SLURM_PROCID"]
+    env["WORLD_SIZE"] = env["SLURM_NTASKS"]
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    if "MASTER_ADDR" not in env:
+        host = None
+        nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+        if nodes:
+            import shutil
+            import subprocess
+
+            if shutil.which("scontrol"):
+                out = subprocess.run(["scontrol", "show", "hostnames", nodes],
+                                     capture_output=True, text=True, timeout=30)
+                host = next(iter(out.stdout.split()), None)
+            elif "[" not in nodes:
+                host = nodes.split(",")[0]
+        env["MASTER_ADDR"] = host or env.get("SLURM_LAUNCH_NODE_IPADDR", "127.0.0.1")
+    env.setdefault("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", "0") or 0) % 1000))
+    return True
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
