@@ -137,7 +137,7 @@ def file_lock(path: str | os.PathLike, *, timeout: float | None = None,
     when the process dies, so a killed job never leaves a stale lock).
 
     ``timeout=None`` waits as long as it takes; otherwise a :class:`GeoftError` after ``timeout``
-    seconds names the lock file and the pid written in it by its holder.
+    seconds names the lock file and the holder written in it (pid, host, start time).
     """
     import fcntl
 
@@ -158,8 +158,13 @@ def file_lock(path: str | os.PathLike, *, timeout: float | None = None,
                         fix="wait for it to finish, or stop it; the lock is released when it "
                             "exits") from None
                 time.sleep(0.1)
+        import datetime as dt
+        import socket
+
         os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        os.write(fd, (f"{os.getpid()} on {socket.gethostname()} since "
+                      f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}"
+                      ).encode())
         yield lock
     finally:
         with contextlib.suppress(OSError):
@@ -173,66 +178,16 @@ def file_lock(path: str | os.PathLike, *, timeout: float | None = None,
 LOCKS = ".locks"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, TypeError, OverflowError):
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def stage_lock(workdir: str | os.PathLike, stage: str) -> Iterator[Path | None]:
-    """Hold ``<workdir>/.locks/<stage>.lock`` (the holder's PID, host and start time) while a
-    stage writes its output: a second run of the same stage on the same workdir refuses with
-    a one-line error naming the holder. A lock whose process is gone (same host) is stale and
-    taken over; under torchrun only rank 0 holds it (the ranks are one job)."""
-    import datetime as dt
-    import socket
-
+    """Hold ``<workdir>/.locks/<stage>.lock`` (:func:`file_lock`: the kernel releases it when
+    the holder dies, so a killed job leaves no stale lock) while a stage writes its output: a
+    second run of the same stage on the same workdir refuses at once with a one-line error
+    naming the holder's PID, host and start time. Under torchrun only rank 0 holds it (the
+    ranks are one job)."""
     if int(os.environ.get("RANK", "0") or 0) != 0:
         yield None
         return
-    folder = Path(workdir) / LOCKS
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{stage}.lock"
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "stage": stage,
-          "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                holder = json.loads(path.read_text())
-            except (OSError, ValueError):
-                holder = None
-            if holder is None:  # being written, or a torn write long ago
-                if time.time() - path.stat().st_mtime > 60:
-                    path.unlink(missing_ok=True)
-                    continue
-                time.sleep(0.2)
-                continue
-            if holder.get("host") == me["host"] and not _alive(holder.get("pid")):
-                path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            raise GeoftError(
-                f"{stage} is already running on this workdir: pid {holder.get('pid')} on "
-                f"{holder.get('host')} since {holder.get('started')}", where=str(path),
-                fix="wait for it to finish or stop it; if that job is gone (killed on another "
-                    "host), delete the lock file") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        break
-    else:
-        raise GeoftError("could not take the stage lock", where=str(path),
-                         fix="delete the lock file if no job is running")
-    try:
-        yield path
-    finally:
-        try:
-            if json.loads(path.read_text()).get("pid") == me["pid"]:
-                path.unlink()
-        except (OSError, ValueError):
-            pass
+    with file_lock(Path(workdir) / LOCKS / stage, timeout=0,
+                   what=f"{stage} of this workdir ({stage} is already running)") as lock:
+        yield lock
