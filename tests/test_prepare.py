@@ -144,3 +144,68 @@ def test_bbox_ending_at_greenwich_and_wrong_dims(tmp_path):
     with pytest.raises(GeoftError, match=r"'thetao' has dims \('time', 'depth', 'lat', 'lon'\)"):
         prepare_store(canonical().rename(level="depth"), section(), tmp_path / "t.zarr",
                       progress=False)
+
+
+# -- the data doctor (#14) -----------------------------------------------------------------------
+def test_doctor_stops_infinities_naming_variable_and_time(tmp_path):
+    ds = canonical()
+    ds["zos"].values[7, 5, 5] = np.inf
+    with pytest.raises(GeoftError, match=r"'zos' has 1 infinite values \(first at 2020-01-08"):
+        prepare_store(ds, section(), tmp_path / "s.zarr", progress=False)
+    assert not (tmp_path / "s.zarr").exists()  # nothing written
+
+
+def test_doctor_stops_duplicate_and_unordered_times(tmp_path):
+    ds = canonical()
+    twice = xr.concat([ds.isel(time=slice(0, 20)), ds.isel(time=slice(15, 30))], dim="time")
+    with pytest.raises(GeoftError, match="time 2020-01-16 00:00:00 appears twice"):
+        prepare_store(twice, section(), tmp_path / "s.zarr", progress=False)
+    shuffled = ds.isel(time=[0, 1, 3, 2, *range(4, 30)])
+    with pytest.raises(GeoftError, match="out of order: 2020-01-03 00:00:00 comes after "
+                                         "2020-01-04"):
+        prepare_store(shuffled, section(), tmp_path / "s.zarr", progress=False)
+
+
+def test_doctor_lists_fill_values_and_constant_fields_in_store_and_summary(tmp_path):
+    """A -999 fill value read as data and a field constant over the train split are stored
+    (they are not impossible) but listed: in the summary, the store's attributes and by
+    ``geoft doctor STORE``."""
+    import json
+    import subprocess
+    import sys
+
+    ds = canonical()
+    ds["thetao"].values[20, 0, 8, 8] = -999.0  # a fill value, outside the train split
+    ds["zos"] = ds["zos"].where(ds["zos"].isnull(), 0.25)  # constant wherever it exists
+    summary = prepare_store(ds, section(), tmp_path / "s.zarr", progress=False)
+    doctor = summary["doctor"]
+    assert any(w.startswith("thetao at level 0.5: -999 is ") and "below the train mean" in w
+               for w in doctor), doctor
+    assert any(w.startswith("zos is constant over the train split") for w in doctor)
+    assert not any("level 50" in w for w in doctor)  # the clean level is not listed
+    store = xr.open_zarr(tmp_path / "s.zarr")
+    assert json.loads(store.attrs["geoft_doctor"]) == doctor
+    res = subprocess.run([sys.executable, "-m", "geoft.cli", "doctor", str(tmp_path / "s.zarr"),
+                          "--json"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1, res.stderr[-1500:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert any("-999" in w for w in out["warnings"])
+    assert any("zos is constant" in w for w in out["warnings"])
+
+
+def test_doctor_stops_infinities_in_a_table_naming_column_and_row(tmp_path):
+    from geoft.table import CanonicalTable, prepare_table
+
+    frame = pd.DataFrame({"time": pd.date_range("2020-01-01", periods=30, freq="D"),
+                          "lat": 35.0, "lon": 255.0, "skt": np.linspace(280, 290, 30),
+                          "lst": np.linspace(281, 291, 30)})
+    frame.loc[12, "lst"] = -np.inf
+    data = DataSection.model_validate({"dataset": "x", "split": {
+        "train": ["2020-01-01", "2020-01-15"], "val": ["2020-01-16", "2020-01-22"],
+        "test": ["2020-01-23", "2020-01-30"]}})
+    with pytest.raises(GeoftError, match=r"column 'lst' is infinite in frame 0, row 12 "
+                                         r"\(time 2020-01-13"):
+        prepare_table(CanonicalTable(frame, features=["skt"], targets=["lst"],
+                                     units={"skt": "K", "lst": "K"}), data,
+                      tmp_path / "t.parquet", progress=False)
+    assert not (tmp_path / "t.parquet").exists()

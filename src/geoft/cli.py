@@ -73,7 +73,7 @@ def _plugin_command_names() -> list[str]:
     from geoft.plugins import get_plugin_manager
 
     builtin = {"fetch", "prepare", "finetune", "evaluate", "densify", "assimilate", "run",
-               "plugins", "recipe", "lineage"}
+               "plugins", "recipe", "lineage", "doctor"}
     pm = get_plugin_manager()
     names = pm.names("command")
     for name in [n for n in names if n in builtin]:
@@ -584,6 +584,29 @@ def plugins_doctor(json_: bool = JsonOpt,
             typer.echo(f"problem: {p}")
         typer.echo(f"{len(pm.plugins)} plugins, {len(problems)} problem(s)")
     if problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def doctor(target: Path = typer.Argument(..., metavar="RECIPE|STORE",
+                                         help="A recipe (its prepared store) or a store path."),
+           json_: bool = JsonOpt):
+    """Check a prepared store: infinities, duplicated or unordered times (errors), constant
+    fields and values far from the train statistics (warnings). Exit 1 with warnings."""
+    from geoft.doctor import doctor_store
+
+    path = target
+    if target.is_file():  # a recipe: its prepared store
+        path = _load(target, None, None).recipe.prepared_path
+    result = doctor_store(path)
+    if json_:
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        for w in result["warnings"]:
+            typer.echo(f"warning: {w}")
+        typer.echo(f"{path}: {len(result['variables'])} variables, {result['times']} times, "
+                   f"{len(result['warnings'])} warning(s)")
+    if result["warnings"]:
         raise typer.Exit(1)
 
 

@@ -124,6 +124,9 @@ def _prepare_store(canonical: xr.Dataset, data: DataSection, out_path: str | Pat
     if times.tz is not None:
         times = times.tz_convert("UTC").tz_localize(None)
         ds = ds.assign_coords(time=times)
+    from geoft.doctor import check_times, diagnose, inf_and_range, refuse_infinities
+
+    check_times(times, where=f"{where}, time")
     timestep = _infer_timestep_hours(times)
     policy = _gap_policy(data, canonical)
 
@@ -146,9 +149,14 @@ def _prepare_store(canonical: xr.Dataset, data: DataSection, out_path: str | Pat
     split = {n: [str(times[i[0]]), str(times[i[-1]])] for n, i in indices.items()}
 
     # -- validity: a point is valid where it ever has data (one streamed pass) -----------------
-    counts = compute_with_progress(
-        xr.Dataset({v: ds[v].notnull().sum("time") for v in surface_vars + level_vars}),
+    # (the data doctor's infinities and value ranges in the same pass)
+    checked = compute_with_progress(
+        xr.merge([xr.Dataset({v: ds[v].notnull().sum("time") for v in surface_vars + level_vars}),
+                  inf_and_range(ds, surface_vars + level_vars)], compat="override"),
         "checking data", progress)
+    ranges = checked[[k for k in checked.data_vars if "__" in str(k)]]
+    counts = checked[surface_vars + level_vars]
+    refuse_infinities(ds, surface_vars + level_vars, ranges, where=where)
     n_time = ds.sizes["time"]
     ever = {v: counts[v] > 0 for v in surface_vars + level_vars}
     valid_level = None
@@ -230,10 +238,17 @@ def _prepare_store(canonical: xr.Dataset, data: DataSection, out_path: str | Pat
         gappy = list(gaps)
 
     # -- statistics (train split, valid and present values) ------------------------------------
-    stats = {}
+    stats, raw_std = {}, {}
     for v in surface_vars + level_vars:
         mask = valid_level if v in level_vars else valid
-        stats[v] = normalisation_stats(ds[v], mask, indices["train"])
+        raw: dict = {}
+        stats[v] = normalisation_stats(ds[v], mask, indices["train"], raw=raw)
+        raw_std[v] = raw["std"]
+    # -- the data doctor: infinities stop here; odd values are listed -------------------------
+    doctor = diagnose(ds, surface_vars + level_vars, ranges, stats, raw_std=raw_std,
+                      where=where)
+    for line in doctor:
+        log.warning("data doctor: %s", line)
 
     # -- fill, statics, attrs ---------------------------------------------------------------
     coords = {"time": ds["time"], **{n: ds[n] for n in ds.coords
@@ -296,6 +311,7 @@ def _prepare_store(canonical: xr.Dataset, data: DataSection, out_path: str | Pat
         geoft_split=split,
         geoft_timestep_hours=timestep,
         geoft_lineage=json.dumps(lineage or {}, default=str),
+        geoft_doctor=json.dumps(doctor),
     )
     problems = validate_contract(out)
     if problems:  # a bug in a dataset plugin or here, never the user's input
@@ -318,6 +334,7 @@ def _prepare_store(canonical: xr.Dataset, data: DataSection, out_path: str | Pat
         "split_sizes": {n: int(i.size) for n, i in indices.items()},
         "valid_fraction": round(n_valid / int(out["valid"].size), 4),
         "fit": fit_report, "gap_policy": policy, "missing_values": gaps,
+        "doctor": doctor,
     }
 
 

@@ -277,11 +277,12 @@ def validate_contract(ds: xr.Dataset) -> list[str]:
     return problems
 
 
-def normalisation_stats(da: xr.DataArray, valid: xr.DataArray, train: np.ndarray
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def normalisation_stats(da: xr.DataArray, valid: xr.DataArray, train: np.ndarray,
+                        *, raw: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std of ``da`` over the train time indices and valid points, per level.
 
-    Computed with dask reductions so memory stays bounded by one chunk.
+    Computed with dask reductions so memory stays bounded by one chunk. A std of 0 (or none)
+    becomes 1; ``raw`` (a dict) receives the std before that as ``raw["std"]``.
     """
     sub = da.isel(time=train).where(valid)
     spatial = [d for d in sub.dims if d not in ("level",)]
@@ -289,6 +290,8 @@ def normalisation_stats(da: xr.DataArray, valid: xr.DataArray, train: np.ndarray
 
     mean, std = dask.compute(sub.mean(spatial, skipna=True), sub.std(spatial, skipna=True))
     mean, std = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (mean, std))
+    if raw is not None:
+        raw["std"] = std.copy()
     std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
     return mean, std
 

@@ -152,6 +152,15 @@ def prepare_table(table: CanonicalTable, data, out_path: str | os.PathLike, *,
                 dropped["outside_bbox"] += int((~inside).sum())
                 df = df[inside]
             value_cols = [*table.features, *table.targets]
+            for c in value_cols:  # the data doctor: infinities never reach a store
+                values = pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64)
+                if np.isinf(values).any():
+                    row = int(np.flatnonzero(np.isinf(values))[0])
+                    raise GeoftError(f"column {c!r} is infinite in frame {frame_no}, row {row} "
+                                     f"(time {df['time'].iloc[row]})", where=where,
+                                     fix="fix the source, or make such values NaN in the "
+                                         "dataset plugin (rows with NaN are dropped and "
+                                         "counted)")
             null = df[value_cols].isna()
             for c in value_cols:
                 n = int(null[c].sum())

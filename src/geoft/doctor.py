@@ -1,0 +1,136 @@
+"""The data doctor: what must never reach a store, and what a user should look at.
+
+``geoft prepare`` runs it on the data it is about to write (one streamed pass shared with the
+validity count), and ``geoft doctor RECIPE|STORE`` runs it on a prepared store:
+
+* errors (stop with a one-line message naming the variable and the first time): infinite
+  values; times that are duplicated or out of order (two source files overlapping);
+* warnings (listed in the summary, the store's attributes and the lineage): a field constant
+  over the train split (its std is 0: it normalises to nothing), values farther than
+  :data:`SIGMA` standard deviations from the train mean (a unit error, a fill value such as
+  1e20 or -999 read as data); for never-negative, skewed fields (CAPE, helicity,
+  precipitation) large values only beyond :data:`SKEWED_FACTOR` times that.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from geoft.errors import GeoftError
+
+#: how far from the train mean (in train standard deviations) a value is reported
+SIGMA = 25.0
+#: never-negative fields: values above the mean are listed beyond SIGMA times this
+SKEWED_FACTOR = 4.0
+
+
+def check_times(times: pd.DatetimeIndex, where: str) -> None:
+    """Duplicated or unordered times are an error naming the first offending time."""
+    dup = times.duplicated()
+    if dup.any():
+        t = times[int(np.argmax(dup))]
+        raise GeoftError(f"time {t} appears twice: two source files (or records) overlap",
+                         where=where, fix="remove the overlapping file, or drop the duplicates "
+                                          "in the dataset plugin")
+    if len(times) > 1:
+        back = np.flatnonzero(np.diff(times.values).astype("timedelta64[ns]").astype(np.int64)
+                              < 0)
+        if back.size:
+            i = int(back[0])
+            raise GeoftError(f"times are out of order: {times[i + 1]} comes after {times[i]}",
+                             where=where, fix="sort the source by time (xarray: sortby('time'))")
+
+
+def inf_and_range(ds, variables: list[str]):
+    """Lazy per-variable statistics for one pass: the count of infinite values, and the
+    smallest and largest finite values (per level for level variables)."""
+    import xarray as xr
+
+    out = {}
+    for v in variables:
+        da = ds[v]
+        keep = [d for d in da.dims if d == "level"]
+        reduce = [d for d in da.dims if d not in keep]
+        finite = da.where(np.isfinite(da))
+        out[f"inf__{v}"] = np.isinf(da).sum()
+        out[f"min__{v}"] = finite.min(reduce, skipna=True)
+        out[f"max__{v}"] = finite.max(reduce, skipna=True)
+    return xr.Dataset(out)
+
+
+def first_inf_time(ds, v: str) -> pd.Timestamp | None:
+    bad = np.isinf(ds[v]).any([d for d in ds[v].dims if d != "time"]).values
+    return pd.Timestamp(ds["time"].values[int(np.argmax(bad))]) if bad.any() else None
+
+
+def refuse_infinities(ds, variables: list[str], ranges, *, where: str) -> None:
+    """An infinite value anywhere is an error naming the variable and its first time."""
+    for v in variables:
+        n_inf = int(ranges[f"inf__{v}"])
+        if n_inf:
+            t = first_inf_time(ds, v)
+            raise GeoftError(f"variable {v!r} has {n_inf} infinite values (first at {t}); "
+                             "infinities never reach a store", where=f"{where}, variable {v}",
+                             fix="fix the source (a fill value or a division by zero), or mask "
+                                 "those values as NaN in the dataset plugin")
+
+
+def diagnose(ds, variables: list[str], ranges, stats: dict[str, tuple], *,
+             raw_std: dict[str, np.ndarray] | None = None, where: str) -> list[str]:
+    """Errors raised, warnings returned. ``ranges``: computed :func:`inf_and_range`;
+    ``stats``: the train (mean, std) per variable (per level); ``raw_std``: the train std
+    before zeros were replaced (a constant field)."""
+    refuse_infinities(ds, variables, ranges, where=where)
+    warnings: list[str] = []
+    for v in variables:
+        mean, std = (np.atleast_1d(np.asarray(x, np.float64)) for x in stats[v])
+        lo = np.atleast_1d(np.asarray(ranges[f"min__{v}"], np.float64))
+        hi = np.atleast_1d(np.asarray(ranges[f"max__{v}"], np.float64))
+        levels = ds[v]["level"].values if "level" in ds[v].dims else [None]
+        raw = np.atleast_1d(raw_std[v]) if raw_std and v in raw_std else None
+        for k, level in enumerate(levels):
+            label = v if level is None else f"{v} at level {level:g}"
+            if raw is not None and not (np.isfinite(raw[k]) and raw[k] > 0):
+                warnings.append(f"{label} is constant over the train split (std 0): it carries "
+                                "no information to learn from")
+                continue
+            # a field that is never negative (CAPE, precipitation, helicity) is skewed: its
+            # largest values are rare, not wrong, so only far larger ones are listed
+            skewed = np.isfinite(lo[k]) and lo[k] >= 0
+            for value, side in ((hi[k], "above"), (lo[k], "below")):
+                if not np.isfinite(value):
+                    continue
+                z = abs(value - mean[k]) / std[k]
+                if z > SIGMA * (SKEWED_FACTOR if skewed and side == "above" else 1):
+                    warnings.append(f"{label}: {value:.6g} is {z:.1f} train standard deviations "
+                                    f"{side} the train mean {mean[k]:.6g} (a unit error or a "
+                                    "fill value read as data?)")
+    return warnings
+
+
+def doctor_store(path) -> dict[str, Any]:
+    """The doctor on a prepared store (``geoft doctor``): the same checks on what is stored,
+    against the statistics the store carries."""
+    from geoft.store import PreparedStore
+
+    store = PreparedStore.open(path)
+    ds = store.ds
+    variables = list(store.variables)
+    check_times(pd.DatetimeIndex(ds["time"].values), where=str(path))
+    import dask
+
+    (ranges,) = dask.compute(inf_and_range(ds, variables))
+    stats = {v: (ds[v].attrs["norm_mean"], ds[v].attrs["norm_std"]) for v in variables}
+    train = store.indices("train")
+    raw = {}
+    for v in variables:
+        sub = ds[v].isel(time=train)
+        keep = [d for d in sub.dims if d == "level"]
+        raw[v] = np.atleast_1d(np.asarray(sub.std([d for d in sub.dims if d not in keep]),
+                                          np.float64))
+    warnings = diagnose(ds, variables, ranges, stats, raw_std=raw, where=str(path))
+    return {"store": str(path), "variables": variables, "times": int(ds.sizes["time"]),
+            "warnings": warnings, "ok": not warnings}
