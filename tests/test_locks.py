@@ -81,3 +81,47 @@ def test_the_cli_refuses_a_second_run_on_the_same_workdir(tmp_path):
     text = res.stdout + res.stderr
     assert res.returncode != 0 and "Traceback" not in text
     assert "prepare is already running" in text and f"pid {os.getpid()}" in text
+
+
+def test_leftovers_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
+    """``.name.partial-PID-xxxx`` files and folders (what atomic writes leave when killed)
+    anywhere below a stage's folder are removed when their process is gone; a live process's
+    are kept; and a stage start does it (fetch, on the raw folder)."""
+    from geoft.io import PARTIAL, remove_orphans
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead, live = proc.pid, os.getpid()
+    sub = tmp_path / "raw" / "era5"
+    sub.mkdir(parents=True)
+    orphan_file = sub / f".era5-2021-01.grib{PARTIAL}{dead}-abc123"
+    orphan_file.write_bytes(b"GRIB half")
+    orphan_dir = tmp_path / "raw" / f".store.zarr{PARTIAL}{dead}-def456"
+    (orphan_dir / "thetao").mkdir(parents=True)
+    mine = sub / f".era5-2021-02.grib{PARTIAL}{live}-0a0b0c"
+    mine.write_bytes(b"being written")
+    keep = sub / "era5-2021-03.grib"
+    keep.write_bytes(b"GRIB done")
+    removed = remove_orphans(tmp_path / "raw")
+    assert set(removed) == {orphan_file, orphan_dir}
+    assert mine.exists() and keep.exists() and not orphan_dir.exists()
+    # a stage start cleans its own folder: geoft fetch on the raw folder
+    import xarray as xr
+    import yaml
+
+    xr.Dataset({"zos": (("time",), [0.0, 1.0])},
+               coords={"time": [0, 1]}).to_netcdf(tmp_path / "x.nc")
+    recipe = {"name": "orphans", "workdir": str(tmp_path / "w"),
+              "source": {"name": "local", "options": {"paths": [str(tmp_path / "x.nc")]}},
+              "data": {"split": {"train": ["2020-01-01", "2020-01-02"],
+                                 "val": ["2020-01-03", "2020-01-04"],
+                                 "test": ["2020-01-05", "2020-01-06"]}}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    raw = tmp_path / "w" / "raw"
+    raw.mkdir(parents=True)
+    left = raw / f".x.nc{PARTIAL}{dead}-aaaaaa"
+    left.write_bytes(b"half")
+    res = subprocess.run([sys.executable, "-m", "geoft.cli", "fetch", str(tmp_path / "r.yaml")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-1500:]
+    assert not left.exists()

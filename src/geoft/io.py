@@ -130,6 +130,38 @@ def remove_partial_writes(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def remove_orphans(folder: str | os.PathLike) -> list[Path]:
+    """Delete, anywhere below ``folder``, the temporary files and directories of writers that
+    were killed (``.<name>.partial-<PID>-...`` whose process is gone); a live writer's are
+    kept. Stages call it on their output folder when they start (holding their lock)."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for p in sorted(folder.rglob(f".*{PARTIAL}*"), key=lambda q: len(q.parts)):
+        if not p.exists() and not p.is_symlink():
+            continue  # inside an orphan directory removed above
+        try:
+            pid = int(p.name.split(PARTIAL, 1)[1].split("-")[0].split(".")[0])
+        except (IndexError, ValueError):
+            continue
+        if _pid_alive(pid):
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike, *, timeout: float | None = None,
               what: str = "this output") -> Iterator[Path]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from geoft.errors import GeoftError
-from geoft.io import stage_lock
+from geoft.io import remove_orphans, stage_lock
 from geoft.lineage import make_lineage, write_lineage
 from geoft.plugins import blame, get_plugin_manager
 from geoft.recipe import LoadedRecipe
@@ -30,9 +30,24 @@ def _locked(stage: str | None = None):
             if kwargs.get("dry_run"):
                 return fn(loaded, *args, **kwargs)
             with stage_lock(loaded.recipe.workdir, name):
+                # leftovers of killed runs of this stage (never a live writer's)
+                removed = remove_orphans(_stage_dir(loaded.recipe, name))
+                if removed:
+                    import logging
+
+                    logging.getLogger(__name__).info(
+                        "removed %d leftover(s) of killed runs in %s", len(removed),
+                        _stage_dir(loaded.recipe, name))
                 return fn(loaded, *args, **kwargs)
         return inner
     return wrap
+
+
+def _stage_dir(recipe, stage: str) -> Path:
+    """Where a stage writes (what its start cleans of killed runs' leftovers)."""
+    return {"fetch": recipe.raw_dir, "prepare": recipe.prepared_path.parent,
+            "finetune": recipe.finetune_dir, "evaluate": recipe.evaluate_dir}.get(
+        stage, recipe.workdir / stage)
 
 
 def instance(obj: Any) -> Any:
