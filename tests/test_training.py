@@ -357,7 +357,7 @@ def test_checkpoint_for_other_variables_is_rejected(store_path, tmp_path):
     other = make_tiny_store(tmp_path / "other.zarr", level_vars=("thetao",), n_time=20)
     with pytest.raises(GeoftError) as err:
         finetune(other, MODEL, dict(steps=2, val_every=10), tmp_path / "m", progress=False)
-    assert "checkpoint only: ['so']" in str(err.value) and "resume" in str(err.value)
+    assert "checkpoint only: ['so']" in str(err.value) and "--restart" in str(err.value)
     model, _ = load_finetuned(tmp_path / "m")
     with pytest.raises(GeoftError, match="level_vars differ"):
         forecast(model, PreparedStore.open(other), [5], 1)
