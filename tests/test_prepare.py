@@ -209,3 +209,14 @@ def test_doctor_stops_infinities_in_a_table_naming_column_and_row(tmp_path):
                                      units={"skt": "K", "lst": "K"}), data,
                       tmp_path / "t.parquet", progress=False)
     assert not (tmp_path / "t.parquet").exists()
+
+
+def test_doctor_lists_a_mean_where_the_variable_never_is(tmp_path):
+    """thetao in Kelvin labelled degC (stored as is: the label says degC): its train mean of
+    ~293 is listed as implausible; the correctly labelled field is not."""
+    ds = canonical()
+    ds["thetao"] = ds["thetao"] + 273.15  # Kelvin values, still labelled degC
+    summary = prepare_store(ds, section(), tmp_path / "s.zarr", progress=False)
+    listed = [w for w in summary["doctor"] if "outside -3..35" in w]
+    assert len(listed) == 2 and listed[0].startswith("thetao at level 0.5: the train mean 293")
+    assert not any(w.startswith("zos") for w in summary["doctor"])

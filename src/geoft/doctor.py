@@ -66,6 +66,36 @@ def first_inf_time(ds, v: str) -> pd.Timestamp | None:
     return pd.Timestamp(ds["time"].values[int(np.argmax(bad))]) if bad.any() else None
 
 
+#: the range a variable's train mean lies in on Earth, in canonical units (a mean outside it
+#: means wrong units or the wrong variable: thetao in K labelled degC, z in metres, ...)
+PLAUSIBLE_MEAN = {
+    "thetao": (-3.0, 35.0), "tos": (-3.0, 35.0), "so": (0.0, 45.0), "zos": (-3.0, 3.0),
+    "uo": (-3.0, 3.0), "vo": (-3.0, 3.0),
+    "2t": (180.0, 330.0), "2d": (170.0, 320.0), "skt": (180.0, 340.0), "lst": (180.0, 350.0),
+    "t": (170.0, 330.0), "msl": (90000.0, 108000.0), "sp": (40000.0, 108000.0),
+    "10u": (-40.0, 40.0), "10v": (-40.0, 40.0), "u": (-100.0, 100.0), "v": (-100.0, 100.0),
+    "q": (0.0, 0.04), "z": (-5000.0, 250000.0), "refc": (-40.0, 80.0),
+}
+
+
+def implausible_means(variables: list[str], stats: dict[str, tuple], units: dict[str, str],
+                      levels: dict[str, Any]) -> list[str]:
+    """Warnings for train means outside :data:`PLAUSIBLE_MEAN` (canonical units)."""
+    out = []
+    for v in variables:
+        if v not in PLAUSIBLE_MEAN:
+            continue
+        lo, hi = PLAUSIBLE_MEAN[v]
+        mean = np.atleast_1d(np.asarray(stats[v][0], np.float64))
+        for k, level in enumerate(levels.get(v) or [None]):
+            if np.isfinite(mean[k]) and not lo <= mean[k] <= hi:
+                label = v if level is None else f"{v} at level {level:g}"
+                out.append(f"{label}: the train mean {mean[k]:.6g} {units.get(v, '')} is outside "
+                           f"{lo:g}..{hi:g}, where it lies on Earth: wrong units (or another "
+                           "variable) under this name?")
+    return out
+
+
 def refuse_infinities(ds, variables: list[str], ranges, *, where: str) -> None:
     """An infinite value anywhere is an error naming the variable and its first time."""
     for v in variables:
@@ -108,7 +138,10 @@ def diagnose(ds, variables: list[str], ranges, stats: dict[str, tuple], *,
                     warnings.append(f"{label}: {value:.6g} is {z:.1f} train standard deviations "
                                     f"{side} the train mean {mean[k]:.6g} (a unit error or a "
                                     "fill value read as data?)")
-    return warnings
+    units = {v: ds[v].attrs.get("units", "") for v in variables}
+    levels = {v: list(ds[v]["level"].values) if "level" in ds[v].dims else None
+              for v in variables}
+    return warnings + implausible_means(variables, stats, units, levels)
 
 
 def doctor_store(path) -> dict[str, Any]:
