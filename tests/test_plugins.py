@@ -294,3 +294,25 @@ def test_a_plugin_calling_sys_exit_at_import_or_registering_a_bad_command_is_con
     bad = geoft("hello-bad")
     assert bad.returncode == 2 and "not a click command" in bad.stdout + bad.stderr
     assert "Traceback" not in bad.stdout + bad.stderr
+
+
+def test_a_plugin_for_another_plugin_api_is_skipped_and_reported(tmp_path, monkeypatch,
+                                                                 fresh_plugins):
+    """#15: plugins declare the API they target; another version is reported by doctor and
+    its registrations are skipped (never fatal); the first-party plugins declare this one."""
+    import geoft
+    import geoft_hrrr.plugin
+    import geoft_land.plugin
+    import geoft_ocean.plugin
+
+    for module in (geoft_ocean.plugin, geoft_hrrr.plugin, geoft_land.plugin):
+        assert module.GEOFT_PLUGIN_API == geoft.PLUGIN_API
+    (tmp_path / "geoft_future.py").write_text(
+        "import geoft\nGEOFT_PLUGIN_API = 99\n\n\n@geoft.hookimpl\ndef geoft_metrics():\n"
+        "    return {'future-metric': geoft.Ref('math:pi')}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("GEOFT_PLUGINS", "geoft_future")
+    pm = _pm()
+    assert "future-metric" not in pm.names("metric")
+    assert any("targets geoft plugin API 99; this geoft speaks 1" in p for p in pm.problems())
+    assert "rmse" in pm.names("metric")  # the rest works

@@ -24,7 +24,7 @@ from typing import Any
 
 import pluggy
 
-from geoft import hookspecs
+from geoft import PLUGIN_API, hookspecs
 from geoft.errors import GeoftError, PluginError
 from geoft.refs import Ref
 
@@ -178,6 +178,11 @@ class GeoftPluginManager:
         self.plugins[name] = info
         try:
             obj = loader()
+            target = getattr(obj, "GEOFT_PLUGIN_API", None)
+            if target is not None and str(target) != str(PLUGIN_API):
+                info.error = (f"targets geoft plugin API {target}; this geoft speaks "
+                              f"{PLUGIN_API}: skipped (update the plugin or geoft)")
+                return
             self.pm.register(obj, name=name)
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin (even one calling sys.exit at import) must not break geoft
             if os.environ.get("GEOFT_DEBUG"):

@@ -3,6 +3,9 @@
 import geoft
 from geoft import Ref
 
+#: the geoft plugin API these registrations target
+GEOFT_PLUGIN_API = 1
+
 THRESHOLDS = (20, 35, 50)
 WINDOWS_KM = (3, 9, 27, 81)
 

@@ -3,6 +3,9 @@
 import geoft
 from geoft import Ref
 
+#: the geoft plugin API these registrations target
+GEOFT_PLUGIN_API = 1
+
 
 @geoft.hookimpl
 def geoft_sources():
