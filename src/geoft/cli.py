@@ -556,6 +556,19 @@ def plugins_info(name: str = typer.Argument(..., help="Plugin name (see `geoft p
     console.print(table)
 
 
+@plugins_app.command("new")
+def plugins_new(name: str = typer.Argument(..., help="Plugin name: the package is geoft-NAME."),
+                kind: str = typer.Option("source,dataset,metric", "--kind",
+                                         help="Comma-separated kinds to write an example of: "
+                                              "source, dataset, metric."),
+                out: Path = typer.Option(Path("."), "--out", help="Folder to write it in.")):
+    """Write a plugin package that installs with `pip install -e` and passes its own tests."""
+    from geoft.scaffold import new_plugin
+
+    root = new_plugin(name, kind.split(","), out)
+    typer.echo(f"wrote {root}\n  cd {root} && pip install -e .[test] && pytest tests")
+
+
 @plugins_app.command("doctor")
 def plugins_doctor(json_: bool = JsonOpt,
                    load: bool = typer.Option(True, "--load/--no-load",

@@ -1,0 +1,344 @@
+"""``geoft plugins new NAME``: a plugin package that installs with ``pip install -e`` and
+passes its own tests at once (as cookiecutter templates do for datasette plugins).
+
+The package ``geoft-NAME`` (module ``geoft_NAME``) holds: ``pyproject.toml`` with the ``geoft``
+entry point, ``plugin.py`` (lazy references only, the plugin API it targets), one working
+example per asked kind -- a **source** (a CSV of point observations copied in, resumable,
+read as rows), a **dataset** (those rows as the core's table: features, a target, units), a
+**metric** (the maximum absolute error, WeatherBench-2 style reductions) -- a README and tests
+that exercise each against known answers. The model and reconstructor kinds are not offered
+yet: their protocols are larger (docs/plugins.md shows them whole).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from geoft.errors import GeoftError
+
+KINDS = ("source", "dataset", "metric")
+LATER = ("model", "reconstructor", "baseline", "command")
+
+PYPROJECT = '''[build-system]
+requires = ["setuptools>=77", "wheel"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "geoft-{name}"
+version = "0.1.0"
+description = "geoft plugin: {name}"
+requires-python = ">=3.11"
+dependencies = ["geoft"]
+
+[project.optional-dependencies]
+test = ["pytest"]
+
+[project.entry-points.geoft]
+{name} = "{pkg}.plugin"
+
+[tool.setuptools.packages.find]
+where = ["src"]
+'''
+
+PLUGIN_HEAD = '''"""geoft-{name}'s registrations: lazy references only (``geoft --help`` imports nothing)."""
+
+import geoft
+from geoft import Ref
+
+#: the geoft plugin API these registrations target (``geoft plugins doctor`` checks it)
+GEOFT_PLUGIN_API = {api}
+'''
+
+PLUGIN_HOOK = {
+    "source": '''
+
+@geoft.hookimpl
+def geoft_sources():
+    return {{"{name}-csv": Ref("{pkg}.source:CsvPointsSource",
+                              summary="point observations from a CSV file (time, lat, lon, ...)")}}
+''',
+    "dataset": '''
+
+@geoft.hookimpl
+def geoft_datasets():
+    return {{"{name}-rows": Ref("{pkg}.dataset:RowsDataset",
+                               summary="point observations as a table: features and a target")}}
+''',
+    "metric": '''
+
+@geoft.hookimpl
+def geoft_metrics():
+    return {{"{name}-max-abs": Ref("{pkg}.metric:max_abs_error",
+                                  summary="largest absolute error (per time, then the mean)")}}
+''',
+}
+
+SOURCE = '''"""A source: point observations in a CSV file (columns ``time``, ``lat``, ``lon`` and
+values), copied into the raw folder (written to a temporary name, then renamed; a copy of the
+same size and age is skipped) and opened as rows."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field
+
+from geoft.errors import GeoftError
+from geoft.protocols import FetchResult
+from geoft.schema import Strict
+
+
+class CsvPointsOptions(Strict):
+    """``path``: the CSV file; ``units``: units of the value columns (e.g. {{sst: degC}})."""
+
+    path: str = Field(description="CSV with columns time, lat, lon and value columns")
+    units: dict[str, str] = Field(default_factory=dict, description="units per value column")
+
+
+class CsvPointsSource:
+    summary: ClassVar[str] = "point observations from a CSV file"
+    Options: ClassVar = CsvPointsOptions
+
+    def fetch(self, options: CsvPointsOptions, out_dir: Path, *, dry_run: bool = False,
+              progress: bool = True) -> FetchResult:
+        from geoft.io import atomic_write
+
+        src, dst = Path(options.path), Path(out_dir) / "points.csv"
+        if not src.is_file():
+            raise GeoftError("no such CSV file", where=str(src), fix="check source.options.path")
+        request = {{"copy": str(src), "to": str(dst)}}
+        if dry_run:
+            return FetchResult(requests=[request])
+        if dst.is_file() and dst.stat().st_size == src.stat().st_size \\
+                and dst.stat().st_mtime >= src.stat().st_mtime:
+            return FetchResult(files=[dst], skipped=[request])
+        atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+        return FetchResult(files=[dst], requests=[request], provenance={{"csv": str(src)}})
+
+    def open(self, options: CsvPointsOptions, out_dir: Path):
+        import pandas as pd
+
+        path = Path(out_dir) / "points.csv"
+        if not path.is_file():
+            raise GeoftError("no fetched CSV", where=str(path), fix="run geoft fetch first")
+        frame = pd.read_csv(path)
+        missing = [c for c in ("time", "lat", "lon") if c not in frame.columns]
+        if missing:
+            raise GeoftError(f"the CSV lacks column(s) {{missing}}", where=str(path),
+                             fix="give time, lat and lon columns")
+        times = pd.to_datetime(frame["time"], errors="coerce", utc=True)
+        if times.isna().any():
+            row = int(times.isna().to_numpy().argmax())
+            raise GeoftError(f"row {{row + 2}}: time {{frame['time'].iloc[row]!r}} is not a date",
+                             where=str(path), fix="write times as ISO dates (UTC)")
+        frame["time"] = times.dt.tz_localize(None)
+        frame.attrs["units"] = dict(options.units)
+        return frame
+'''
+
+DATASET = '''"""A dataset: the source's rows as the core's table (``geoft.table.CanonicalTable``): the
+chosen feature columns and one target, in the units the source gave."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from geoft.errors import GeoftError
+from geoft.schema import Strict
+
+
+class RowsOptions(Strict):
+    features: list[str] = Field(description="columns the model reads")
+    target: str = Field(description="the column it predicts")
+
+
+class RowsDataset:
+    summary: ClassVar[str] = "point observations as a table"
+    Options: ClassVar = RowsOptions
+
+    def to_canonical(self, raw, options: RowsOptions):
+        from geoft.table import CanonicalTable
+
+        missing = [c for c in [*options.features, options.target] if c not in raw.columns]
+        if missing:
+            raise GeoftError(f"columns {{missing}} are not in the data (it has "
+                             f"{{list(raw.columns)}})", where="data.options",
+                             fix="choose columns of the CSV")
+        units = {{c: raw.attrs.get("units", {{}}).get(c, "1")
+                 for c in [*options.features, options.target]}}
+        return CanonicalTable(raw, features=list(options.features), targets=[options.target],
+                              units=units)
+'''
+
+METRIC = '''"""A metric with geoft's call signature: the largest absolute error over the spatial dims of
+each time (masked points and NaN left out), then the mean over time."""
+
+from __future__ import annotations
+
+
+def max_abs_error(forecast, truth, *, weights=None, mask=None, reduce_dims=None,
+                  time_dim="time", **_):
+    error = abs(forecast - truth)
+    if mask is not None:
+        error = error.where(mask)
+    dims = list(reduce_dims) if reduce_dims is not None else \\
+        [d for d in error.dims if d != time_dim]
+    per_time = error.max(dims, skipna=True)
+    if time_dim is not None and time_dim in per_time.dims:
+        return per_time.mean(time_dim)
+    return per_time
+
+
+max_abs_error.lower_is_better = True
+'''
+
+TESTS_HEAD = '''"""geoft-{name}'s own tests (made by ``geoft plugins new``): every registration resolves and
+every example does what it says on data made here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+def test_registered_and_loadable():
+    from geoft.plugins import get_plugin_manager, reset_plugin_manager
+
+    reset_plugin_manager()
+    pm = get_plugin_manager()
+    assert not [p for p in pm.problems() if "{name}" in p], pm.problems()
+{checks}
+'''
+
+TEST_CHECK = {
+    "source": '    assert pm.get("source", "{name}-csv") is not None\n',
+    "dataset": '    assert pm.get("dataset", "{name}-rows") is not None\n',
+    "metric": '    assert pm.get("metric", "{name}-max-abs") is not None\n',
+}
+
+TEST_SOURCE = '''
+
+def _csv(tmp_path, n=40):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({{"time": pd.date_range("2024-01-01", periods=n, freq="D"),
+                          "lat": rng.uniform(30, 40, n), "lon": rng.uniform(-20, -10, n),
+                          "sst": rng.normal(18, 1, n)}})
+    frame["air"] = frame["sst"] - 1.0 + rng.normal(0, 0.1, n)
+    path = tmp_path / "buoys.csv"
+    frame.to_csv(path, index=False)
+    return path, frame
+
+
+def test_source_copies_resumes_and_reads_rows(tmp_path):
+    from {pkg}.source import CsvPointsOptions, CsvPointsSource
+
+    path, frame = _csv(tmp_path)
+    options = CsvPointsOptions(path=str(path), units={{"sst": "degC", "air": "degC"}})
+    first = CsvPointsSource().fetch(options, tmp_path / "raw")
+    again = CsvPointsSource().fetch(options, tmp_path / "raw")
+    assert first.requests and again.skipped and not again.requests  # resumed: nothing to do
+    rows = CsvPointsSource().open(options, tmp_path / "raw")
+    assert len(rows) == len(frame) and rows.attrs["units"]["sst"] == "degC"
+    np.testing.assert_allclose(rows["sst"], frame["sst"])
+'''
+
+TEST_DATASET = '''
+
+def test_dataset_makes_a_table_prepare_accepts(tmp_path):
+    from geoft.recipe import DataSection
+    from geoft.table import TableStore, prepare_table
+    from {pkg}.dataset import RowsDataset, RowsOptions
+
+    rng = np.random.default_rng(1)
+    rows = pd.DataFrame({{"time": pd.date_range("2024-01-01", periods=40, freq="D"),
+                         "lat": rng.uniform(30, 40, 40), "lon": rng.uniform(-20, -10, 40),
+                         "air": rng.normal(17, 1, 40)}})
+    rows["sst"] = rows["air"] + 1.0
+    rows.attrs["units"] = {{"sst": "degC", "air": "degC"}}
+    table = RowsDataset().to_canonical(rows, RowsOptions(features=["air"], target="sst"))
+    data = DataSection.model_validate({{"dataset": "x", "split": {{
+        "train": ["2024-01-01", "2024-01-25"], "val": ["2024-01-26", "2024-01-31"],
+        "test": ["2024-02-01", "2024-02-09"]}}}})
+    prepare_table(table, data, tmp_path / "t.parquet", progress=False)
+    store = TableStore.open(tmp_path / "t.parquet")
+    assert store.features == ("air",) and store.targets == ("sst",)
+    assert sum(store.rows(s) for s in ("train", "val", "test")) == 40
+'''
+
+TEST_METRIC = '''
+
+def test_metric_known_answer_mask_and_nan():
+    import xarray as xr
+
+    from {pkg}.metric import max_abs_error
+
+    truth = xr.DataArray(np.zeros((2, 3)), dims=("time", "point"))
+    forecast = xr.DataArray([[1.0, -4.0, 2.0], [np.nan, 3.0, 0.5]], dims=("time", "point"))
+    assert float(max_abs_error(forecast, truth, reduce_dims=["point"])) == pytest.approx(3.5)
+    mask = xr.DataArray([True, False, True], dims="point")  # the -4 is masked out
+    assert float(max_abs_error(forecast, truth, mask=mask, reduce_dims=["point"])) == \\
+        pytest.approx((2.0 + 0.5) / 2)
+'''
+
+README = '''# geoft-{name}
+
+A geoft plugin made by `geoft plugins new {name}` ({kinds}).
+
+    pip install -e .[test]      # registers it (entry point group `geoft`)
+    geoft plugins list          # shows it; `geoft plugins doctor` checks it
+    pytest tests                # its own tests
+
+Registered names: {names}. Edit the examples in `src/{pkg}/`; `docs/plugins.md` in geoft
+describes every hook and the exact call of each registered object.
+'''
+
+
+def new_plugin(name: str, kinds: list[str], out: Path) -> Path:
+    """Write the package ``geoft-<name>`` under ``out``; returns its folder."""
+    from geoft import PLUGIN_API
+
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise GeoftError(f"plugin name {name!r} must be lower-case letters, digits and _",
+                         where="geoft plugins new", fix="e.g. geoft plugins new buoys")
+    kinds = list(dict.fromkeys(k.strip() for k in kinds if k.strip())) or list(KINDS)
+    later = [k for k in kinds if k in LATER]
+    if later:
+        raise GeoftError(f"the scaffold does not offer {later} yet (it writes "
+                         f"{', '.join(KINDS)})", where="--kind",
+                         fix="start from docs/plugins.md for those kinds")
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise GeoftError(f"unknown kind(s) {unknown}", where="--kind",
+                         fix=f"choose from {', '.join(KINDS)}")
+    pkg = f"geoft_{name}"
+    root = Path(out) / f"geoft-{name}"
+    if root.exists() and any(root.iterdir()):
+        raise GeoftError("the folder exists and is not empty", where=str(root),
+                         fix="choose another --out or name")
+    fmt = {"name": name, "pkg": pkg, "api": PLUGIN_API}
+    files = {"pyproject.toml": PYPROJECT.format(**fmt),
+             f"src/{pkg}/__init__.py": f'"""geoft-{name}: a geoft plugin."""\n',
+             f"src/{pkg}/plugin.py": PLUGIN_HEAD.format(**fmt)
+             + "".join(PLUGIN_HOOK[k].format(**fmt) for k in kinds)}
+    bodies = {"source": SOURCE, "dataset": DATASET, "metric": METRIC}
+    for k in kinds:
+        files[f"src/{pkg}/{k}.py"] = bodies[k].format(**fmt)
+    tests = TESTS_HEAD.format(checks="".join(TEST_CHECK[k].format(**fmt) for k in kinds), **fmt)
+    extra = {"source": TEST_SOURCE, "dataset": TEST_DATASET, "metric": TEST_METRIC}
+    tests += "".join(extra[k].format(**fmt) for k in kinds)
+    files[f"tests/test_{name}.py"] = tests
+    names = {"source": f"source {name}-csv", "dataset": f"dataset {name}-rows",
+             "metric": f"metric {name}-max-abs"}
+    files["README.md"] = README.format(kinds=", ".join(kinds),
+                                       names=", ".join(names[k] for k in kinds), **fmt)
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
