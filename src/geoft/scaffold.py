@@ -195,6 +195,7 @@ def max_abs_error(forecast, truth, *, weights=None, mask=None, reduce_dims=None,
 
 
 max_abs_error.lower_is_better = True
+max_abs_error.weighted = False  # a maximum has no use for area weights
 '''
 
 TESTS_HEAD = '''"""geoft-{name}'s own tests (made by ``geoft plugins new``): every registration resolves and
@@ -245,6 +246,9 @@ def test_source_copies_resumes_and_reads_rows(tmp_path):
     assert first.requests and again.skipped and not again.requests  # resumed: nothing to do
     rows = CsvPointsSource().open(options, tmp_path / "raw")
     assert len(rows) == len(frame) and rows.attrs["units"]["sst"] == "degC"
+    from geoft.testing import check_source  # geoft's conformance check: dry run, resume, open
+
+    check_source(CsvPointsSource(), options, tmp_path / "raw2")
     np.testing.assert_allclose(rows["sst"], frame["sst"])
 '''
 
@@ -252,7 +256,6 @@ TEST_DATASET = '''
 
 def test_dataset_makes_a_table_prepare_accepts(tmp_path):
     from geoft.recipe import DataSection
-    from geoft.table import TableStore, prepare_table
     from {pkg}.dataset import RowsDataset, RowsOptions
 
     rng = np.random.default_rng(1)
@@ -261,12 +264,13 @@ def test_dataset_makes_a_table_prepare_accepts(tmp_path):
                          "air": rng.normal(17, 1, 40)}})
     rows["sst"] = rows["air"] + 1.0
     rows.attrs["units"] = {{"sst": "degC", "air": "degC"}}
-    table = RowsDataset().to_canonical(rows, RowsOptions(features=["air"], target="sst"))
+    from geoft.testing import check_dataset  # geoft's conformance check: a valid store
+
     data = DataSection.model_validate({{"dataset": "x", "split": {{
         "train": ["2024-01-01", "2024-01-25"], "val": ["2024-01-26", "2024-01-31"],
         "test": ["2024-02-01", "2024-02-09"]}}}})
-    prepare_table(table, data, tmp_path / "t.parquet", progress=False)
-    store = TableStore.open(tmp_path / "t.parquet")
+    store = check_dataset(RowsDataset(), rows, RowsOptions(features=["air"], target="sst"),
+                          data, tmp_path / "t.parquet")
     assert store.features == ("air",) and store.targets == ("sst",)
     assert sum(store.rows(s) for s in ("train", "val", "test")) == 40
 '''
@@ -276,7 +280,12 @@ TEST_METRIC = '''
 def test_metric_known_answer_mask_and_nan():
     import xarray as xr
 
+    from geoft.testing import check_metric
     from {pkg}.metric import max_abs_error
+
+    # geoft's conformance check: the call, reductions, NaN, mask (and the formula)
+    check_metric(max_abs_error, reference=lambda f, t: np.abs(f - t).max(axis=(2, 3))
+                 .mean(axis=0))
 
     truth = xr.DataArray(np.zeros((2, 3)), dims=("time", "point"))
     forecast = xr.DataArray([[1.0, -4.0, 2.0], [np.nan, 3.0, 0.5]], dims=("time", "point"))

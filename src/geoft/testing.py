@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from geoft.errors import GeoftError
 from geoft.store import STORE_VERSION, atomic_write_zarr, normalisation_stats
 
 
@@ -123,3 +124,147 @@ def make_tiny_store(
                                   "seed": seed}),
     )
     return atomic_write_zarr(ds.chunk({"time": chunk_days}), path)
+
+
+# ---------------------------------------------------------------------------------------------
+# conformance checks a plugin runs in its own test suite (as scikit-learn's check_estimator)
+# ---------------------------------------------------------------------------------------------
+class ConformanceError(AssertionError):
+    """A plugin object broke one of the promises of its protocol (the message says which)."""
+
+
+def _fail(what: str, name: str, promise: str) -> None:
+    raise ConformanceError(f"{what} {name}: {promise}")
+
+
+def check_metric(fn, *, name: str | None = None, reference=None, rtol: float = 1e-6,
+                 loc: float = 10.0, scale: float = 2.0) -> None:
+    """A metric keeps geoft's call: ``fn(forecast, truth, *, weights, mask, reduce_dims,
+    time_dim)`` returns a DataArray with the spatial dims and the time dim reduced (other dims
+    kept); NaN in the data are skipped, not spread; a masked point never changes the result;
+    when it takes ``weights`` (and does not set ``weighted = False``) a zero weight removes a
+    point; it agrees with ``reference(forecast, truth)`` (numpy arrays ``(time, lat, lon)``,
+    e.g. the formula written out) on fixed arrays (truth ~ N(loc, scale), forecast = truth
+    + N(0.5, 1) scaled alike: choose loc/scale where the metric is defined, e.g. above a
+    threshold)."""
+    import inspect
+
+    import numpy as np
+    import xarray as xr
+
+    name = name or getattr(fn, "__name__", "metric")
+    rng = np.random.default_rng(0)
+    dims = ("time", "level", "lat", "lon")
+    truth = xr.DataArray(rng.normal(loc, scale, (4, 2, 5, 6)), dims=dims,
+                         coords={"level": [1.0, 2.0], "lat": np.linspace(40.0, 30.0, 5),
+                                 "lon": np.linspace(250.0, 260.0, 6)})
+    forecast = truth + scale * rng.normal(0.25, 0.5, truth.shape)
+    kw = dict(reduce_dims=["lat", "lon"], time_dim="time")
+
+    def call(f, t, **extra):
+        try:
+            return fn(f, t, **kw, **extra)
+        except TypeError as exc:
+            _fail("metric", name, f"does not take geoft's keywords ({exc})")
+
+    out = call(forecast, truth)
+    if not isinstance(out, xr.DataArray):
+        _fail("metric", name, f"returned {type(out).__name__}, not an xarray DataArray")
+    if set(out.dims) & {"time", "lat", "lon"}:
+        _fail("metric", name, f"left dims {sorted(set(out.dims) & {'time', 'lat', 'lon'})} "
+                              "unreduced (reduce_dims and time_dim must go)")
+    if "level" not in out.dims:
+        _fail("metric", name, "dropped the level dim (every dim not reduced must be kept)")
+    if not np.isfinite(out.values).all():
+        _fail("metric", name, "is not finite on finite data")
+    holed = forecast.copy()
+    holed[1, 0, 2, 3] = np.nan
+    if not np.isfinite(call(holed, truth).values).all():
+        _fail("metric", name, "turned one NaN into a NaN score: skip NaN as geoft's metrics do")
+    mask = xr.DataArray(np.ones((5, 6), bool), dims=("lat", "lon"))
+    mask[2, 3] = False
+    wild, tame = forecast.copy(), forecast.copy()
+    wild[:, :, 2, 3] = 1e6
+    tame[:, :, 2, 3] = truth[:, :, 2, 3]
+    a, b = call(wild, truth, mask=mask), call(tame, truth, mask=mask)
+    if not np.allclose(a.values, b.values, rtol=rtol, equal_nan=True):
+        _fail("metric", name, "changed with a value under the mask (masked points must not "
+                              "count)")
+    params = inspect.signature(fn).parameters
+    if "weights" in params and getattr(fn, "weighted", True):
+        weights = xr.DataArray(np.ones(5), dims="lat")
+        weights[2] = 0.0
+        a = call(wild, truth, weights=weights)
+        b = call(tame, truth, weights=weights)
+        if not np.allclose(a.values, b.values, rtol=rtol, equal_nan=True):
+            _fail("metric", name, "ignores weights: a row of weight 0 still counts (or set "
+                                  "fn.weighted = False if weights mean nothing to it)")
+    if reference is not None:
+        want = np.asarray(reference(forecast.values, truth.values), np.float64)
+        if not np.allclose(out.values, want, rtol=rtol):
+            _fail("metric", name, f"disagrees with its reference ({out.values} vs {want})")
+
+
+def check_source(source, options, out_dir, *, name: str | None = None) -> Any:
+    """A source's ``fetch`` with ``dry_run`` lists requests and writes nothing; a real fetch
+    returns a :class:`geoft.protocols.FetchResult` of files that exist; a second fetch
+    resumes (skips, requests nothing new); ``open`` returns the raw data (an xarray Dataset
+    whose data variables carry ``units`` and which has latitude/longitude, or the source's own
+    object). Returns what ``open`` returned."""
+    from pathlib import Path
+
+    from geoft.protocols import FetchResult
+
+    name = name or type(source).__name__
+    out_dir = Path(out_dir)
+    dry = source.fetch(options, out_dir, dry_run=True, progress=False)
+    if not isinstance(dry, FetchResult):
+        _fail("source", name, f"fetch returned {type(dry).__name__}, not a FetchResult")
+    if out_dir.exists() and any(out_dir.rglob("*")):
+        _fail("source", name, "wrote files on a dry run")
+    first = source.fetch(options, out_dir, progress=False)
+    missing = [str(f) for f in first.files if not Path(f).exists()]
+    if missing:
+        _fail("source", name, f"lists files that do not exist: {missing[:3]}")
+    if not first.files:
+        _fail("source", name, "fetched no file")
+    again = source.fetch(options, out_dir, progress=False)
+    if again.requests and not again.skipped:
+        _fail("source", name, "fetched everything again on a second run (resume: skip what "
+                              "is complete)")
+    raw = source.open(options, out_dir)
+    try:
+        import xarray as xr
+    except ImportError:  # pragma: no cover
+        return raw
+    if isinstance(raw, xr.Dataset):
+        no_units = [str(v) for v in raw.data_vars if "units" not in raw[v].attrs]
+        if no_units:
+            _fail("source", name, f"variables {no_units} carry no units attribute")
+        names = set(map(str, raw.variables))
+        if not ({"lat", "lon"} <= names or {"latitude", "longitude"} <= names):
+            _fail("source", name, "has no latitude/longitude coordinates")
+    return raw
+
+
+def check_dataset(dataset, raw, options, data, out_path, *, name: str | None = None) -> Any:
+    """A dataset's ``to_canonical`` gives what ``prepare`` writes into a store that opens and
+    validates for its layout (a grid store, or a table); returns the opened store."""
+    from geoft.prepare import prepare_store
+    from geoft.store import PreparedStore
+    from geoft.table import TableStore, is_table
+
+    name = name or type(dataset).__name__
+    canonical = dataset.to_canonical(raw, options)
+    try:
+        prepare_store(canonical, data, out_path, progress=False)
+    except GeoftError as exc:
+        _fail("dataset", name, f"gave data prepare refuses: {exc.one_line()}")
+    except Exception as exc:  # noqa: BLE001 - any failure is the dataset's broken promise
+        _fail("dataset", name, f"gave data prepare cannot write ({exc.__class__.__name__}: "
+                               f"{exc})")
+    try:
+        return TableStore.open(out_path) if is_table(canonical) else \
+            PreparedStore.open(out_path)
+    except GeoftError as exc:
+        _fail("dataset", name, f"gave a store that does not validate: {exc}")

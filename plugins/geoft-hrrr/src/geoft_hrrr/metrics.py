@@ -311,6 +311,7 @@ def _pooled(statistics: Callable[..., xr.Dataset],
 
     metric.statistics = statistics  # type: ignore[attr-defined]
     metric.from_statistics = from_statistics  # type: ignore[attr-defined]
+    metric.weighted = False  # type: ignore[attr-defined]  # counts points (geoft.testing)
     return metric
 
 

@@ -1,0 +1,124 @@
+"""geoft.testing's conformance checks (#15): each passes a correct plugin object and catches a
+deliberately broken one with a message naming the broken promise."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from geoft.protocols import FetchResult
+from geoft.testing import ConformanceError, check_dataset, check_metric, check_source
+
+
+# -- metrics ----------------------------------------------------------------------------------
+def test_check_metric_passes_geofts_rmse_against_its_formula():
+    from geoft.metrics import rmse
+
+    lat = np.linspace(40.0, 30.0, 5)  # the check's grid: WB2 band-area weights by default
+    edges = np.clip(np.concatenate([[lat[0] + 1.25], (lat[1:] + lat[:-1]) / 2,
+                                    [lat[-1] - 1.25]]), -90, 90)
+    w = np.abs(np.diff(np.sin(np.deg2rad(edges))))[:, None] * np.ones(6)[None]
+
+    def formula(f, t):
+        return np.sqrt((((f - t) ** 2 * w).sum(axis=(2, 3)) / w.sum()).mean(axis=0))
+
+    check_metric(rmse, reference=formula)
+
+
+def _mean_abs(forecast, truth, *, weights=None, mask=None, reduce_dims=None, time_dim="time",
+              **_):
+    err = abs(forecast - truth)
+    if mask is not None:
+        err = err.where(mask)
+    if weights is not None:
+        err = err.weighted(weights.fillna(0))
+    return err.mean(reduce_dims, skipna=True).mean(time_dim)
+
+
+@pytest.mark.parametrize("broken, promise", [
+    (lambda f, t, **k: np.abs(f - t).values.mean(), "not an xarray DataArray"),
+    (lambda f, t, *, reduce_dims=None, **k: abs(f - t).mean(reduce_dims),
+     "left dims ['time'] unreduced"),
+    (lambda f, t, *, reduce_dims=None, time_dim="time", **k: abs(f - t).mean(
+        [*reduce_dims, time_dim], skipna=False), "turned one NaN into a NaN score"),
+    (lambda f, t, *, reduce_dims=None, time_dim="time", **k: abs(f - t).mean(
+        [*reduce_dims, time_dim]), "changed with a value under the mask"),
+    (lambda f, t, *, weights=None, mask=None, reduce_dims=None, time_dim="time":
+     abs(f - t).where(mask if mask is not None else True).mean([*reduce_dims, time_dim]),
+     "ignores weights"),
+    (lambda f, t, x: f, "does not take geoft's keywords"),
+])
+def test_check_metric_catches_a_broken_metric(broken, promise):
+    check_metric(_mean_abs)  # the correct one passes
+    with pytest.raises(ConformanceError, match=re.escape(promise)):
+        check_metric(broken)
+
+
+def test_check_metric_catches_a_wrong_formula():
+    with pytest.raises(ConformanceError, match="disagrees with its reference"):
+        check_metric(_mean_abs, reference=lambda f, t: np.abs(f - t).max(axis=(0, 2, 3)))
+
+
+# -- sources ----------------------------------------------------------------------------------
+class _Source:
+    def __init__(self, dry_writes=False, resumes=True, units=True):
+        self.dry_writes, self.resumes, self.units = dry_writes, resumes, units
+
+    def fetch(self, options, out_dir, *, dry_run=False, progress=True):
+        out_dir = Path(out_dir)
+        path = out_dir / "data.nc"
+        if dry_run and not self.dry_writes:
+            return FetchResult(requests=[{"file": str(path)}])
+        if path.exists() and self.resumes:
+            return FetchResult(files=[path], skipped=[{"file": str(path)}])
+        out_dir.mkdir(parents=True, exist_ok=True)
+        attrs = {"units": "K"} if self.units else {}
+        xr.Dataset({"t": (("time", "lat", "lon"), np.ones((2, 2, 2)), attrs)},
+                   coords={"time": pd.date_range("2024-01-01", periods=2), "lat": [1.0, 2.0],
+                           "lon": [3.0, 4.0]}).to_netcdf(path)
+        return FetchResult(files=[path], requests=[{"file": str(path)}])
+
+    def open(self, options, out_dir):
+        return xr.open_dataset(Path(out_dir) / "data.nc")
+
+
+def test_check_source_passes_a_good_source_and_catches_broken_ones(tmp_path):
+    raw = check_source(_Source(), None, tmp_path / "good")
+    assert raw["t"].attrs["units"] == "K"
+    for broken, promise in ((_Source(dry_writes=True), "wrote files on a dry run"),
+                            (_Source(resumes=False), "fetched everything again"),
+                            (_Source(units=False), "carry no units attribute")):
+        with pytest.raises(ConformanceError, match=promise):
+            check_source(broken, None, tmp_path / promise.replace(" ", "_"))
+
+
+# -- datasets ---------------------------------------------------------------------------------
+def test_check_dataset_passes_a_table_and_catches_a_dataset_prepare_refuses(tmp_path):
+    from geoft.recipe import DataSection
+    from geoft.table import CanonicalTable
+
+    rows = pd.DataFrame({"time": pd.date_range("2024-01-01", periods=30, freq="D"),
+                         "lat": 35.0, "lon": 250.0, "x": np.arange(30.0),
+                         "y": np.arange(30.0) * 2})
+    data = DataSection.model_validate({"dataset": "x", "split": {
+        "train": ["2024-01-01", "2024-01-15"], "val": ["2024-01-16", "2024-01-22"],
+        "test": ["2024-01-23", "2024-01-30"]}})
+
+    class Good:
+        def to_canonical(self, raw, options):
+            return CanonicalTable(raw, features=["x"], targets=["y"], units={"x": "1", "y": "1"})
+
+    class NoTarget:
+        def to_canonical(self, raw, options):
+            return CanonicalTable(raw, features=["x"], targets=[], units={"x": "1"})
+
+    store = check_dataset(Good(), rows, None, data, tmp_path / "good.parquet")
+    assert store.targets == ("y",)
+    with pytest.raises(ConformanceError, match="dataset NoTarget: gave data prepare refuses: "
+                                               ".*no target column"):
+        check_dataset(NoTarget(), rows, None, data, tmp_path / "bad.parquet")
