@@ -12,7 +12,8 @@ import pytest
 import xarray as xr
 
 from geoft.protocols import FetchResult
-from geoft.testing import ConformanceError, check_dataset, check_metric, check_source
+from geoft.testing import (ConformanceError, check_dataset, check_metric, check_model_spec,
+                           check_source)
 
 
 # -- metrics ----------------------------------------------------------------------------------
@@ -122,3 +123,43 @@ def test_check_dataset_passes_a_table_and_catches_a_dataset_prepare_refuses(tmp_
     with pytest.raises(ConformanceError, match="dataset NoTarget: gave data prepare refuses: "
                                                ".*no target column"):
         check_dataset(NoTarget(), rows, None, data, tmp_path / "bad.parquet")
+
+
+# -- model specs --------------------------------------------------------------------------------
+def test_check_model_spec_passes_the_mlp_and_catches_a_spec_that_does_not_restore(tmp_path):
+    from geoft.models.mlp import TableMLPSpec
+    from geoft.recipe import DataSection
+    from geoft.table import CanonicalTable, prepare_table
+
+    rng = np.random.default_rng(0)
+    n = 400
+    frame = pd.DataFrame({"time": pd.Timestamp("2020-01-01")
+                          + pd.to_timedelta(rng.integers(0, 60, n), "D"),
+                          "lat": rng.uniform(30, 40, n), "lon": rng.uniform(250, 260, n),
+                          "x": rng.normal(0, 1, n)})
+    frame["y"] = 2 * frame["x"] + rng.normal(0, 0.1, n)
+    data = DataSection.model_validate({"dataset": "x", "split": {
+        "train": ["2020-01-01", "2020-02-09"], "val": ["2020-02-10", "2020-02-19"],
+        "test": ["2020-02-20", "2020-02-29"]}})
+    table = tmp_path / "t.parquet"
+    prepare_table(CanonicalTable(frame, features=["x"], targets=["y"],
+                                 units={"x": "1", "y": "1"}), data, table, progress=False)
+
+    def good(out):
+        spec = TableMLPSpec(table, {"hidden": [8]}, dict(batch_size=32, lr=3e-3, seed=1,
+                                                          num_workers=0))
+        return spec, spec.train_config
+
+    check_model_spec(good, tmp_path / "good")
+
+    class Forgetful(TableMLPSpec):
+        def restore(self, model, directory, device):  # loads nothing back
+            return None
+
+    def broken(out):
+        spec = Forgetful(table, {"hidden": [8]}, dict(batch_size=32, lr=3e-3, seed=1,
+                                                      num_workers=0))
+        return spec, spec.train_config
+
+    with pytest.raises(ConformanceError, match="ends with other weights"):
+        check_model_spec(broken, tmp_path / "broken")

@@ -268,3 +268,58 @@ def check_dataset(dataset, raw, options, data, out_path, *, name: str | None = N
             PreparedStore.open(out_path)
     except GeoftError as exc:
         _fail("dataset", name, f"gave a store that does not validate: {exc}")
+
+
+def check_model_spec(make_spec, out_dir, *, steps: int = 4, name: str | None = None) -> None:
+    """A model spec trains through geoft's engine and resumes exactly: ``make_spec(out)``
+    returns ``(spec, train_config)``; ``steps`` steps straight and the same run stopped
+    half-way then resumed in a fresh trainer end with identical weights (``model.pt``),
+    optimizer moments and metrics; the checkpoint holds ``model.pt``, ``trainer.pt`` and a
+    ``model_config.json`` that names the spec; ``spec.config()`` is JSON."""
+    import json as _json
+    from pathlib import Path
+
+    import torch
+
+    from geoft.training.engine import Trainer
+
+    out_dir = Path(out_dir)
+    spec, cfg = make_spec(out_dir / "straight")
+    name = name or getattr(spec, "kind", type(spec).__name__)
+    try:
+        _json.dumps(spec.config())
+    except TypeError as exc:
+        _fail("model spec", name, f"config() is not JSON ({exc})")
+    half = max(1, steps // 2)
+    cfg = cfg.model_copy(update={"steps": steps, "checkpoint_every": half,
+                                 "val_every": 10 * steps})
+
+    def trainer(out):
+        s, _ = make_spec(out)
+        return Trainer(s, cfg, out, progress=False)
+
+    straight = trainer(out_dir / "straight")
+    straight.fit(resume=False)
+    trainer(out_dir / "resumed").fit(stop_at=half)
+    resumed = trainer(out_dir / "resumed")
+    summary = resumed.fit()
+    if not str(summary.get("resumed_from") or "").endswith(f"step-{half:06d}"):
+        _fail("model spec", name, f"did not resume from its step-{half} checkpoint")
+    last = f"checkpoints/step-{steps:06d}"
+    files = {p.name for p in (out_dir / "straight" / last).iterdir()}
+    missing = {"model.pt", "trainer.pt", "model_config.json"} - files
+    if missing:
+        _fail("model spec", name, f"its checkpoint lacks {sorted(missing)}")
+    config = _json.loads((out_dir / "straight" / last / "model_config.json").read_text())
+    if not config.get("spec"):
+        _fail("model spec", name, "model_config.json does not name the spec")
+    a = torch.load(out_dir / "straight" / last / "model.pt", weights_only=True)
+    b = torch.load(out_dir / "resumed" / last / "model.pt", weights_only=True)
+    if a.keys() != b.keys() or not all(torch.equal(a[k], b[k]) for k in a):
+        _fail("model spec", name, "a resumed run ends with other weights than the run "
+                                  "straight through (save/restore loses something)")
+    opt_a = straight.optimizer.state_dict()["state"]
+    opt_b = resumed.optimizer.state_dict()["state"]
+    if opt_a.keys() != opt_b.keys() or not all(
+            torch.equal(opt_a[k]["exp_avg"], opt_b[k]["exp_avg"]) for k in opt_a):
+        _fail("model spec", name, "a resumed run ends with other optimizer moments")
