@@ -5,9 +5,10 @@ The package ``geoft-NAME`` (module ``geoft_NAME``) holds: ``pyproject.toml`` wit
 entry point, ``plugin.py`` (lazy references only, the plugin API it targets), one working
 example per asked kind -- a **source** (a CSV of point observations copied in, resumable,
 read as rows), a **dataset** (those rows as the core's table: features, a target, units), a
-**metric** (the maximum absolute error, WeatherBench-2 style reductions) -- a README and tests
-that exercise each against known answers. The model and reconstructor kinds are not offered
-yet: their protocols are larger (docs/plugins.md shows them whole).
+**metric** (the maximum absolute error, WeatherBench-2 style reductions), a **model** (a
+forecaster trained by geoft's engine: persistence plus a learned share of the last change) --
+a README and tests that exercise each against known answers and geoft's conformance checks.
+The reconstructor kind is not offered yet (docs/plugins.md shows it whole).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 
 from geoft.errors import GeoftError
 
-KINDS = ("source", "dataset", "metric")
-LATER = ("model", "reconstructor", "baseline", "command")
+KINDS = ("source", "dataset", "metric", "model")
+LATER = ("reconstructor", "baseline", "command")
 
 PYPROJECT = '''[build-system]
 requires = ["setuptools>=77", "wheel"]
@@ -51,6 +52,13 @@ GEOFT_PLUGIN_API = {api}
 '''
 
 PLUGIN_HOOK = {
+    "model": '''
+
+@geoft.hookimpl
+def geoft_models():
+    return {{"{name}-trend": Ref("{pkg}.model:TrendModel",
+                               summary="persistence plus a learned share of the last change")}}
+''',
     "source": '''
 
 @geoft.hookimpl
@@ -218,6 +226,7 @@ def test_registered_and_loadable():
 '''
 
 TEST_CHECK = {
+    "model": '    assert pm.get("model", "{name}-trend") is not None\n',
     "source": '    assert pm.get("source", "{name}-csv") is not None\n',
     "dataset": '    assert pm.get("dataset", "{name}-rows") is not None\n',
     "metric": '    assert pm.get("metric", "{name}-max-abs") is not None\n',
@@ -295,6 +304,124 @@ def test_metric_known_answer_mask_and_nan():
         pytest.approx((2.0 + 0.5) / 2)
 '''
 
+MODEL = '''"""A model: a forecaster trained by geoft's engine (checkpoints, resume, metrics, EMA,
+DDP/FSDP come with it): x(t+1) = x(t) + a * (x(t) - x(t-1)), one learned factor per variable."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import xarray as xr
+from pydantic import Field
+
+from geoft.schema import Strict
+from geoft.training.config import TrainConfig
+from geoft.training.engine import BaseSpec, load_checkpoint, train
+
+
+class TrendOptions(Strict):
+    start: float = Field(0.5, description="initial value of the learned factor")
+
+
+class TrendSpec(BaseSpec):
+    """What the engine trains: the model, its data windows, its loss, its config."""
+
+    kind = "__NAME__-trend"
+
+    def __init__(self, store_path, options: TrendOptions):
+        from geoft.store import PreparedStore
+
+        self.store = PreparedStore.open(store_path)
+        self.options = options
+
+    def build_model(self, device):
+        return torch.nn.ParameterDict({v: torch.nn.Parameter(torch.tensor(self.options.start))
+                                       for v in self.store.variables}).to(device)
+
+    def dataset(self, split):
+        from geoft.training.data import WindowDataset, window_starts
+
+        starts = window_starts(self.store, split, 2, 1) if split in self.store.split else []
+        return WindowDataset(self.store.path, starts, self.store.variables, n_history=2,
+                             n_lead=1, gappy=self.store.gappy_vars)
+
+    def collate(self, samples):
+        from geoft.training.data import collate_windows
+
+        return collate_windows(samples)
+
+    def loss(self, module, batch, ctx):
+        parts = {}
+        for v in self.store.variables:
+            x = batch["inputs"][v].to(ctx.device)
+            y = batch["targets"][v][:, 0].to(ctx.device)
+            pred = x[:, 1] + module[v] * (x[:, 1] - x[:, 0])
+            counts = torch.as_tensor(self.store.valid(v)).expand_as(y)
+            if v in batch.get("present", {}):  # gaps never count
+                counts = counts & batch["present"][v][:, 0]
+            std = float(np.mean(self.store.stats(v)[1]))
+            parts[v] = (((pred - y) / std) ** 2)[counts].mean()
+        return sum(parts.values()) / len(parts), parts
+
+    def config(self):
+        return {"variables": list(self.store.variables), "start": self.options.start}
+
+
+class TrendModel:
+    summary = "persistence plus a learned share of the last change"
+    layouts = ("latlon", "projected", "points")
+    Options = TrendOptions
+    TrainConfig = TrainConfig
+
+    def finetune(self, store_path, options, train_config, out_dir, *, progress=True,
+                 resume=True, lineage=None):
+        return train(TrendSpec(store_path, options), train_config, out_dir, progress=progress,
+                     resume=resume, lineage=lineage)
+
+    def forecast_from_checkpoint(self, checkpoint_dir, store, init_indices, lead_steps, *,
+                                 progress=True):
+        path, _ = load_checkpoint(checkpoint_dir)
+        factors = torch.load(path / "model.pt", weights_only=True)
+        init = np.asarray(init_indices)
+        out = {}
+        for v in store.variables:
+            now = store.ds[v].isel(time=init).values
+            change = now - store.ds[v].isel(time=init - 1).values
+            a = float(factors[v])
+            leads = [now + change * sum(a ** j for j in range(1, k + 1))
+                     for k in range(1, lead_steps + 1)]
+            out[v] = (("init_time", "lead", *store.var_dims(v)), np.stack(leads, axis=1))
+        return xr.Dataset(out)
+'''
+
+TEST_MODEL = '''
+
+def test_model_trains_resumes_exactly_and_forecasts(tmp_path):
+    from geoft.store import PreparedStore
+    from geoft.testing import check_model_spec, make_tiny_store
+    from __PKG__.model import TrendModel, TrendOptions, TrendSpec
+
+    store_path = make_tiny_store(tmp_path / "store.zarr")
+
+    def make(out):
+        spec = TrendSpec(store_path, TrendOptions())
+        return spec, TrendModel.TrainConfig(batch_size=2, lr=1e-2, num_workers=0, seed=0)
+
+    # geoft's conformance check: stopped half-way and resumed == straight through
+    check_model_spec(make, tmp_path / "conformance")
+    model = TrendModel()
+    summary = model.finetune(store_path, TrendOptions(), dict(steps=3, batch_size=2,
+                                                             num_workers=0, val_every=10),
+                             tmp_path / "run", progress=False)
+    assert summary["steps"] == 3
+    store = PreparedStore.open(store_path)
+    forecast = model.forecast_from_checkpoint(summary["latest_checkpoint"], store, [5, 6], 2)
+    for v in store.variables:
+        assert forecast[v].dims[:2] == ("init_time", "lead")
+        assert forecast[v].shape[:2] == (2, 2)
+        assert np.isfinite(forecast[v].values).all()
+'''
+
 README = '''# geoft-{name}
 
 A geoft plugin made by `geoft plugins new {name}` ({kinds}).
@@ -337,13 +464,15 @@ def new_plugin(name: str, kinds: list[str], out: Path) -> Path:
              + "".join(PLUGIN_HOOK[k].format(**fmt) for k in kinds)}
     bodies = {"source": SOURCE, "dataset": DATASET, "metric": METRIC}
     for k in kinds:
-        files[f"src/{pkg}/{k}.py"] = bodies[k].format(**fmt)
+        files[f"src/{pkg}/{k}.py"] = MODEL.replace("__NAME__", name) if k == "model" else \
+            bodies[k].format(**fmt)
     tests = TESTS_HEAD.format(checks="".join(TEST_CHECK[k].format(**fmt) for k in kinds), **fmt)
     extra = {"source": TEST_SOURCE, "dataset": TEST_DATASET, "metric": TEST_METRIC}
-    tests += "".join(extra[k].format(**fmt) for k in kinds)
+    tests += "".join(TEST_MODEL.replace("__PKG__", pkg) if k == "model" else
+                     extra[k].format(**fmt) for k in kinds)
     files[f"tests/test_{name}.py"] = tests
     names = {"source": f"source {name}-csv", "dataset": f"dataset {name}-rows",
-             "metric": f"metric {name}-max-abs"}
+             "metric": f"metric {name}-max-abs", "model": f"model {name}-trend"}
     files["README.md"] = README.format(kinds=", ".join(kinds),
                                        names=", ".join(names[k] for k in kinds), **fmt)
     for rel, text in files.items():
