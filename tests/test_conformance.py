@@ -163,3 +163,55 @@ def test_check_model_spec_passes_the_mlp_and_catches_a_spec_that_does_not_restor
 
     with pytest.raises(ConformanceError, match="ends with other weights"):
         check_model_spec(broken, tmp_path / "broken")
+
+
+# -- reconstructors ---------------------------------------------------------------------------
+def test_check_reconstructor_passes_a_mean_fill_and_catches_leftovers(tmp_path):
+    from geoft.io import PARTIAL, atomic_write
+    from geoft.schema import Strict
+    from geoft.store import PreparedStore
+    from geoft.testing import check_reconstructor, make_tiny_store
+
+    store_path = make_tiny_store(tmp_path / "store.zarr")
+
+    class MeanFillConfig(Strict):
+        method: str = "mean-fill"
+        variable: str = "zos"
+
+    class MeanFill:
+        stage = "densify"
+        Config = MeanFillConfig
+
+        def train(self, store_path, cfg, out_dir, *, progress=True, resume=True):
+            store = PreparedStore.open(store_path)
+            mean = store.ds[cfg.variable].isel(time=store.indices("train")).mean("time").values
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            atomic_write(Path(out_dir) / "mean.npy", lambda p: np.save(open(p, "wb"), mean))
+            return {"train_times": int(store.indices("train").size)}
+
+        def run(self, store_path, cfg, checkpoint_dir, out_dir, *, progress=True):
+            mean = np.load(Path(checkpoint_dir) / "mean.npy")
+            path = Path(out_dir) / "filled.nc"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda p: xr.Dataset({cfg.variable: (("lat", "lon"), mean)})
+                         .to_netcdf(p))
+            return {"path": str(path)}
+
+    run = check_reconstructor(MeanFill(), store_path, {"variable": "zos"}, tmp_path / "ok")
+    assert Path(run["path"]).is_file()
+
+    class Sloppy(MeanFill):
+        def run(self, store_path, cfg, checkpoint_dir, out_dir, *, progress=True):
+            out = super().run(store_path, cfg, checkpoint_dir, out_dir)
+            (Path(out_dir) / f".filled.nc{PARTIAL}123-abc").write_bytes(b"half")
+            return out
+
+    with pytest.raises(ConformanceError, match="left temporary files behind"):
+        check_reconstructor(Sloppy(), store_path, {"variable": "zos"}, tmp_path / "sloppy")
+
+    class Liar(MeanFill):
+        def run(self, store_path, cfg, checkpoint_dir, out_dir, *, progress=True):
+            return {"path": str(Path(out_dir) / "nowhere.nc")}
+
+    with pytest.raises(ConformanceError, match="which does not exist"):
+        check_reconstructor(Liar(), store_path, {"variable": "zos"}, tmp_path / "liar")

@@ -323,3 +323,50 @@ def check_model_spec(make_spec, out_dir, *, steps: int = 4, name: str | None = N
     if opt_a.keys() != opt_b.keys() or not all(
             torch.equal(opt_a[k]["exp_avg"], opt_b[k]["exp_avg"]) for k in opt_a):
         _fail("model spec", name, "a resumed run ends with other optimizer moments")
+
+
+def check_reconstructor(reconstructor, store_path, cfg, out_dir, *,
+                        name: str | None = None) -> dict:
+    """A reconstructor (densify/assimilate method) keeps its protocol: ``stage`` is densify or
+    assimilate; ``Config`` validates the section; ``train`` returns a JSON summary and can be
+    called again (resume); ``run`` returns a JSON summary whose paths exist, and leaves no
+    temporary file behind (results written atomically). Returns ``run``'s summary."""
+    import json as _json
+    from pathlib import Path
+
+    from geoft.io import PARTIAL
+
+    name = name or type(reconstructor).__name__
+    out_dir = Path(out_dir)
+    if getattr(reconstructor, "stage", None) not in ("densify", "assimilate"):
+        _fail("reconstructor", name, "has no stage 'densify' or 'assimilate'")
+    try:
+        config = reconstructor.Config.model_validate(cfg) if isinstance(cfg, dict) else cfg
+    except Exception as exc:  # noqa: BLE001 - pydantic's errors
+        _fail("reconstructor", name, f"its Config rejects the section ({exc})")
+    summaries = []
+    for label, call in (
+            ("train", lambda: reconstructor.train(store_path, config, out_dir / "model",
+                                                  progress=False, resume=True)),
+            ("train again (resume)", lambda: reconstructor.train(
+                store_path, config, out_dir / "model", progress=False, resume=True)),
+            ("run", lambda: reconstructor.run(store_path, config, out_dir / "model",
+                                              out_dir / "result", progress=False))):
+        summary = call()
+        if not isinstance(summary, dict):
+            _fail("reconstructor", name, f"{label} returned {type(summary).__name__}, not a "
+                                         "dict summary")
+        try:
+            _json.dumps(summary, default=str)
+        except TypeError as exc:
+            _fail("reconstructor", name, f"{label}'s summary is not JSON ({exc})")
+        summaries.append(summary)
+    run = summaries[-1]
+    for key, value in run.items():
+        if isinstance(value, str) and str(out_dir) in value and not Path(value).exists():
+            _fail("reconstructor", name, f"run's {key!r} names {value}, which does not exist")
+    left = [str(p) for p in out_dir.rglob(f"*{PARTIAL}*")]
+    if left:
+        _fail("reconstructor", name, f"left temporary files behind {left[:3]} (write results "
+                                     "atomically: geoft.io.atomic_write)")
+    return run
