@@ -35,7 +35,7 @@ def test_scaffolded_plugin_installs_passes_its_tests_and_runs_a_recipe(tmp_path)
     own = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           str(root / "tests")], capture_output=True, text=True, env=env,
                          cwd=tmp_path, timeout=300)
-    assert own.returncode == 0 and "5 passed" in own.stdout, own.stdout[-2000:]
+    assert own.returncode == 0 and "6 passed" in own.stdout, own.stdout[-2000:]
     listed = subprocess.run([sys.executable, "-m", "geoft.cli", "plugins", "list", "--json"],
                             capture_output=True, text=True, env=env, timeout=120)
     assert listed.returncode == 0 and "geoft_buoys.plugin" in listed.stdout
@@ -66,7 +66,7 @@ def test_scaffold_refuses_what_it_cannot_write(tmp_path):
     from geoft.scaffold import new_plugin
 
     with pytest.raises(GeoftError, match="does not offer"):
-        new_plugin("x", ["reconstructor"], tmp_path)
+        new_plugin("x", ["command"], tmp_path)
     with pytest.raises(GeoftError, match="must be lower-case"):
         new_plugin("Bad-Name", ["metric"], tmp_path)
     new_plugin("x", ["metric"], tmp_path)

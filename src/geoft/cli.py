@@ -558,9 +558,9 @@ def plugins_info(name: str = typer.Argument(..., help="Plugin name (see `geoft p
 
 @plugins_app.command("new")
 def plugins_new(name: str = typer.Argument(..., help="Plugin name: the package is geoft-NAME."),
-                kind: str = typer.Option("source,dataset,metric,model", "--kind",
+                kind: str = typer.Option("source,dataset,metric,model,reconstructor", "--kind",
                                          help="Comma-separated kinds to write an example of: "
-                                              "source, dataset, metric, model."),
+                                              "source, dataset, metric, model, reconstructor."),
                 out: Path = typer.Option(Path("."), "--out", help="Folder to write it in.")):
     """Write a plugin package that installs with `pip install -e` and passes its own tests."""
     from geoft.scaffold import new_plugin

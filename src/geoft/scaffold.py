@@ -7,8 +7,8 @@ example per asked kind -- a **source** (a CSV of point observations copied in, r
 read as rows), a **dataset** (those rows as the core's table: features, a target, units), a
 **metric** (the maximum absolute error, WeatherBench-2 style reductions), a **model** (a
 forecaster trained by geoft's engine: persistence plus a learned share of the last change) --
-a README and tests that exercise each against known answers and geoft's conformance checks.
-The reconstructor kind is not offered yet (docs/plugins.md shows it whole).
+a **reconstructor** (a densify method: gaps filled with each point's train mean) -- a README
+and tests that exercise each against known answers and geoft's conformance checks.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 from geoft.errors import GeoftError
 
-KINDS = ("source", "dataset", "metric", "model")
-LATER = ("reconstructor", "baseline", "command")
+KINDS = ("source", "dataset", "metric", "model", "reconstructor")
+LATER = ("baseline", "command")
 
 PYPROJECT = '''[build-system]
 requires = ["setuptools>=77", "wheel"]
@@ -52,6 +52,13 @@ GEOFT_PLUGIN_API = {api}
 '''
 
 PLUGIN_HOOK = {
+    "reconstructor": '''
+
+@geoft.hookimpl
+def geoft_reconstructors():
+    return {{"{name}-mean-fill": Ref("{pkg}.reconstructor:MeanFill",
+                                   summary="densify: gaps filled with each point's train mean")}}
+''',
     "model": '''
 
 @geoft.hookimpl
@@ -226,6 +233,7 @@ def test_registered_and_loadable():
 '''
 
 TEST_CHECK = {
+    "reconstructor": '    assert pm.get("reconstructor", "{name}-mean-fill") is not None\n',
     "model": '    assert pm.get("model", "{name}-trend") is not None\n',
     "source": '    assert pm.get("source", "{name}-csv") is not None\n',
     "dataset": '    assert pm.get("dataset", "{name}-rows") is not None\n',
@@ -394,6 +402,78 @@ class TrendModel:
         return xr.Dataset(out)
 '''
 
+RECONSTRUCTOR = '''"""A reconstructor (a densify method): every gap of a variable filled with that point's
+train mean. ``train`` learns the means, ``run`` writes the filled fields (atomically)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+from geoft.schema import Strict
+
+
+class MeanFillConfig(Strict):
+    method: str = "__NAME__-mean-fill"
+    variable: str = Field(description="the variable to fill")
+
+
+class MeanFill:
+    summary = "gaps filled with each point's train mean"
+    stage = "densify"
+    Config = MeanFillConfig
+
+    def train(self, store_path, cfg, out_dir, *, progress=True, resume=True):
+        from geoft.io import atomic_write
+        from geoft.store import PreparedStore
+
+        store = PreparedStore.open(store_path)
+        train_idx = store.indices("train")
+        values = store.ds[cfg.variable].isel(time=train_idx).values
+        present = store.present(cfg.variable, train_idx)
+        if present is not None:
+            values = np.where(present, values, np.nan)
+        mean = np.nanmean(values, axis=0)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write(Path(out_dir) / "mean.npy", lambda p: np.save(open(p, "wb"), mean))
+        return {"train_times": int(train_idx.size)}
+
+    def run(self, store_path, cfg, checkpoint_dir, out_dir, *, progress=True):
+        import xarray as xr
+
+        from geoft.io import atomic_write
+        from geoft.store import PreparedStore
+
+        store = PreparedStore.open(store_path)
+        mean = np.load(Path(checkpoint_dir) / "mean.npy")
+        values = store.ds[cfg.variable].values
+        present = store.present(cfg.variable)
+        filled = values if present is None else np.where(present, values, mean[None])
+        result = xr.Dataset({cfg.variable: (store.ds[cfg.variable].dims, filled)},
+                            coords={"time": store.times})
+        path = Path(out_dir) / "filled.nc"
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda p: result.to_netcdf(p))
+        return {"path": str(path), "filled": int(0 if present is None else (~present).sum())}
+'''
+
+TEST_RECONSTRUCTOR = '''
+
+def test_reconstructor_conforms_and_fills_gaps(tmp_path):
+    from geoft.testing import check_reconstructor, make_tiny_store
+    from __PKG__.reconstructor import MeanFill
+
+    store_path = make_tiny_store(tmp_path / "store.zarr")
+    # geoft's conformance check: stage, Config, train twice, run, results written atomically
+    run = check_reconstructor(MeanFill(), store_path, {"variable": "zos"}, tmp_path / "r")
+    import xarray as xr
+
+    filled = xr.open_dataset(run["path"])["zos"]
+    assert np.isfinite(filled.values).all()
+'''
+
 TEST_MODEL = '''
 
 def test_model_trains_resumes_exactly_and_forecasts(tmp_path):
@@ -464,15 +544,19 @@ def new_plugin(name: str, kinds: list[str], out: Path) -> Path:
              + "".join(PLUGIN_HOOK[k].format(**fmt) for k in kinds)}
     bodies = {"source": SOURCE, "dataset": DATASET, "metric": METRIC}
     for k in kinds:
-        files[f"src/{pkg}/{k}.py"] = MODEL.replace("__NAME__", name) if k == "model" else \
-            bodies[k].format(**fmt)
+        files[f"src/{pkg}/{k}.py"] = (
+            MODEL.replace("__NAME__", name) if k == "model" else
+            RECONSTRUCTOR.replace("__NAME__", name) if k == "reconstructor" else
+            bodies[k].format(**fmt))
     tests = TESTS_HEAD.format(checks="".join(TEST_CHECK[k].format(**fmt) for k in kinds), **fmt)
     extra = {"source": TEST_SOURCE, "dataset": TEST_DATASET, "metric": TEST_METRIC}
     tests += "".join(TEST_MODEL.replace("__PKG__", pkg) if k == "model" else
+                     TEST_RECONSTRUCTOR.replace("__PKG__", pkg) if k == "reconstructor" else
                      extra[k].format(**fmt) for k in kinds)
     files[f"tests/test_{name}.py"] = tests
     names = {"source": f"source {name}-csv", "dataset": f"dataset {name}-rows",
-             "metric": f"metric {name}-max-abs", "model": f"model {name}-trend"}
+             "metric": f"metric {name}-max-abs", "model": f"model {name}-trend",
+             "reconstructor": f"reconstructor {name}-mean-fill"}
     files["README.md"] = README.format(kinds=", ".join(kinds),
                                        names=", ".join(names[k] for k in kinds), **fmt)
     for rel, text in files.items():
