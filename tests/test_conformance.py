@@ -91,6 +91,13 @@ class _Source:
 def test_check_source_passes_a_good_source_and_catches_broken_ones(tmp_path):
     raw = check_source(_Source(), None, tmp_path / "good")
     assert raw["t"].attrs["units"] == "K"
+    from geoft.lexicon import Lexicon
+
+    check_source(_Source(), None, tmp_path / "lex", lexicon=Lexicon("t", {"2t": "t"}))
+    with pytest.raises(ConformanceError, match="holds none of the names"):
+        check_source(_Source(), None, tmp_path / "lex2", lexicon=Lexicon("x", {"2t": "t2m"}))
+    with pytest.raises(ConformanceError, match="zos.*knows no conversion"):
+        check_source(_Source(), None, tmp_path / "lex3", lexicon=Lexicon("t", {"zos": "t"}))
     for broken, promise in ((_Source(dry_writes=True), "wrote files on a dry run"),
                             (_Source(resumes=False), "fetched everything again"),
                             (_Source(units=False), "carry no units attribute")):

@@ -205,12 +205,16 @@ def check_metric(fn, *, name: str | None = None, reference=None, rtol: float = 1
             _fail("metric", name, f"disagrees with its reference ({out.values} vs {want})")
 
 
-def check_source(source, options, out_dir, *, name: str | None = None) -> Any:
+def check_source(source, options, out_dir, *, name: str | None = None,
+                 lexicon=None) -> Any:
     """A source's ``fetch`` with ``dry_run`` lists requests and writes nothing; a real fetch
     returns a :class:`geoft.protocols.FetchResult` of files that exist; a second fetch
     resumes (skips, requests nothing new); ``open`` returns the raw data (an xarray Dataset
     whose data variables carry ``units`` and which has latitude/longitude, or the source's own
-    object). Returns what ``open`` returned."""
+    object); with ``lexicon`` (a :class:`geoft.lexicon.Lexicon`) every canonical name it
+    claims that the data holds under its source name is present, and every variable named
+    canonically carries units convertible to the canonical ones. Returns what ``open``
+    returned."""
     from pathlib import Path
 
     from geoft.protocols import FetchResult
@@ -244,6 +248,21 @@ def check_source(source, options, out_dir, *, name: str | None = None) -> Any:
         names = set(map(str, raw.variables))
         if not ({"lat", "lon"} <= names or {"latitude", "longitude"} <= names):
             _fail("source", name, "has no latitude/longitude coordinates")
+        if lexicon is not None:
+            from geoft.lexicon import conversion
+
+            renamed = lexicon.rename(raw)
+            claimed = [c for c, key in lexicon.entries.items()
+                       if isinstance(key, str) and key in raw.data_vars]
+            if not claimed:
+                _fail("source", name, f"holds none of the names its lexicon {lexicon.source!r} "
+                                      "maps")
+            for canonical in claimed:
+                try:
+                    conversion(canonical, renamed[canonical].attrs.get("units"),
+                               where=f"source {name}, {canonical}")
+                except GeoftError as exc:
+                    _fail("source", name, f"{canonical}: {exc.one_line()}")
     return raw
 
 

@@ -11,7 +11,11 @@ from geoft_ocean.sources import SyntheticOceanOptions, SyntheticOceanSource
 def test_ocean_source_and_dataset_conform(tmp_path):
     options = SyntheticOceanOptions(days=20, depths=[0.5, 10.0], variables=["thetao", "zos"],
                                     lon_min=-19.0, lon_max=-17.0, lat_min=27.0, lat_max=28.0)
-    raw = check_source(SyntheticOceanSource(), options, tmp_path / "raw")
+    from geoft.lexicon import COPERNICUS_MARINE
+
+    # the synthetic source writes GLORYS names: the Copernicus Marine lexicon maps them
+    raw = check_source(SyntheticOceanSource(), options, tmp_path / "raw",
+                       lexicon=COPERNICUS_MARINE)
     data = DataSection.model_validate({"dataset": "ocean", "patch_size": 4, "fit": "pad",
                                        "split": {"train": ["2014-01-01", "2014-01-12"],
                                                  "val": ["2014-01-13", "2014-01-16"],
