@@ -51,27 +51,8 @@ LONG_NAMES = {"2m_temperature": "2t", "t2m": "2t", "10m_u_component_of_wind": "1
 # ---------------------------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------------------------
-def _expand(path: str) -> list[Path]:
-    import glob
-
-    found = sorted(glob.glob(str(Path(path).expanduser())))
-    if not found:
-        raise GeoftError("no file matches", where=str(path),
-                         fix="check the path or glob of the forecast/truth")
-    return [Path(f) for f in found]
-
-
 def _is_zarr(p: Path) -> bool:
     return p.suffix == ".zarr" or (p / ".zgroup").exists() or (p / "zarr.json").exists()
-
-
-def _is_grib(p: Path) -> bool:
-    if p.suffix.lower() in (".grib", ".grib2", ".grb", ".grb2"):
-        return True
-    if p.is_file():
-        with open(p, "rb") as f:
-            return f.read(4) == b"GRIB"
-    return False
 
 
 def _grib_canonical(da: xr.DataArray) -> str:
@@ -109,13 +90,16 @@ def _read_grib(path: Path) -> xr.Dataset:
 
 def open_any(path: str, *, where: str) -> xr.Dataset:
     """One dataset from zarr, netCDF or GRIB files (a glob of several is concatenated)."""
-    files = _expand(path)
+    from geoft.io import is_grib
+    from geoft.sources import expand
+
+    files = expand([path])
     parts = []
     for f in files:
         try:
             if _is_zarr(f):
                 parts.append(xr.open_zarr(f))
-            elif _is_grib(f):
+            elif is_grib(f):
                 parts.append(_read_grib(f))
             else:
                 parts.append(xr.open_dataset(f))
@@ -408,6 +392,8 @@ class Prepared:
     variables: list[str]
     regridding: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    #: the whole truth, canonical units (its own period: SEEPS and a truth climatology)
+    truth: xr.Dataset | None = None
 
 
 def prepare(cfg: CompareSection) -> Prepared:
@@ -444,7 +430,8 @@ def prepare(cfg: CompareSection) -> Prepared:
                              where=f"{cfg.forecasts[name]} vs {cfg.truth}",
                              fix="rename the variables, or give --variables")
     truth = to_canonical_units(truth, variables, cfg.truth)
-    out = Prepared({}, {}, variables, files={"truth": cfg.truth, **cfg.forecasts})
+    out = Prepared({}, {}, variables, files={"truth": cfg.truth, **cfg.forecasts},
+                   truth=truth)
     for name, fc in fcs.items():
         where = cfg.forecasts[name]
         fc = to_canonical_units(fc, variables, where)
@@ -506,17 +493,10 @@ def _lead_value(lead, unit: str, step: pd.Timedelta | None) -> float:
 
 def _rows(value: xr.DataArray, source: str, var: str, metric: str, n: xr.DataArray,
           unit: str, step) -> list[dict]:
-    frame = value.rename("value").to_dataframe().reset_index()
-    counts = n.rename("n").to_dataframe().reset_index()
-    keys = [k for k in ("level", "lead") if k in frame and k in counts]
-    frame = frame.merge(counts[keys + ["n"]], on=keys, how="left")
-    rows = []
-    for _, r in frame.iterrows():
-        rows.append({"source": source, "variable": var,
-                     "level": float(r["level"]) if "level" in r else np.nan,
-                     "lead": _lead_value(r["lead"], unit, step), "metric": metric,
-                     "value": float(r["value"]), "n": int(r["n"])})
-    return rows
+    from geoft.evaluate import metric_rows
+
+    return metric_rows(value, n, source=source, variable=var, metric=metric,
+                       lead=lambda x: _lead_value(x, unit, step))
 
 
 def seeps_climatology(truth: xr.DataArray, dry: float = 0.2):
@@ -560,9 +540,7 @@ def load_climatology(cfg: CompareSection, prep: Prepared) -> dict[str, xr.DataAr
     if cfg.climatology is None:
         return {}
     if cfg.climatology == "truth":
-        truth = truth_layout(canonical_names(open_any(cfg.truth, where="truth")), cfg.truth)
-        truth = to_canonical_units(truth, prep.variables, cfg.truth)
-        return {v: day_of_year_climatology(truth[v]) for v in prep.variables}
+        return {v: day_of_year_climatology(prep.truth[v]) for v in prep.variables}
     clim = canonical_names(open_any(cfg.climatology, where="climatology"))
     missing = [v for v in prep.variables if v not in clim.data_vars]
     if missing:
@@ -572,7 +550,7 @@ def load_climatology(cfg: CompareSection, prep: Prepared) -> dict[str, xr.DataAr
     return {v: clim[v] for v in prep.variables}
 
 
-def score_all(prep: Prepared, cfg: CompareSection, truth_full: xr.Dataset | None = None):
+def score_all(prep: Prepared, cfg: CompareSection):
     """``(metrics table, per-init MSE table, rank histograms table)``."""
     from scores.categorical import seeps
     from scores.probability import rank_histogram
@@ -637,8 +615,8 @@ def score_all(prep: Prepared, cfg: CompareSection, truth_full: xr.Dataset | None
             for thr in cfg.thresholds.get(v, []):
                 rows += _rows(M.brier_score(ens if members else det, y, threshold=thr, **kw),
                               name, v, f"brier>={thr:g}", n, cfg.lead_unit, step)
-            if v == "tp" and truth_full is not None:
-                p_dry, lh = seeps_climatology(truth_full[v])
+            if v == "tp":
+                p_dry, lh = seeps_climatology(prep.truth[v])
                 per_time = seeps(det, y, p_dry, lh, reduce_dims=dims, weights=weights)
                 rows += _rows(per_time.mean("init_time"), name, v, "seeps", n, cfg.lead_unit,
                               step)
@@ -715,12 +693,7 @@ def run_compare(cfg: CompareSection, out_dir: Path, *, progress: bool = True) ->
     with progress_task(progress, "evaluate (compare)", 3) as bar:
         prep = prepare(cfg)
         bar.advance()
-        truth_full = None
-        if "tp" in prep.variables:
-            truth_full = truth_layout(canonical_names(open_any(cfg.truth, where="truth")),
-                                      cfg.truth)
-            truth_full = to_canonical_units(truth_full, ["tp"], cfg.truth)
-        table, per_init, ranks = score_all(prep, cfg, truth_full)
+        table, per_init, ranks = score_all(prep, cfg)
         bar.advance()
         reference = cfg.reference or next(iter(cfg.forecasts))
         if reference not in cfg.forecasts:

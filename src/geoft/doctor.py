@@ -155,15 +155,14 @@ def doctor_store(path) -> dict[str, Any]:
     check_times(pd.DatetimeIndex(ds["time"].values), where=str(path))
     import dask
 
-    (ranges,) = dask.compute(inf_and_range(ds, variables))
     stats = {v: (ds[v].attrs["norm_mean"], ds[v].attrs["norm_std"]) for v in variables}
     train = store.indices("train")
-    raw = {}
-    for v in variables:
+    lazy_std = {}
+    for v in variables:  # the train std, per level: one pass with the ranges below
         sub = ds[v].isel(time=train)
-        keep = [d for d in sub.dims if d == "level"]
-        raw[v] = np.atleast_1d(np.asarray(sub.std([d for d in sub.dims if d not in keep]),
-                                          np.float64))
+        lazy_std[v] = sub.std([d for d in sub.dims if d != "level"])
+    ranges, std = dask.compute(inf_and_range(ds, variables), lazy_std)
+    raw = {v: np.atleast_1d(np.asarray(std[v], np.float64)) for v in variables}
     warnings = diagnose(ds, variables, ranges, stats, raw_std=raw, where=str(path))
     return {"store": str(path), "variables": variables, "times": int(ds.sizes["time"]),
             "warnings": warnings, "ok": not warnings}

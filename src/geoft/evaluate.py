@@ -150,18 +150,26 @@ def score(store, forecasts: dict[str, xr.Dataset], truth: xr.Dataset,
                                      "xarray DataArray", where=entries[mname].reference,
                                      fix="return a DataArray with the grid dims and time_dim "
                                          "reduced (docs/plugins.md, metrics)")
-                frame = value.rename("value").to_dataframe().reset_index()
-                counts = n.rename("n").to_dataframe().reset_index()
-                keys = [k for k in ("level", "lead") if k in frame and k in counts]
-                frame = frame.merge(counts[keys + ["n"]], on=keys, how="left") if keys else \
-                    frame.assign(n=int(n.sum()))
-                for _, r in frame.iterrows():
-                    rows.append({"source": source, "variable": var,
-                                 "level": float(r["level"]) if "level" in r else np.nan,
-                                 "lead": int(r["lead"]) if "lead" in r else 0,
-                                 "metric": mname, "value": float(r["value"]),
-                                 "n": int(r["n"]) if pd.notna(r.get("n")) else 0})
+                rows += metric_rows(value, n, source=source, variable=var, metric=mname)
     return pd.DataFrame(rows)
+
+
+def metric_rows(value: xr.DataArray, n: xr.DataArray, *, source: str, variable: str,
+                metric: str, lead: Callable[[Any], float] = int) -> list[dict[str, Any]]:
+    """A score over ``(level, lead)`` and the count of values behind it, as rows of the long
+    table (source, variable, level, lead, metric, value, n); ``lead`` converts a lead label
+    (steps here, hours for ``geoft.compare``)."""
+    frame = value.rename("value").to_dataframe().reset_index()
+    counts = n.rename("n").to_dataframe().reset_index()
+    keys = [k for k in ("level", "lead") if k in frame and k in counts]
+    frame = frame.merge(counts[keys + ["n"]], on=keys, how="left") if keys else \
+        frame.assign(n=int(n.sum()))
+    return [{"source": source, "variable": variable,
+             "level": float(r["level"]) if "level" in r else np.nan,
+             "lead": lead(r["lead"]) if "lead" in r else 0,
+             "metric": metric, "value": float(r["value"]),
+             "n": int(r["n"]) if pd.notna(r.get("n")) else 0}
+            for _, r in frame.iterrows()]
 
 
 # ---------------------------------------------------------------------------------------------

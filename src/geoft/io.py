@@ -130,6 +130,21 @@ def remove_partial_writes(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+GRIB_SUFFIXES = (".grib", ".grib2", ".grb", ".grb2")
+
+
+def is_grib(path: str | os.PathLike) -> bool:
+    """A GRIB file by its suffix, or by its first bytes (IFS climate files and many archives
+    have no suffix)."""
+    path = Path(path)
+    if path.suffix.lower() in GRIB_SUFFIXES:
+        return True
+    if path.is_file():
+        with open(path, "rb") as f:
+            return f.read(4) == b"GRIB"
+    return False
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -31,13 +31,13 @@ def _locked(stage: str | None = None):
                 return fn(loaded, *args, **kwargs)
             with stage_lock(loaded.recipe.workdir, name):
                 # leftovers of killed runs of this stage (never a live writer's)
-                removed = remove_orphans(_stage_dir(loaded.recipe, name))
+                folder = _stage_dir(loaded.recipe, name)
+                removed = remove_orphans(folder)
                 if removed:
                     import logging
 
                     logging.getLogger(__name__).info(
-                        "removed %d leftover(s) of killed runs in %s", len(removed),
-                        _stage_dir(loaded.recipe, name))
+                        "removed %d leftover(s) of killed runs in %s", len(removed), folder)
                 return fn(loaded, *args, **kwargs)
         return inner
     return wrap

@@ -424,15 +424,10 @@ def _read_points(path: Path) -> list["xr.Dataset"]:
     path = Path(path)
     if not path.is_file():
         raise GeoftError("no such file", where=str(path), fix="check the path")
-    raw = _grib_parts(path) if path.suffix.lower() in (".grib", ".grib2", ".grb") or \
-        _is_grib(path) else [xr.open_dataset(path)]
+    from geoft.io import is_grib  # IFS climate files often have no suffix
+
+    raw = _grib_parts(path) if is_grib(path) else [xr.open_dataset(path)]
     return [_to_points(ds, str(path)) for ds in raw]
-
-
-def _is_grib(path: Path) -> bool:
-    """IFS climate files often have no suffix: GRIB by their first bytes."""
-    with open(path, "rb") as f:
-        return f.read(4) == b"GRIB"
 
 
 def _onto(part: "xr.Dataset", era: "xr.Dataset", where: str) -> "xr.Dataset":
