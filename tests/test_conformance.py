@@ -12,8 +12,8 @@ import pytest
 import xarray as xr
 
 from geoft.protocols import FetchResult
-from geoft.testing import (ConformanceError, check_dataset, check_metric, check_model_spec,
-                           check_source)
+from geoft.testing import (ConformanceError, check_dataset, check_forecast, check_metric,
+                           check_model_spec, check_source)
 
 
 # -- metrics ----------------------------------------------------------------------------------
@@ -171,6 +171,83 @@ def test_check_model_spec_passes_the_mlp_and_catches_a_spec_that_does_not_restor
     with pytest.raises(ConformanceError, match="ends with other weights"):
         check_model_spec(broken, tmp_path / "broken")
 
+    # the trained checkpoint predicts one value per test row, in physical units
+    from geoft.adapters import MLP, MLPModel
+
+    check_model_spec(good, tmp_path / "predicts", model=MLP, store=table)
+    ckpt = tmp_path / "predicts" / "straight" / "checkpoints" / "step-000004"
+
+    class Short(MLPModel):
+        def predict_table(self, *a, **k):
+            return {t: v[:-1] for t, v in super().predict_table(*a, **k).items()}
+
+    class Normalised(MLPModel):  # forgets to undo the normalisation, on data of mean 50
+        def predict_table(self, *a, **k):
+            return {t: (v - 50.0) / 2.0 for t, v in super().predict_table(*a, **k).items()}
+
+    with pytest.raises(ConformanceError, match="not one value per row of test"):
+        check_forecast(Short(), ckpt, table)
+    shifted = tmp_path / "shifted.parquet"
+    prepare_table(CanonicalTable(frame.assign(y=frame["y"] * 2 + 50), features=["x"],
+                                 targets=["y"], units={"x": "1", "y": "1"}), data, shifted,
+                  progress=False)
+    check_forecast(MLP, ckpt, table)
+    with pytest.raises(ConformanceError, match="averages .* more than 10 standard deviations"):
+        check_forecast(Normalised(), ckpt, shifted)
+
+
+def test_check_model_spec_forecasts_tiny_aurora_and_catches_wrong_dims_or_units(tmp_path):
+    """Aurora (first-party) trains, resumes and forecasts with evaluate's dims; a model whose
+    forecast swaps the init and lead axes, lacks a variable or stays normalised is caught."""
+    import torch
+
+    from geoft.adapters import AURORA, AuroraModel
+    from geoft.models.aurora import AuroraSpec
+    from geoft.testing import make_tiny_store
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        store = make_tiny_store(tmp_path / "store.zarr")
+        tiny = dict(encoder_depths=[1, 1], decoder_depths=[1, 1], encoder_num_heads=[1, 2],
+                    decoder_num_heads=[2, 1], embed_dim=16, num_heads=1)
+
+        def make(out):
+            spec = AuroraSpec(store, {"architecture": "custom", "size": tiny},
+                              dict(batch_size=2, num_workers=0, seed=0), out)
+            return spec, spec.train_config
+
+        check_model_spec(make, tmp_path / "aurora", steps=2, model=AURORA, store=store)
+        ckpt = tmp_path / "aurora" / "straight" / "checkpoints" / "step-000002"
+        good = check_forecast(AURORA, ckpt, store, lead_steps=3)
+        assert good["thetao"].dims == ("init_time", "lead", "level", "lat", "lon")
+
+        class Swapped(AuroraModel):
+            def forecast_from_checkpoint(self, *a, **k):
+                return super().forecast_from_checkpoint(*a, **k).transpose("lead", ...)
+
+        class Partial(AuroraModel):
+            def forecast_from_checkpoint(self, *a, **k):
+                return super().forecast_from_checkpoint(*a, **k).drop_vars("so")
+
+        class Normalised(AuroraModel):
+            def forecast_from_checkpoint(self, ckpt, store, *a, **k):
+                out = super().forecast_from_checkpoint(ckpt, store, *a, **k)
+                mean, std = store.stats("so")
+                return out.assign(so=(out["so"] - xr.DataArray(mean, dims="level"))
+                                  / xr.DataArray(std, dims="level"))
+
+        with pytest.raises(ConformanceError, match=r"forecast of 'zos' has dims \('lead', "
+                                                   r"'init_time', 'lat', 'lon'\), not "
+                                                   r"\('init_time', 'lead'"):
+            check_forecast(Swapped(), ckpt, store)
+        with pytest.raises(ConformanceError, match="its forecast has no 'so'"):
+            check_forecast(Partial(), ckpt, store)
+        with pytest.raises(ConformanceError, match="'so' averages .* physical units"):
+            check_forecast(Normalised(), ckpt, store)
+    finally:
+        torch.set_num_threads(before)
+
 
 # -- reconstructors ---------------------------------------------------------------------------
 def test_check_reconstructor_passes_a_mean_fill_and_catches_leftovers(tmp_path):
@@ -222,3 +299,62 @@ def test_check_reconstructor_passes_a_mean_fill_and_catches_leftovers(tmp_path):
 
     with pytest.raises(ConformanceError, match="which does not exist"):
         check_reconstructor(Liar(), store_path, {"variable": "zos"}, tmp_path / "liar")
+
+
+def test_check_reconstructor_observation_files_passes_densify_and_assimilate(tmp_path):
+    """Both first-party reconstructors read an observation file as the contract says: rows
+    outside the grid, on land and below the deepest level dropped and counted; a file without
+    its error column refused in one line, nothing written. Broken variants are caught."""
+    import torch
+
+    from geoft.adapters import DENSIFY, SDA, DiffusionDensify
+    from geoft.errors import GeoftError
+    from geoft.testing import check_observation_files, check_reconstructor, make_tiny_store
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    store = make_tiny_store(tmp_path / "store.zarr")
+    common = dict(variables=["zos", "thetao"], model={"block_out_channels": [16, 32]}, steps=4,
+                  batch_size=4, checkpoint_every=2, warmup_steps=1, members=2, figures=False)
+    densify = dict(common, n_samples=2, ddim_steps=2, baselines=["nearest"])
+    assimilate = dict(common, n_samples=1, sampler={"steps": 32, "gamma": 0.1},
+                      observe=[{"variable": "zos", "operator": "points", "fraction": 0.2}])
+    try:
+        for reconstructor, cfg, where in ((DENSIFY, densify, "d"), (SDA, assimilate, "a")):
+            check_reconstructor(reconstructor, store, cfg, tmp_path / where, obs_variable="thetao",
+                                observations=lambda p, c=cfg: {**c, "observations":
+                                                               {"table": str(p)}})
+        report = check_observation_files(DENSIFY, store, lambda p: {
+            **densify, "observations": {"table": str(p)}}, "zos", tmp_path / "d" / "model",
+            tmp_path / "surface")
+        assert report["observations"] == {"used": 12, "outside_grid": 2, "dropped_invalid": 1}
+
+        class Uncounted(DiffusionDensify):
+            def run(self, *a, **k):
+                summary = super().run(*a, **k)
+                summary.pop("observations", None)
+                return summary
+
+        class Fussy(DiffusionDensify):  # reads the file itself and trips on a missing column
+            def run(self, store_path, cfg, *a, **k):
+                pd.read_csv(cfg.observations.table)["error"].to_numpy()
+                return super().run(store_path, cfg, *a, **k)
+
+        class Strict(DiffusionDensify):  # refuses the whole file for one row outside the box
+            def run(self, store_path, cfg, *a, **k):
+                rows = pd.read_csv(cfg.observations.table)
+                if (rows["lat"] > 30.0).any():
+                    raise GeoftError("a row lies outside the box", where=cfg.observations.table)
+                return super().run(store_path, cfg, *a, **k)
+
+        def config_for(p):
+            return {**densify, "observations": {"table": str(p)}}
+
+        for broken, message in ((Uncounted(), "has no 'observations' counts"),
+                                (Fussy(), "internal error \\(KeyError"),
+                                (Strict(), "refused an observation file whose bad rows")):
+            with pytest.raises(ConformanceError, match=message):
+                check_observation_files(broken, store, config_for, "thetao",
+                                        tmp_path / "d" / "model", tmp_path / type(broken).__name__)
+    finally:
+        torch.set_num_threads(before)

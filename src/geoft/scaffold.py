@@ -487,8 +487,9 @@ def test_model_trains_resumes_exactly_and_forecasts(tmp_path):
         spec = TrendSpec(store_path, TrendOptions())
         return spec, TrendModel.TrainConfig(batch_size=2, lr=1e-2, num_workers=0, seed=0)
 
-    # geoft's conformance check: stopped half-way and resumed == straight through
-    check_model_spec(make, tmp_path / "conformance")
+    # geoft's conformance check: stopped half-way and resumed == straight through, and the
+    # trained checkpoint forecasts on evaluate's dims (init_time, lead, ...) in physical units
+    check_model_spec(make, tmp_path / "conformance", model=TrendModel(), store=store_path)
     model = TrendModel()
     summary = model.finetune(store_path, TrendOptions(), dict(steps=3, batch_size=2,
                                                              num_workers=0, val_every=10),

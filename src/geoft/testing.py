@@ -289,12 +289,107 @@ def check_dataset(dataset, raw, options, data, out_path, *, name: str | None = N
         _fail("dataset", name, f"gave a store that does not validate: {exc}")
 
 
-def check_model_spec(make_spec, out_dir, *, steps: int = 4, name: str | None = None) -> None:
+def _open_store(store):
+    from geoft.store import PreparedStore
+    from geoft.table import TableStore
+
+    if not isinstance(store, (str, Path)):
+        return store
+    return TableStore.open(store) if str(store).endswith(".parquet") else \
+        PreparedStore.open(store)
+
+
+def check_forecast(model, checkpoint_dir, store, *, lead_steps: int = 2, split: str = "test",
+                   init_indices: Sequence[int] | None = None, name: str | None = None):
+    """A model's predictions have the shape and units evaluation expects, from a trained
+    checkpoint. Grid stores: ``model.forecast_from_checkpoint(checkpoint, store, inits,
+    lead_steps)`` returns an ``xr.Dataset`` with every store variable on dims ``(init_time,
+    lead, *store.var_dims(v))`` and the store's sizes, finite somewhere at the valid points,
+    no infinity, in physical units (mean within 10 train standard deviations of the train
+    mean: not normalised, not in other units); ``lead`` coordinates, when given, increase.
+    Tables: ``model.predict_table(checkpoint, store, split)`` gives every target, one float
+    per row of the split, with the same units promise. ``store``: a store object or its path.
+    Returns the forecast."""
+    from geoft.evaluate import call_forecast
+
+    store = _open_store(store)
+    name = name or type(model).__name__
+    if hasattr(store, "targets") and hasattr(store, "rows"):  # a table
+        if not hasattr(model, "predict_table"):
+            _fail("model", name, "has no predict_table(checkpoint, store, split) for tables")
+        out = model.predict_table(checkpoint_dir, store, split, progress=False)
+        truth = store.read(split, list(store.targets))
+        for t in store.targets:
+            if t not in out:
+                _fail("model", name, f"predict_table gave no {t!r} (targets: "
+                                     f"{list(store.targets)})")
+            values = np.asarray(out[t], dtype=np.float64)
+            if values.shape != (store.rows(split),):
+                _fail("model", name, f"predict_table gave {t!r} with shape {values.shape}, "
+                                     f"not one value per row of {split} "
+                                     f"({store.rows(split)},)")
+            ref = np.asarray(truth[t], np.float64)
+            _check_units(name, t, values, float(np.nanmean(ref)), float(np.nanstd(ref)))
+        return out
+    if not hasattr(model, "forecast_from_checkpoint"):
+        _fail("model", name, "has no forecast_from_checkpoint(checkpoint, store, inits, leads)")
+    if init_indices is None:
+        idx = store.indices(split) if split in store.split else np.arange(store.ds.sizes["time"])
+        idx = [int(i) for i in idx if 2 <= i < store.ds.sizes["time"] - lead_steps]
+        init_indices = idx[:2]
+    init = list(init_indices)
+    forecast = call_forecast(model, checkpoint_dir, store, init, lead_steps, progress=False)
+    if not isinstance(forecast, xr.Dataset):
+        _fail("model", name, f"forecast_from_checkpoint returned {type(forecast).__name__}, "
+                             "not an xarray Dataset")
+    for v in store.variables:
+        if v not in forecast:
+            _fail("model", name, f"its forecast has no {v!r} (store variables: "
+                                 f"{list(store.variables)})")
+        want = ("init_time", "lead", *store.var_dims(v))
+        if tuple(forecast[v].dims) != want:
+            _fail("model", name, f"its forecast of {v!r} has dims {tuple(forecast[v].dims)}, "
+                                 f"not {want}")
+        shape = (len(init), lead_steps, *store.ds[v].shape[1:])
+        if tuple(forecast[v].shape) != shape:
+            _fail("model", name, f"its forecast of {v!r} has shape {tuple(forecast[v].shape)}, "
+                                 f"not {shape} ({len(init)} inits, {lead_steps} leads, the "
+                                 "store's grid)")
+        values = np.asarray(forecast[v].values, dtype=np.float64)
+        if np.isinf(values).any():
+            _fail("model", name, f"its forecast of {v!r} holds infinite values")
+        valid = np.broadcast_to(store.valid(v), values.shape)
+        if not np.isfinite(values[valid]).any():
+            _fail("model", name, f"its forecast of {v!r} is NaN at every valid point")
+        mean, std = store.stats(v)  # the train statistics, over levels too
+        _check_units(name, v, values[valid], float(np.mean(mean)),
+                     float(np.sqrt(np.mean(std ** 2) + np.var(mean))))
+    if "lead" in forecast.coords and forecast["lead"].size > 1:
+        lead = np.asarray(forecast["lead"].values)
+        if not (np.diff(lead.astype(np.float64) if lead.dtype.kind != "m" else
+                        lead.astype("timedelta64[s]").astype(np.int64)) > 0).all():
+            _fail("model", name, "its forecast's lead coordinate does not increase")
+    return forecast
+
+
+def _check_units(name: str, var: str, values: np.ndarray, mean: float, std: float) -> None:
+    """Predictions sit near the data: a normalised output or other units is far off."""
+    got = np.nanmean(values)
+    if np.isfinite(got) and abs(got - mean) > 10 * max(std, 1e-12) + 1e-6 * abs(mean):
+        _fail("model", name, f"its {var!r} averages {got:.4g}, more than 10 standard "
+                             f"deviations from the data's {mean:.4g}: give predictions in "
+                             "physical units (undo the normalisation)")
+
+
+def check_model_spec(make_spec, out_dir, *, steps: int = 4, name: str | None = None,
+                     model=None, store=None, lead_steps: int = 2) -> None:
     """A model spec trains through geoft's engine and resumes exactly: ``make_spec(out)``
     returns ``(spec, train_config)``; ``steps`` steps straight and the same run stopped
     half-way then resumed in a fresh trainer end with identical weights (``model.pt``),
     optimizer moments and metrics; the checkpoint holds ``model.pt``, ``trainer.pt`` and a
-    ``model_config.json`` that names the spec; ``spec.config()`` is JSON."""
+    ``model_config.json`` that names the spec; ``spec.config()`` is JSON. With ``model`` (the
+    registered model object) and ``store`` (store or path), the trained checkpoint also
+    forecasts with the right dims and units (:func:`check_forecast`)."""
     import json as _json
     from pathlib import Path
 
@@ -342,14 +437,25 @@ def check_model_spec(make_spec, out_dir, *, steps: int = 4, name: str | None = N
     if opt_a.keys() != opt_b.keys() or not all(
             torch.equal(opt_a[k]["exp_avg"], opt_b[k]["exp_avg"]) for k in opt_a):
         _fail("model spec", name, "a resumed run ends with other optimizer moments")
+    if model is not None:
+        if store is None:
+            _fail("model spec", name, "check_model_spec(model=...) needs the store too")
+        check_forecast(model, out_dir / "straight" / last, store, lead_steps=lead_steps,
+                       name=name)
 
 
 def check_reconstructor(reconstructor, store_path, cfg, out_dir, *,
-                        name: str | None = None) -> dict:
+                        name: str | None = None, observations=None,
+                        obs_variable: str | None = None) -> dict:
     """A reconstructor (densify/assimilate method) keeps its protocol: ``stage`` is densify or
     assimilate; ``Config`` validates the section; ``train`` returns a JSON summary and can be
     called again (resume); ``run`` returns a JSON summary whose paths exist, and leaves no
-    temporary file behind (results written atomically). Returns ``run``'s summary."""
+    temporary file behind (results written atomically). Returns ``run``'s summary.
+
+    With ``observations`` (a function from an observation-file path to the config section
+    that reads it, e.g. ``lambda p: {**cfg, "observations": {"table": str(p)}}``) and
+    ``obs_variable``, it also honours the observation-table contract
+    (:func:`check_observation_files`)."""
     import json as _json
     from pathlib import Path
 
@@ -388,4 +494,107 @@ def check_reconstructor(reconstructor, store_path, cfg, out_dir, *,
     if left:
         _fail("reconstructor", name, f"left temporary files behind {left[:3]} (write results "
                                      "atomically: geoft.io.atomic_write)")
+    if observations is not None:
+        check_observation_files(reconstructor, store_path, observations, obs_variable,
+                                out_dir / "model", out_dir / "observations", name=name)
     return run
+
+
+def check_observation_files(reconstructor, store_path, config_for, variable: str | None,
+                            checkpoint_dir, out_dir, *, name: str | None = None) -> dict:
+    """A trained reconstructor reads observation files as geoft's contract says
+    (``time, lat, lon, variable, [level,] value, error`` in physical units; see
+    :func:`geoft.diffusion.obs.observations_from_table`). The check writes a CSV of a dozen
+    observations of ``variable`` at valid points of one test time, plus rows that must be
+    dropped and counted, not fatal: two outside the grid, one on an invalid (land) point, one
+    below the deepest level (level variables). ``run`` must report them in its summary's
+    ``observations`` (``used``, ``outside_grid``, ``dropped_invalid``, ``outside_levels``: as
+    :func:`geoft.diffusion.obs.dropped_summary` writes them). A file without its ``error``
+    column must be refused with a :class:`geoft.errors.GeoftError` naming the file (a one-line
+    error, not an internal error) and nothing written. ``config_for(path)`` gives the config
+    section reading the file at ``path``. Returns the summary of the good file's run."""
+    from geoft.diffusion.obs import DROPPED
+    from geoft.store import PreparedStore
+
+    name = name or type(reconstructor).__name__
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store = PreparedStore.open(store_path)
+    if variable not in store.variables:
+        _fail("reconstructor", name, f"check it with obs_variable= one of the store's "
+                                     f"variables {list(store.variables)} (got {variable!r})")
+    idx = store.indices("test") if "test" in store.split else np.arange(len(store.times))
+    t = int(idx[len(idx) // 2])
+    field = store.ds[variable].isel(time=t)
+    valid = store.valid(variable)
+    level = np.nan
+    if variable in store.level_vars:
+        field, valid = field.isel(level=0), valid[0]
+        levels = np.asarray(store.ds["level"].values, np.float64)
+        level = float(levels[0])
+    field = np.asarray(field.values, np.float64)
+    lat, lon = (np.broadcast_to(a, store.grid.shape) for a in store.grid.lat_lon_points())
+    rng = np.random.default_rng(0)
+    ok = np.argwhere(valid)
+    pick = ok[rng.choice(len(ok), size=min(12, len(ok)), replace=False)]
+    std = float(np.mean(store.stats(variable)[1]))
+
+    def rows(cells, **over):
+        cells = [tuple(c) for c in cells]
+        frame = pd.DataFrame({
+            "time": [store.times[t]] * len(cells), "lat": [lat[c] for c in cells],
+            "lon": [lon[c] for c in cells], "variable": variable, "level": level,
+            "value": [field[c] for c in cells], "error": 0.1 * std})
+        return frame.assign(**over)
+
+    good = rows(pick)
+    far = 20.0 if lat.max() + 20.0 <= 90.0 else -20.0
+    planted = {"outside_grid": rows(pick[:2], lat=(lat.max() if far > 0 else lat.min()) + far)}
+    land = np.argwhere(~valid)
+    if len(land):
+        planted["dropped_invalid"] = rows(land[:1], value=float(np.nanmean(field[valid])))
+    if variable in store.level_vars:
+        planted["outside_levels"] = rows(pick[:1], level=10.0 * float(levels.max()) + 1000.0)
+    table = out_dir / "observations.csv"
+    pd.concat([good, *planted.values()], ignore_index=True).to_csv(table, index=False)
+    config = reconstructor.Config.model_validate(config_for(table))
+    try:
+        summary = reconstructor.run(store_path, config, checkpoint_dir, out_dir / "result",
+                                    progress=False)
+    except GeoftError as exc:
+        _fail("reconstructor", name, f"refused an observation file whose bad rows it should "
+                                     f"drop and count ({exc.one_line()})")
+    counts = summary.get("observations") if isinstance(summary, dict) else None
+    if not isinstance(counts, dict):
+        _fail("reconstructor", name, "its run summary has no 'observations' counts (rows used "
+                                     "and dropped by reason, as geoft.diffusion.obs."
+                                     "dropped_summary writes them)")
+    for key, frame in planted.items():
+        if counts.get(key, 0) != len(frame):
+            _fail("reconstructor", name, f"counted {counts.get(key, 0)} observation(s) "
+                                         f"{DROPPED['n_' + key]} in its summary, the file has "
+                                         f"{len(frame)} (drop them and count them)")
+    if counts.get("used") != len(good):
+        _fail("reconstructor", name, f"used {counts.get('used')} observations of the "
+                                     f"{len(good)} on the grid")
+    broken = out_dir / "no-error-column.csv"
+    good.drop(columns="error").to_csv(broken, index=False)
+    refused = out_dir / "refused"
+    try:
+        reconstructor.run(store_path, reconstructor.Config.model_validate(config_for(broken)),
+                          checkpoint_dir, refused, progress=False)
+    except GeoftError as exc:
+        if broken.name not in exc.one_line():
+            _fail("reconstructor", name, f"refused a file without its error column without "
+                                         f"naming it: {exc.one_line()}")
+    except Exception as exc:  # noqa: BLE001 - any other exception is the broken promise
+        _fail("reconstructor", name, f"met a file without its error column with an internal "
+                                     f"error ({exc.__class__.__name__}: {exc}), not a one-line "
+                                     "GeoftError naming the file")
+    else:
+        _fail("reconstructor", name, "accepted an observation file without its error column")
+    written = [p for p in refused.rglob("*") if p.is_file()] if refused.exists() else []
+    if written:
+        _fail("reconstructor", name, f"wrote {[str(p) for p in written[:3]]} for a file it "
+                                     "refused")
+    return summary

@@ -201,6 +201,7 @@ def test_lightgbm_second_model_on_the_same_table(demo, tmp_path):
     """The plugin's second model: LightGBM trees, early-stopped on val, in the core's checkpoint
     layout; better than ERA5's skin temperature, and a rerun resumes instead of retraining."""
     from geoft.table import TableStore
+    from geoft.testing import check_forecast
     from geoft.training.checkpoint import checkpoint_for
     from geoft_land.gbm import GBM, GBMOptions, GBMTrainConfig
 
@@ -210,7 +211,8 @@ def test_lightgbm_second_model_on_the_same_table(demo, tmp_path):
     assert 1 <= summary["steps"] <= 300 and summary["resumed_from"] is None
     ckpt = checkpoint_for(tmp_path / "gbm", "best")
     store = TableStore.open(table)
-    pred = GBM.predict_table(ckpt, store, "test")["lst"]
+    # geoft's conformance check (#15): one prediction per test row, in physical units (K)
+    pred = check_forecast(GBM, ckpt, store)["lst"]
     truth = store.read("test", ["lst", "skt"])
     rmse = np.sqrt(np.mean((pred - truth["lst"]) ** 2))
     assert rmse < 0.6 * np.sqrt(np.mean((truth["skt"] - truth["lst"]) ** 2))
