@@ -74,6 +74,31 @@ class AuroraModel:
                                  "selects none", "add a surface variable (e.g. zos, 2t)"))
         return problems
 
+    def check_store(self, store, options) -> list[str]:
+        """Warnings for store statistics far from the pretrained model's own normalisation
+        (``aurora.normalisation``) for the variables Aurora knows (``2t``, ``msl``, ``t`` at
+        850 hPa, ...): a train mean more than 5 of Aurora's scales from its location, or a
+        train std over 10 or under 0.01 times its scale -- data in other units (degC for K,
+        hPa for Pa, g/kg for kg/kg, geopotential height for geopotential) than the weights
+        learnt. Data-specific variables (thetao, refc, ...) are not compared."""
+        from geoft.doctor import compare_reference_stats
+        from geoft.models.aurora_options import AuroraOptions
+
+        import aurora.normalisation as norm
+
+        options = AuroraOptions.model_validate(options or {}) if not isinstance(
+            options, AuroraOptions) else options
+        reference = {}
+        for v in store.variables:
+            keys = [v] if v in store.surface_vars else \
+                [f"{v}_{norm.level_to_str(float(lev))}" for lev in store.levels]
+            if any(k in norm.locations for k in keys):
+                reference[v] = [(norm.locations[k], norm.scales[k]) if k in norm.locations
+                                else None for k in keys]
+        note = (" (aurora_stats_for_known_vars: true normalises it with Aurora's statistics)"
+                if options.aurora_stats_for_known_vars else "")
+        return compare_reference_stats(store, reference, "the pretrained Aurora", note=note)
+
     def finetune(self, store_path: Path, options, train_config, out_dir: Path, *,
                  progress: bool = True, resume: bool = True, lineage: dict | None = None) -> dict:
         from geoft.models.aurora import finetune

@@ -605,13 +605,22 @@ def doctor(target: Path = typer.Argument(..., metavar="RECIPE|STORE",
                                          help="A recipe (its prepared store) or a store path."),
            json_: bool = JsonOpt):
     """Check a prepared store: infinities, duplicated or unordered times (errors), constant
-    fields and values far from the train statistics (warnings). Exit 1 with warnings."""
+    fields, values far from the train statistics, implausible means and, given a recipe,
+    statistics far from its pretrained model's normalisation (warnings). Exit 1 with
+    warnings."""
     from geoft.doctor import doctor_store
 
-    path = target
-    if target.is_file():  # a recipe: its prepared store
-        path = _load(target, None, None).recipe.prepared_path
+    path, loaded = target, None
+    if target.is_file():  # a recipe: its prepared store, and its model's own checks
+        loaded = _load(target, None, None)
+        path = loaded.recipe.prepared_path
     result = doctor_store(path)
+    if loaded is not None:
+        from geoft.doctor import model_warnings
+        from geoft.store import PreparedStore
+
+        result["warnings"] += model_warnings(loaded, PreparedStore.open(path))
+        result["ok"] = not result["warnings"]
     if json_:
         sys.stdout.write(json.dumps(result) + "\n")
     else:

@@ -96,6 +96,33 @@ def implausible_means(variables: list[str], stats: dict[str, tuple], units: dict
     return out
 
 
+def compare_reference_stats(store, reference: dict[str, list], who: str, *,
+                            note: str = "", mean_scales: float = 5.0,
+                            std_ratio: tuple[float, float] = (0.01, 10.0)) -> list[str]:
+    """Warnings where a store's train statistics are far from a model's reference
+    normalisation. ``reference``: ``{variable: [(location, scale) or None per level]}`` (one
+    entry for surface variables)."""
+    out = []
+    for v, refs in reference.items():
+        mean, std = (np.atleast_1d(np.asarray(x, np.float64)) for x in store.stats(v))
+        levels = list(store.levels) if v in store.level_vars else [None]
+        units = store.ds[v].attrs.get("units", "")
+        units = f" {units}" if units not in ("", "1") else ""
+        for k, (level, ref) in enumerate(zip(levels, refs)):
+            if ref is None:
+                continue
+            loc, scale = (float(x) for x in ref)
+            label = v if level is None else f"{v} at level {level:g}"
+            off = abs(mean[k] - loc) / scale
+            ratio = std[k] / scale
+            if off > mean_scales or not std_ratio[0] <= ratio <= std_ratio[1]:
+                out.append(f"{label}: the train mean {mean[k]:.6g}{units} and std "
+                           f"{std[k]:.3g} are far from {who}'s normalisation (location "
+                           f"{loc:.6g}, scale {scale:.3g}; {off:.1f} scales off, std x"
+                           f"{ratio:.2g}): other units than the weights learnt?{note}")
+    return out
+
+
 def refuse_infinities(ds, variables: list[str], ranges, *, where: str) -> None:
     """An infinite value anywhere is an error naming the variable and its first time."""
     for v in variables:
@@ -142,6 +169,19 @@ def diagnose(ds, variables: list[str], ranges, stats: dict[str, tuple], *,
     levels = {v: list(ds[v]["level"].values) if "level" in ds[v].dims else None
               for v in variables}
     return warnings + implausible_means(variables, stats, units, levels)
+
+
+def model_warnings(loaded, store) -> list[str]:
+    """The recipe's model's own checks of a store (``check_store(store, options)``, e.g.
+    Aurora's comparison with its pretrained normalisation); [] for models without one."""
+    from geoft.plugins import get_plugin_manager
+    from geoft.stages import instance
+
+    if loaded.recipe.model is None or not hasattr(store, "level_vars"):
+        return []
+    adapter = instance(get_plugin_manager().get("model", loaded.recipe.model.name))
+    check = getattr(adapter, "check_store", None)
+    return list(check(store, loaded.parts.get("model"))) if callable(check) else []
 
 
 def doctor_store(path) -> dict[str, Any]:

@@ -142,6 +142,9 @@ def run_finetune(loaded: LoadedRecipe, *, resume: bool = True, progress: bool = 
                              "engine: no plan to measure", where="geoft finetune --plan",
                              fix="run it without --plan")
         return summary
+    warnings = _doctor_before_training(loaded, store)
+    if warnings:
+        record["doctor"] = warnings
     kept_aside = None
     if not resume and recipe.finetune_dir.exists() and any(recipe.finetune_dir.iterdir()):
         # --restart: start over, the old run kept beside (never deleted)
@@ -156,9 +159,33 @@ def run_finetune(loaded: LoadedRecipe, *, resume: bool = True, progress: bool = 
             progress=progress, resume=resume, lineage=record)
     if kept_aside is not None:
         summary["previous_run"] = str(kept_aside)
+    if warnings:
+        summary["doctor"] = warnings
     record["facts"] = {k: v for k, v in summary.items() if k != "history"}
     write_lineage(recipe.finetune_dir, record, loaded)
     return {"stage": "finetune", **summary}
+
+
+def _doctor_before_training(loaded: LoadedRecipe, store_path: Path) -> list[str]:
+    """What the data doctor found when the store was prepared (its ``geoft_doctor``), and the
+    model's own checks of the store (Aurora: the pretrained normalisation), logged before
+    training and recorded in the lineage and summary."""
+    import json
+    import logging
+
+    from geoft.doctor import model_warnings
+
+    if Path(store_path).suffix == ".parquet":  # tables: checked at prepare
+        return []
+    from geoft.store import PreparedStore
+
+    store = PreparedStore.open(store_path)
+    warnings = list(json.loads(store.ds.attrs.get("geoft_doctor", "[]")))
+    with blame(_entry("model", loaded.recipe.model.name), "checking the store"):
+        warnings += model_warnings(loaded, store)
+    for line in warnings:
+        logging.getLogger("geoft").warning("data doctor: %s", line)
+    return warnings
 
 
 def _require_store(loaded: LoadedRecipe) -> Path:
