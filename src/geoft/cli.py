@@ -700,9 +700,27 @@ def lineage(path: Path = typer.Argument(..., help="A store, checkpoint, report o
 
 
 # -- entry point ------------------------------------------------------------------------------
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    """click's usage errors, and those of the click copy newer typer releases carry inside
+    (``typer._click``): an unknown option is a usage message, never an internal error."""
+    out: list[type[BaseException]] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+    except ImportError:
+        pass
+    else:
+        out.append(TyperClickException)
+    return tuple(out)
+
+
+_USAGE_ERRORS = _usage_errors()
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or bool(os.environ.get("GEOFT_DEBUG"))
+    if "--debug" in argv[1:]:  # `geoft prepare R --debug` as the error message suggests it
+        argv = ["--debug"] + [a for a in argv if a != "--debug"]
     command = typer.main.get_command(app)
     try:
         code = command.main(argv, prog_name="geoft", standalone_mode=False)
@@ -713,7 +731,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except _USAGE_ERRORS as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):

@@ -29,6 +29,15 @@ class GeoftError(Exception):
         return "".join(parts) + "."
 
 
+def brief(exc: BaseException, limit: int = 240) -> str:
+    """``Type: message`` of a library's exception on one line, cut to ``limit`` characters (for
+    the "because" part of a :class:`GeoftError`)."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[: limit - 3].rstrip() + "..."
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
+
+
 class PluginError(GeoftError):
     """A plugin failed to load or registered something that clashes."""
 

@@ -100,6 +100,26 @@ def _gap_policy(data: DataSection, canonical: xr.Dataset) -> str:
     return "keep" if product == "observation" else "refuse"
 
 
+def _refuse_unreadable(ds: xr.Dataset, variables: list[str], exc: Exception,
+                       where: str) -> None:
+    """The source's data could not be read (a damaged chunk or a truncated file, found only
+    when the values are decoded): name the variable that fails, one at a time."""
+    from geoft.errors import brief
+
+    culprit = None
+    for v in variables:
+        try:
+            ds[v].notnull().sum().compute()
+        except Exception:  # noqa: BLE001
+            culprit = v
+            break
+    raise GeoftError(f"the source's data cannot be read ({brief(exc)}): a damaged or "
+                     "truncated input file",
+                     where=f"{where}, variable {culprit}" if culprit else where,
+                     fix="fetch or copy the inputs again (geoft fetch re-checks finished "
+                         "chunks) and rerun") from exc
+
+
 def _prepare_store(canonical: xr.Dataset, data: DataSection, out_path: str | Path, *,
                    lineage: dict[str, Any] | None, progress: bool,
                    shape_multiple: int | None) -> dict[str, Any]:
@@ -150,10 +170,16 @@ def _prepare_store(canonical: xr.Dataset, data: DataSection, out_path: str | Pat
 
     # -- validity: a point is valid where it ever has data (one streamed pass) -----------------
     # (the data doctor's infinities and value ranges in the same pass)
-    checked = compute_with_progress(
-        xr.merge([xr.Dataset({v: ds[v].notnull().sum("time") for v in surface_vars + level_vars}),
-                  inf_and_range(ds, surface_vars + level_vars)], compat="override"),
-        "checking data", progress)
+    try:
+        checked = compute_with_progress(
+            xr.merge([xr.Dataset({v: ds[v].notnull().sum("time")
+                                  for v in surface_vars + level_vars}),
+                      inf_and_range(ds, surface_vars + level_vars)], compat="override"),
+            "checking data", progress)
+    except GeoftError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the first read of the source's data
+        _refuse_unreadable(ds, surface_vars + level_vars, exc, where)
     ranges = checked[[k for k in checked.data_vars if "__" in str(k)]]
     counts = checked[surface_vars + level_vars]
     refuse_infinities(ds, surface_vars + level_vars, ranges, where=where)

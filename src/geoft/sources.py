@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import warnings
 from pathlib import Path
 from typing import ClassVar
 
@@ -10,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from geoft.schema import Strict
 
-from geoft.errors import GeoftError
+from geoft.errors import GeoftError, brief
 from geoft.protocols import FetchResult
 
 
@@ -36,14 +37,27 @@ def open_files(files: list[Path], variables: list[str] | None = None):
     zarrs = [f for f in files if f.suffix == ".zarr" or (f / ".zgroup").exists()
              or (f / "zarr.json").exists()]
     ncs = [f for f in files if f not in zarrs]
-    parts = [xr.open_zarr(z) for z in zarrs]
+    parts = []
+    for z in zarrs:
+        try:
+            with warnings.catch_warnings():  # a store without consolidated metadata is fine
+                warnings.filterwarnings("ignore", message=".*consolidated metadata.*")
+                parts.append(xr.open_zarr(z))
+        except Exception as exc:  # noqa: BLE001 - zarr raises many kinds on damaged metadata
+            raise GeoftError(f"cannot open as zarr ({brief(exc)})", where=str(z),
+                             fix="check the store is complete (fetch or copy it again)") from exc
+    for f in ncs:
+        if f.is_file() and f.stat().st_size == 0:
+            raise GeoftError("the file is empty (0 bytes)", where=str(f),
+                             fix="fetch or copy it again")
     if ncs:
         try:
             parts.append(xr.open_mfdataset(ncs, combine="by_coords", chunks={"time": 31},
                                            data_vars="minimal", coords="minimal",
                                            compat="override"))
         except (OSError, ValueError) as exc:
-            raise GeoftError(f"cannot open as netCDF ({exc})", where=str(ncs[0]),
+            _refuse_overlapping_files(ncs)
+            raise GeoftError(f"cannot open as netCDF ({brief(exc)})", where=str(ncs[0]),
                              fix="check the files are complete netCDF with a time coordinate") from exc
     ds = xr.merge(parts, compat="override") if len(parts) > 1 else parts[0]
     if variables:
@@ -53,6 +67,30 @@ def open_files(files: list[Path], variables: list[str] | None = None):
                              where=str(files[0]), fix="fix the variables list")
         ds = ds[variables]
     return ds
+
+
+def _refuse_overlapping_files(files: list[Path]) -> None:
+    """Two files that cover the same times cannot be combined (the first ``open_mfdataset``
+    error says only that it found nothing to order them by): name the pair."""
+    import xarray as xr
+
+    seen: dict = {}
+    for f in files:
+        try:
+            with xr.open_dataset(f) as ds:
+                times = ds["time"].values if "time" in ds.coords else []
+        except Exception:  # noqa: BLE001 - an unreadable file is reported by the caller
+            return
+        for t in times:
+            if t in seen and seen[t] != f:
+                import pandas as pd
+
+                raise GeoftError(f"{seen[t].name} and {f.name} both hold time "
+                                 f"{pd.Timestamp(t)}: overlapping input files cannot be merged "
+                                 "(which values would win?)", where=str(f.parent),
+                                 fix="remove one of the two files (or list only one in "
+                                     "source.options.paths)")
+            seen.setdefault(t, f)
 
 
 class LocalFilesSource:

@@ -304,8 +304,12 @@ def atomic_write_zarr(ds: xr.Dataset, path: str | os.PathLike, *, progress=None)
 
     path = Path(path)
     for v in ds.variables.values():
-        v.encoding.pop("chunks", None)
-        v.encoding.pop("preferred_chunks", None)
+        # the source's storage encoding (chunks, and the codecs of a zarr v2 or netCDF input,
+        # which a zarr v3 store cannot take) never travels into geoft's store
+        for key in ("chunks", "preferred_chunks", "compressor", "compressors", "filters",
+                    "serializer", "shards", "zlib", "complevel", "shuffle", "fletcher32",
+                    "contiguous", "chunksizes", "source", "original_shape"):
+            v.encoding.pop(key, None)
     with atomic_directory(path) as tmp:
         delayed = ds.to_zarr(tmp, mode="w", compute=False, consolidated=False)
         if progress is not None:
