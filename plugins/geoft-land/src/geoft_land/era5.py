@@ -273,10 +273,16 @@ def _grib_parts(path: Path) -> list["xr.Dataset"]:
     try:
         with warnings.catch_warnings():  # cfgrib's own merge, about xarray's future defaults
             warnings.simplefilter("ignore", FutureWarning)
-            parts = cfgrib.open_datasets(str(path), indexpath="", cache_geo_coords=True)
-    except Exception as exc:
-        raise GeoftError(f"cannot read GRIB file: {exc}", where=str(path),
-                         fix="check the file is GRIB (ERA5 from the CDS)") from None
+            # errors="raise": a truncated or damaged message stops the read (cfgrib's default
+            # skips it with a logged traceback and returns the rest: data silently missing)
+            parts = cfgrib.open_datasets(str(path), backend_kwargs={
+                "errors": "raise", "indexpath": "", "cache_geo_coords": True})
+    except Exception as exc:  # noqa: BLE001 - eccodes and cfgrib raise many kinds
+        from geoft.errors import brief
+
+        raise GeoftError(f"cannot read GRIB file ({brief(exc)}): truncated or not GRIB",
+                         where=str(path), fix="delete the file and fetch it again (ERA5 GRIB "
+                                              "from the CDS)") from None
     out = []
     for ds in parts:
         for name, da in ds.data_vars.items():
