@@ -51,3 +51,20 @@ def test_bad_recipe_input_is_a_one_line_error(case, tmp_path):
     assert expected in text and "Fix:" in text
     assert "internal error" not in text and "Traceback" not in text
     assert len(text.splitlines()) == 1, text
+
+
+def test_a_usage_error_is_a_usage_message_and_debug_goes_anywhere(tmp_path):
+    """An unknown option or a missing argument is click's usage message with exit 2 (it was an
+    'internal error' under the click copy newer typer releases bundle); `--debug` after the
+    command, where the error message suggests it, is accepted."""
+    for args, expected in ((["prepare", "--bogus"], "No such option: --bogus"),
+                           (["prepare"], "Missing argument 'RECIPE'")):
+        res = subprocess.run([sys.executable, "-m", "geoft.cli", *args], capture_output=True,
+                             text=True, timeout=120)
+        text = res.stdout + res.stderr
+        assert res.returncode == 2 and expected in text, text
+        assert "internal error" not in text and "Traceback" not in text
+    res = subprocess.run([sys.executable, "-m", "geoft.cli", "recipe", "validate",
+                          str(tmp_path / "nope.yaml"), "--debug"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2 and "recipe file not found" in res.stderr, res.stderr

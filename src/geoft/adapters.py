@@ -214,6 +214,10 @@ class _Reconstructor:
 
             torch.set_num_threads(cfg.cpu_threads)
 
+    def check(self, store_path: Path, cfg) -> None:
+        """Inputs checked before training (an observation file, read whole)."""
+        self._mod().check_inputs(store_path, cfg)
+
     def train(self, store_path: Path, cfg, out_dir: Path, *, progress: bool = True,
               resume: bool = True) -> dict[str, Any]:
         self._threads(cfg)

@@ -253,6 +253,9 @@ def run_reconstruction(loaded: LoadedRecipe, stage: str, *, resume: bool = True,
     out = recipe.workdir / stage
     summary: dict[str, Any] = {"stage": stage, "method": method_name}
     entry = _entry("reconstructor", method_name)
+    if callable(getattr(method, "check", None)):  # bad inputs stop before hours of training
+        with blame(entry, f"checking the {stage} inputs"):
+            method.check(store, cfg)
     if train:
         with blame(entry, f"training the {stage} model"):
             summary["train"] = method.train(store, cfg, out / "model", progress=progress,

@@ -613,7 +613,8 @@ def read_table(table: "pd.DataFrame | str | Path", variables: Mapping[str, str] 
 
 
 def analysis_times(frame: "pd.DataFrame", source: str, window: Any,
-                   store_times: Sequence[Any] | None = None) -> list["pd.Timestamp"]:
+                   store_times: Sequence[Any] | None = None, *,
+                   line_offset: int | None = None) -> list["pd.Timestamp"]:
     """The times to analyse an observation table at: the store's times that have observations
     within ``window`` (a hindcast), else the observation times rounded to ``window`` (one
     analysis per window, not one per distinct timestamp)."""
@@ -625,7 +626,10 @@ def analysis_times(frame: "pd.DataFrame", source: str, window: Any,
                          fix="add a time column or list observations.times")
     parsed = pd.to_datetime(frame[cols["time"]], errors="coerce", utc=True)
     if parsed.isna().any():
-        raise GeoftError("observation table has unreadable times", where=source,
+        bad = np.flatnonzero(parsed.isna().to_numpy())
+        raw = frame[cols["time"]].iloc[int(bad[0])]
+        raise GeoftError(f"{bad.size} row(s) have a missing or unreadable time, first at "
+                         f"{_row_label(bad, line_offset or 0)} ({raw!r})", where=source,
                          fix="write times as ISO 8601, e.g. 2020-01-31T12:00")
     obs_t = np.sort(parsed.dt.tz_localize(None).to_numpy())
     width = pd.Timedelta(window)
@@ -714,7 +718,10 @@ def observations_from_table(table: "pd.DataFrame | str | Path", grid,
     if missing:
         raise GeoftError(f"observation table lacks column(s) {', '.join(missing)} (has "
                          f"{', '.join(map(str, frame.columns)) or 'none'})", where=source,
-                         fix="provide columns " + ", ".join(needed))
+                         fix="provide columns " + ", ".join(needed)
+                         + (" (or, without an error column, give the observation-error std "
+                            "of each variable as observations.errors: {variable: std})"
+                            if "error" in missing else ""))
     n_rows = int(len(frame))
     if n_rows == 0:
         raise GeoftError("observation table has no rows", where=source,

@@ -102,7 +102,8 @@ def table_cases(store, fields: "StoreFields", spec, *, interpolation: str | None
         if not parsed.isna().any():
             frame = frame.assign(**{column: parsed.dt.tz_localize(None)})
     times = ([pd.Timestamp(t) for t in spec.times] if spec.times
-             else analysis_times(frame, source, spec.time_window, store.times))
+             else analysis_times(frame, source, spec.time_window, store.times,
+                                 line_offset=offset))
     mapping, stats, perm = channel_mapping(store, fields)
     interpolation = interpolation or spec.interpolation
     superobs = spec.superobs if superobs is None else superobs
