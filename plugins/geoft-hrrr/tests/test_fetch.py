@@ -115,6 +115,15 @@ def test_fetch_subsets_match_the_archive_and_resume(archive, tmp_path):
     with fake.patch():
         again = HrrrSource().fetch(_options(), tmp_path, progress=False)
     assert fake.gets == [] and len(again.skipped) == 8
+    # a file damaged since (a copy cut short) is checked on resume and fetched again
+    damaged = sorted((tmp_path / "hrrr").rglob("*.grib2"))[3]
+    whole = damaged.read_bytes()
+    damaged.write_bytes(whole[: len(whole) // 2])
+    fake.gets.clear()
+    with fake.patch():
+        again = HrrrSource().fetch(_options(), tmp_path, progress=False)
+    assert len(again.skipped) == 7 and damaged.read_bytes() == whole
+    assert any(url.endswith(".grib2") for url, _ in fake.gets)
 
 
 def test_missing_run_is_reported_never_zero_filled(archive, tmp_path):

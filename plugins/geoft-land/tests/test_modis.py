@@ -476,6 +476,22 @@ def test_fetch_downloads_only_missing_granules(tmp_path, home, fake, monkeypatch
     assert have.name not in names and len(names) == 2
     assert [s["granule"] for s in result.skipped] == [have.name]
     assert read_myd11a1(have)["lst"].eq(260.0).all()  # the existing file was left alone
+    # a granule damaged since (a copy cut short) is checked on resume and downloaded again
+    whole = have.read_bytes()
+    have.write_bytes(whole[: len(whole) // 3])
+    fake.downloads.clear()
+    again = ModisSource().fetch(OPTIONS, out, progress=False)
+    (names, _), = fake.downloads
+    assert names == [have.name] and len(again.skipped) == 2
+    # read back in a fresh process: the HDF4 library keeps a file this process created, then
+    # saw truncated, unreadable for the rest of the process (not so for downloaded files)
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", "import sys; from geoft_land.modis import "
+                          "check_granule; check_granule(sys.argv[1])", str(have)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-1000:]
 
 
 def test_fetch_uses_netrc(tmp_path, home, fake):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -104,6 +105,24 @@ class HrrrOptions(Strict):
         return [p for p in ("sfc", "prs") if self.searches(p)]
 
 
+def _intact(task: "_Subset") -> bool:
+    """A subset already on disk is skipped on resume only when it still reads whole: every
+    message scans and it holds every field asked (a file truncated or damaged since it was
+    written -- a copy cut short, a disk full -- is logged, removed and fetched again)."""
+    from geoft_hrrr.grib import scan
+
+    try:
+        _, refs = scan(task.path)
+        if len(refs) >= len(task.searches):
+            return True
+        problem = f"holds {len(refs)} of {len(task.searches)} fields"
+    except GeoftError as exc:
+        problem = exc.what
+    logging.getLogger(__name__).warning("%s: %s; fetching it again", task.path, problem)
+    task.path.unlink()
+    return False
+
+
 class _Subset(NamedTuple):
     """One download: a run's forecast hour of one product, its fields' searches (label,
     search string), their alternation and the final path of the subset."""
@@ -161,7 +180,7 @@ class HrrrSource:
         tasks = self._tasks(options, out_dir)
         requests = [{"run": f"{t.run:%Y-%m-%dT%H}", "fxx": t.fxx, "product": t.product,
                      "search": t.regex} for t in tasks]
-        complete = [t.path.exists() for t in tasks]
+        complete = [t.path.exists() and _intact(t) for t in tasks]
         skipped = [r for r, done in zip(requests, complete) if done]
         todo = [t for t, done in zip(tasks, complete) if not done]
         provenance = {"source": "hrrr", "herbie_priority": options.priority,

@@ -392,6 +392,19 @@ def _open_hdf(path: Path) -> Any:
                              "a MODIS granule)") from exc
 
 
+def _still_whole(path: Path) -> bool:
+    """A granule already on disk is skipped on resume only when it still opens as a MODIS
+    granule; a damaged one (truncated copy, a login page saved as .hdf) is logged, removed and
+    downloaded again."""
+    try:
+        check_granule(path)
+        return True
+    except GeoftError as exc:
+        logger.warning("%s: %s; downloading it again", path, exc.what)
+        path.unlink()
+        return False
+
+
 def check_granule(path: str | os.PathLike) -> None:
     """Raise :class:`GeoftError` unless ``path`` opens as HDF4 and holds the three SDS."""
     path = Path(path)
@@ -747,7 +760,7 @@ class ModisSource:
             name = _granule_file_name(granule)
             names.append(name)
             entry = {"granule": name}
-            if (out_dir / name).is_file():
+            if (out_dir / name).is_file() and _still_whole(out_dir / name):
                 skipped.append(entry)
             else:
                 missing.append((granule, name))
