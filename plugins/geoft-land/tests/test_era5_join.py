@@ -122,13 +122,19 @@ def test_cds_fetch_requests_resume_and_credentials(tmp_path, monkeypatch):
     assert len(calls) == 3 and len(done.files) == 3
     again = Era5Source().fetch(opts, tmp_path / "raw")
     assert len(calls) == 3 and len(again.skipped) == 3  # resumed: nothing fetched twice
+    # a file damaged since (a copy cut short) is read to its end on resume and fetched again
+    june_file = tmp_path / "raw" / "era5-2021-06.grib"
+    whole = june_file.read_bytes()
+    june_file.write_bytes(whole[: len(whole) - 100])
+    again = Era5Source().fetch(opts, tmp_path / "raw")
+    assert len(calls) == 4 and len(again.skipped) == 2 and june_file.read_bytes() == whole
     # what open reads: the data files, never their request records beside them
     assert [p.name for p in Era5Source.files(opts, tmp_path / "raw")] == [
         "era5-2021-06.grib", "era5-2021-07.grib", "era5-static.grib"]
     assert (tmp_path / "raw" / "era5-2021-06.grib.request.json").is_file()
     other = Era5Source().fetch(opts.model_copy(update={"hours": [12, 13, 14]}), tmp_path / "raw")
     # other hours: both months fetched again; the static request is unchanged
-    assert len(calls) == 5 and [Path(e["file"]).name for e in other.skipped] == \
+    assert len(calls) == 6 and [Path(e["file"]).name for e in other.skipped] == \
         ["era5-static.grib"]
 
     def failing(self, dataset, request, target):

@@ -202,7 +202,7 @@ class Era5Source:
             asked = path.with_name(path.name + ".request.json")
             same = asked.is_file() and json.loads(asked.read_text()) == \
                 json.loads(json.dumps(entry["request"] | {"dataset": options.dataset}))
-            if path.is_file() and path.stat().st_size > 0 and same:
+            if path.is_file() and path.stat().st_size > 0 and same and _still_whole(path):
                 result.skipped.append(entry)
                 result.files.append(path)
                 continue
@@ -264,6 +264,41 @@ def open_land_era(files: list, static: list[str] | None = None,
 # ------------------------------------------------------------------------------------------
 # reading: GRIB (cfgrib) or netCDF -> (time, point)
 # ------------------------------------------------------------------------------------------
+def _still_whole(path: Path) -> bool:
+    """A file already fetched is skipped on resume only when it still reads to its end: every
+    GRIB message (headers, no values decoded), or a netCDF file's last value of every
+    variable. A damaged one (a copy cut short) is logged, removed and fetched again."""
+    import logging
+
+    from geoft.errors import brief
+    from geoft.io import is_grib
+
+    try:
+        if is_grib(path):
+            import pyproj  # noqa: F401  (before eccodes: bundled PROJ clash)
+            import eccodes
+
+            with open(path, "rb") as f:
+                n = 0
+                while (handle := eccodes.codes_grib_new_from_file(f)) is not None:
+                    eccodes.codes_release(handle)
+                    n += 1
+            if n == 0:
+                raise ValueError("no GRIB message")
+        else:
+            import xarray as xr
+
+            with xr.open_dataset(path) as ds:
+                for v in ds.data_vars.values():
+                    v[(-1,) * v.ndim].values
+        return True
+    except Exception as exc:  # noqa: BLE001 - eccodes, netCDF and HDF5 raise many kinds
+        logging.getLogger(__name__).warning("%s: cannot be read to its end (%s); fetching it "
+                                            "again", path, brief(exc))
+        path.unlink()
+        return False
+
+
 def _grib_parts(path: Path) -> list["xr.Dataset"]:
     import pyproj  # noqa: F401  (before cfgrib/eccodes: bundled PROJ clash)
     import cfgrib
