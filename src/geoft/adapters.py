@@ -215,8 +215,18 @@ class _Reconstructor:
             torch.set_num_threads(cfg.cpu_threads)
 
     def check(self, store_path: Path, cfg) -> None:
-        """Inputs checked before training (an observation file, read whole)."""
-        self._mod().check_inputs(store_path, cfg)
+        """Before training: an observation file (``observations``) is read and checked whole
+        (columns, values, errors, positions, times), so a bad row stops the stage in seconds,
+        not after the model has trained."""
+        from geoft.diffusion.reconstruction import open_fields
+
+        mod = self._mod()
+        cfg = mod.load_config(cfg)
+        if cfg.observations is None:
+            return
+        store, fields = open_fields(store_path, cfg.variables, where=f"{self.stage}.variables",
+                                    cache=False)
+        mod._table_cases(store, fields, cfg.observations)
 
     def train(self, store_path: Path, cfg, out_dir: Path, *, progress: bool = True,
               resume: bool = True) -> dict[str, Any]:

@@ -320,19 +320,6 @@ def _channel_index(fields: "StoreFields", name: str) -> int:
     return fields.names.index(name)
 
 
-def check_inputs(store_path, cfg) -> None:
-    """Before training: an observation file (``assimilate.observations``) is read and checked
-    whole (columns, values, errors, positions, times), so a bad row stops the stage in
-    seconds, not after the model has trained."""
-    cfg = load_config(cfg)
-    if cfg.observations is None:
-        return
-    from geoft.diffusion.reconstruction import open_fields
-
-    store, fields = open_fields(store_path, cfg.variables, where="assimilate.variables", cache=False)
-    _table_cases(store, fields, cfg.observations)
-
-
 def _table_cases(store, fields: "StoreFields", obs: TableObservations):
     from geoft.diffusion.reconstruction import table_cases
 

@@ -634,19 +634,6 @@ def _load_model(checkpoint_dir, cfg: DensifyConfig, fields: "StoreFields"):
     return model, info
 
 
-def check_inputs(store_path, cfg) -> None:
-    """Before training: an observation file (``densify.observations``) is read and checked
-    whole (columns, values, errors, positions, times), so a bad row stops the stage in
-    seconds, not after the model has trained."""
-    cfg = load_config(cfg)
-    if cfg.observations is None:
-        return
-    from geoft.diffusion.reconstruction import open_fields
-
-    store, fields = open_fields(store_path, cfg.variables, where="densify.variables", cache=False)
-    _table_cases(store, fields, cfg.observations)
-
-
 def _table_cases(store, fields: "StoreFields", obs: TableObservations | str | Any,
                  ) -> list[dict[str, Any]]:
     """Observation-file mode: one case per analysis time, the observations gridded onto their
