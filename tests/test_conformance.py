@@ -243,8 +243,23 @@ def test_check_model_spec_forecasts_tiny_aurora_and_catches_wrong_dims_or_units(
             check_forecast(Swapped(), ckpt, store)
         with pytest.raises(ConformanceError, match="its forecast has no 'so'"):
             check_forecast(Partial(), ckpt, store)
+        class SeaLevelNormalised(AuroraModel):  # mean near 0 either way: its spread tells
+            def forecast_from_checkpoint(self, ckpt, store, *a, **k):
+                out = super().forecast_from_checkpoint(ckpt, store, *a, **k)
+                mean, std = store.stats("zos")
+                return out.assign(zos=(out["zos"] - float(mean)) / float(std))
+
+        class Shifted(AuroraModel):  # the forecast labelled with other init times
+            def forecast_from_checkpoint(self, *a, **k):
+                out = super().forecast_from_checkpoint(*a, **k)
+                return out.assign_coords(init_time=out["init_time"] + np.timedelta64(1, "D"))
+
         with pytest.raises(ConformanceError, match="'so' averages .* physical units"):
             check_forecast(Normalised(), ckpt, store)
+        with pytest.raises(ConformanceError, match="'zos' varies .* times more than the data"):
+            check_forecast(SeaLevelNormalised(), ckpt, store)
+        with pytest.raises(ConformanceError, match="init_time .* is not the store's times"):
+            check_forecast(Shifted(), ckpt, store)
     finally:
         torch.set_num_threads(before)
 

@@ -233,10 +233,10 @@ def _with_stats(path, stats):
 
 
 def test_doctor_compares_with_the_pretrained_aurora_normalisation(tmp_path):
-    """For variables Aurora knows (2t, msl, t at 850/500 hPa), store statistics far from the
-    pretrained model's normalisation are listed (degC for K), by `geoft doctor RECIPE` and
-    before finetune trains (log, summary, lineage); K is fine; data-specific names are not
-    compared."""
+    """With aurora_stats_for_known_vars (Aurora's own statistics normalise the variables it
+    knows: 2t, msl, t at 850/500 hPa), store statistics far from them are listed (degC for K),
+    by `geoft doctor RECIPE` and before finetune trains (log, summary, lineage); K is fine;
+    data-specific names are not compared; with the store's own statistics nothing is."""
     import json
     import subprocess
     import sys
@@ -253,11 +253,13 @@ def test_doctor_compares_with_the_pretrained_aurora_normalisation(tmp_path):
     work = tmp_path / "w"
     store = make_tiny_store(work / "prepared" / "store.zarr", surface_vars=("2t", "msl", "zos"),
                             level_vars=("t",), levels=(850, 500))
+    own = {"aurora_stats_for_known_vars": True}
     _with_stats(store, kelvin)
-    assert AURORA.check_store(PreparedStore.open(store), {}) == []
+    assert AURORA.check_store(PreparedStore.open(store), own) == []
     _with_stats(store, {"2t": (12.0, 8.0), "t": ([280.0, 255.0], [800.0, 6.0])})
-    warnings = AURORA.check_store(PreparedStore.open(store), {"aurora_stats_for_known_vars":
-                                                              True})
+    # normalised with the store's own statistics (the default), units cannot matter
+    assert AURORA.check_store(PreparedStore.open(store), {}) == []
+    warnings = AURORA.check_store(PreparedStore.open(store), own)
     assert len(warnings) == 2, warnings
     assert warnings[0].startswith("2t: the train mean 12") and "12.6 scales off" in warnings[0]
     assert "aurora_stats_for_known_vars: true" in warnings[0]
@@ -269,7 +271,7 @@ def test_doctor_compares_with_the_pretrained_aurora_normalisation(tmp_path):
                                  "val": ["2020-01-25", "2020-02-01"],
                                  "test": ["2020-02-02", "2020-02-09"]}},
               "model": {"name": "aurora", "options": {"architecture": "custom", "size": {
-                  "embed_dim": 16}}},
+                  "embed_dim": 16}, **own}},
               "train": {"steps": 1}}
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))

@@ -75,12 +75,13 @@ class AuroraModel:
         return problems
 
     def check_store(self, store, options) -> list[str]:
-        """Warnings for store statistics far from the pretrained model's own normalisation
-        (``aurora.normalisation``) for the variables Aurora knows (``2t``, ``msl``, ``t`` at
-        850 hPa, ...): a train mean more than 5 of Aurora's scales from its location, or a
-        train std over 10 or under 0.01 times its scale -- data in other units (degC for K,
-        hPa for Pa, g/kg for kg/kg, geopotential height for geopotential) than the weights
-        learnt. Data-specific variables (thetao, refc, ...) are not compared."""
+        """With ``aurora_stats_for_known_vars: true`` (Aurora's own normalisation for the
+        variables it knows: ``2t``, ``msl``, ``t`` at 850 hPa, ...), warnings for store
+        statistics far from it: a train mean more than 5 of Aurora's scales from its
+        location, or a train std over 10 or under 0.01 times its scale -- data in other units
+        (degC for K, hPa for Pa, g/kg for kg/kg, geopotential height for geopotential) than
+        the statistics expect. Without it the store's own statistics normalise the data,
+        which makes its units irrelevant (an affine change): nothing to warn about."""
         from geoft.doctor import compare_reference_stats
         from geoft.models.aurora_options import AuroraOptions
 
@@ -88,6 +89,8 @@ class AuroraModel:
 
         options = AuroraOptions.model_validate(options or {}) if not isinstance(
             options, AuroraOptions) else options
+        if not options.aurora_stats_for_known_vars:
+            return []
         reference = {}
         for v in store.variables:
             keys = [v] if v in store.surface_vars else \
@@ -95,9 +98,10 @@ class AuroraModel:
             if any(k in norm.locations for k in keys):
                 reference[v] = [(norm.locations[k], norm.scales[k]) if k in norm.locations
                                 else None for k in keys]
-        note = (" (aurora_stats_for_known_vars: true normalises it with Aurora's statistics)"
-                if options.aurora_stats_for_known_vars else "")
-        return compare_reference_stats(store, reference, "the pretrained Aurora", note=note)
+        return compare_reference_stats(
+            store, reference, "the pretrained Aurora",
+            note=" (aurora_stats_for_known_vars: true normalises it with those statistics: "
+                 "convert the data, or set it to false)")
 
     def finetune(self, store_path: Path, options, train_config, out_dir: Path, *,
                  progress: bool = True, resume: bool = True, lineage: dict | None = None) -> dict:
@@ -218,15 +222,14 @@ class _Reconstructor:
         """Before training: an observation file (``observations``) is read and checked whole
         (columns, values, errors, positions, times), so a bad row stops the stage in seconds,
         not after the model has trained."""
-        from geoft.diffusion.reconstruction import open_fields
+        from geoft.diffusion.reconstruction import open_fields, table_cases
 
-        mod = self._mod()
-        cfg = mod.load_config(cfg)
+        cfg = self._mod().load_config(cfg)
         if cfg.observations is None:
             return
         store, fields = open_fields(store_path, cfg.variables, where=f"{self.stage}.variables",
                                     cache=False)
-        mod._table_cases(store, fields, cfg.observations)
+        table_cases(store, fields, cfg.observations, truth=False)  # no field read
 
     def train(self, store_path: Path, cfg, out_dir: Path, *, progress: bool = True,
               resume: bool = True) -> dict[str, Any]:

@@ -133,6 +133,21 @@ def remove_partial_writes(folder: str | os.PathLike) -> list[Path]:
 GRIB_SUFFIXES = (".grib", ".grib2", ".grb", ".grb2")
 
 
+def set_aside(path: str | os.PathLike, why: str) -> Path:
+    """Move a damaged input out of the way (``<name>.damaged-<UTC time>`` beside it) so that
+    it is fetched again; it is kept, never deleted, in case the check was wrong. Logged."""
+    import datetime as dt
+    import logging
+
+    path = Path(path)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    path.rename(aside)
+    logging.getLogger("geoft").warning("%s: %s; kept as %s and fetched again", path, why,
+                                       aside.name)
+    return aside
+
+
 def is_grib(path: str | os.PathLike) -> bool:
     """A GRIB file by its suffix, or by its first bytes (IFS climate files and many archives
     have no suffix)."""

@@ -176,7 +176,7 @@ def _prepare_store(canonical: xr.Dataset, data: DataSection, out_path: str | Pat
                                   for v in surface_vars + level_vars}),
                       inf_and_range(ds, surface_vars + level_vars)], compat="override"),
             "checking data", progress)
-    except GeoftError:
+    except (GeoftError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - the first read of the source's data
         _refuse_unreadable(ds, surface_vars + level_vars, exc, where)

@@ -70,8 +70,9 @@ def open_files(files: list[Path], variables: list[str] | None = None):
 
 
 def _refuse_overlapping_files(files: list[Path]) -> None:
-    """Two files that cover the same times cannot be combined (the first ``open_mfdataset``
-    error says only that it found nothing to order them by): name the pair."""
+    """Two files that hold the same variable at the same time cannot be combined (the first
+    ``open_mfdataset`` error says only that it found nothing to order them by): name the
+    pair. Files split by variable over the same times are no overlap."""
     import xarray as xr
 
     seen: dict = {}
@@ -79,18 +80,20 @@ def _refuse_overlapping_files(files: list[Path]) -> None:
         try:
             with xr.open_dataset(f) as ds:
                 times = ds["time"].values if "time" in ds.coords else []
+                names = [str(v) for v in ds.data_vars if "time" in ds[v].dims]
         except Exception:  # noqa: BLE001 - an unreadable file is reported by the caller
             return
-        for t in times:
-            if t in seen and seen[t] != f:
-                import pandas as pd
+        for v in names:
+            for t in times:
+                other = seen.setdefault((v, t), f)
+                if other != f:
+                    import pandas as pd
 
-                raise GeoftError(f"{seen[t].name} and {f.name} both hold time "
-                                 f"{pd.Timestamp(t)}: overlapping input files cannot be merged "
-                                 "(which values would win?)", where=str(f.parent),
-                                 fix="remove one of the two files (or list only one in "
-                                     "source.options.paths)")
-            seen.setdefault(t, f)
+                    raise GeoftError(f"{other.name} and {f.name} both hold {v} at "
+                                     f"{pd.Timestamp(t)}: overlapping input files cannot be "
+                                     "merged (which values would win?)", where=str(f.parent),
+                                     fix="remove one of the two files (or list only one in "
+                                         "source.options.paths)")
 
 
 class LocalFilesSource:

@@ -328,6 +328,9 @@ def check_forecast(model, checkpoint_dir, store, *, lead_steps: int = 2, split: 
                 _fail("model", name, f"predict_table gave {t!r} with shape {values.shape}, "
                                      f"not one value per row of {split} "
                                      f"({store.rows(split)},)")
+            if not np.isfinite(values).any() or np.isinf(values).any():
+                _fail("model", name, f"predict_table gave {t!r} with no finite value or an "
+                                     "infinite one")
             ref = np.asarray(truth[t], np.float64)
             _check_units(name, t, values, float(np.nanmean(ref)), float(np.nanstd(ref)))
         return out
@@ -336,6 +339,9 @@ def check_forecast(model, checkpoint_dir, store, *, lead_steps: int = 2, split: 
     if init_indices is None:
         idx = store.indices(split) if split in store.split else np.arange(store.ds.sizes["time"])
         idx = [int(i) for i in idx if 2 <= i < store.ds.sizes["time"] - lead_steps]
+        if not idx:
+            raise ValueError(f"check_forecast: the {split} split has no time with two before it "
+                             f"and {lead_steps} after it: give init_indices or a longer store")
         init_indices = idx[:2]
     init = list(init_indices)
     forecast = call_forecast(model, checkpoint_dir, store, init, lead_steps, progress=False)
@@ -364,6 +370,11 @@ def check_forecast(model, checkpoint_dir, store, *, lead_steps: int = 2, split: 
         mean, std = store.stats(v)  # the train statistics, over levels too
         _check_units(name, v, values[valid], float(np.mean(mean)),
                      float(np.sqrt(np.mean(std ** 2) + np.var(mean))))
+    if "init_time" in forecast.coords and not np.array_equal(
+            np.asarray(forecast["init_time"].values, "datetime64[ns]"),
+            np.asarray(store.times[init], "datetime64[ns]")):
+        _fail("model", name, f"its forecast's init_time {forecast['init_time'].values} is not "
+                             f"the store's times at the inits asked {store.times[init].values}")
     if "lead" in forecast.coords and forecast["lead"].size > 1:
         lead = np.asarray(forecast["lead"].values)
         if not (np.diff(lead.astype(np.float64) if lead.dtype.kind != "m" else
@@ -373,11 +384,18 @@ def check_forecast(model, checkpoint_dir, store, *, lead_steps: int = 2, split: 
 
 
 def _check_units(name: str, var: str, values: np.ndarray, mean: float, std: float) -> None:
-    """Predictions sit near the data: a normalised output or other units is far off."""
+    """Predictions sit near the data: a normalised output or other units is far off in mean
+    (a variable far from zero) or in spread (more than 10 times the data's: a variable whose
+    standard deviation is well under 1, such as sea level in metres, left normalised)."""
     got = np.nanmean(values)
     if np.isfinite(got) and abs(got - mean) > 10 * max(std, 1e-12) + 1e-6 * abs(mean):
         _fail("model", name, f"its {var!r} averages {got:.4g}, more than 10 standard "
                              f"deviations from the data's {mean:.4g}: give predictions in "
+                             "physical units (undo the normalisation)")
+    spread = np.nanstd(values)
+    if np.isfinite(spread) and std > 0 and spread > 10 * std:
+        _fail("model", name, f"its {var!r} varies {spread / std:.3g} times more than the data "
+                             f"(std {spread:.4g} against {std:.4g}): give predictions in "
                              "physical units (undo the normalisation)")
 
 
@@ -512,7 +530,9 @@ def check_observation_files(reconstructor, store_path, config_for, variable: str
     :func:`geoft.diffusion.obs.dropped_summary` writes them). A file without its ``error``
     column must be refused with a :class:`geoft.errors.GeoftError` naming the file (a one-line
     error, not an internal error) and nothing written. ``config_for(path)`` gives the config
-    section reading the file at ``path``. Returns the summary of the good file's run."""
+    section reading the file at ``path`` as it is (no default errors or analysis times of its
+    own, which would change what the file means). Returns the summary of the good file's
+    run."""
     from geoft.diffusion.obs import DROPPED
     from geoft.store import PreparedStore
 
@@ -535,7 +555,7 @@ def check_observation_files(reconstructor, store_path, config_for, variable: str
     field = np.asarray(field.values, np.float64)
     lat, lon = (np.broadcast_to(a, store.grid.shape) for a in store.grid.lat_lon_points())
     rng = np.random.default_rng(0)
-    ok = np.argwhere(valid)
+    ok = np.argwhere(valid & np.isfinite(field))  # observed at that time (gaps excluded)
     pick = ok[rng.choice(len(ok), size=min(12, len(ok)), replace=False)]
     std = float(np.mean(store.stats(variable)[1]))
 

@@ -119,11 +119,15 @@ def test_fetch_subsets_match_the_archive_and_resume(archive, tmp_path):
     damaged = sorted((tmp_path / "hrrr").rglob("*.grib2"))[3]
     whole = damaged.read_bytes()
     damaged.write_bytes(whole[: len(whole) // 2])
+    dry = HrrrSource().fetch(_options(), tmp_path, dry_run=True, progress=False)
+    assert len(dry.skipped) == 8 and damaged.stat().st_size == len(whole) // 2  # untouched
     fake.gets.clear()
     with fake.patch():
         again = HrrrSource().fetch(_options(), tmp_path, progress=False)
     assert len(again.skipped) == 7 and damaged.read_bytes() == whole
     assert any(url.endswith(".grib2") for url, _ in fake.gets)
+    (aside,) = damaged.parent.glob(damaged.name + ".damaged-*")  # kept, never deleted
+    assert aside.stat().st_size == len(whole) // 2
 
 
 def test_missing_run_is_reported_never_zero_filled(archive, tmp_path):

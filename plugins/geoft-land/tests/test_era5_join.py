@@ -3,6 +3,7 @@ with only the network call patched, and the MODIS-to-ERA join against brute forc
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -122,19 +123,33 @@ def test_cds_fetch_requests_resume_and_credentials(tmp_path, monkeypatch):
     assert len(calls) == 3 and len(done.files) == 3
     again = Era5Source().fetch(opts, tmp_path / "raw")
     assert len(calls) == 3 and len(again.skipped) == 3  # resumed: nothing fetched twice
-    # a file damaged since (a copy cut short) is read to its end on resume and fetched again
+    # a file damaged since (a copy cut short) is found on resume (its size differs from the
+    # one recorded when fetched), set aside and fetched again; a dry run leaves it alone
     june_file = tmp_path / "raw" / "era5-2021-06.grib"
     whole = june_file.read_bytes()
     june_file.write_bytes(whole[: len(whole) - 100])
+    assert len(Era5Source().fetch(opts, tmp_path / "raw", dry_run=True).skipped) == 3
+    assert june_file.stat().st_size == len(whole) - 100
     again = Era5Source().fetch(opts, tmp_path / "raw")
     assert len(calls) == 4 and len(again.skipped) == 2 and june_file.read_bytes() == whole
+    (aside,) = (tmp_path / "raw").glob("era5-2021-06.grib.damaged-*")
+    assert aside.stat().st_size == len(whole) - 100
+    aside.unlink()
+    # a record from before sizes were recorded: the file is read to its end instead
+    record = tmp_path / "raw" / "era5-2021-06.grib.request.json"
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items()
+                                  if k != "bytes"}))
+    assert len(Era5Source().fetch(opts, tmp_path / "raw").skipped) == 3 and len(calls) == 4
+    june_file.write_bytes(whole[: len(whole) - 100])
+    Era5Source().fetch(opts, tmp_path / "raw")
+    assert len(calls) == 5 and june_file.read_bytes() == whole
     # what open reads: the data files, never their request records beside them
     assert [p.name for p in Era5Source.files(opts, tmp_path / "raw")] == [
         "era5-2021-06.grib", "era5-2021-07.grib", "era5-static.grib"]
     assert (tmp_path / "raw" / "era5-2021-06.grib.request.json").is_file()
     other = Era5Source().fetch(opts.model_copy(update={"hours": [12, 13, 14]}), tmp_path / "raw")
     # other hours: both months fetched again; the static request is unchanged
-    assert len(calls) == 6 and [Path(e["file"]).name for e in other.skipped] == \
+    assert len(calls) == 7 and [Path(e["file"]).name for e in other.skipped] == \
         ["era5-static.grib"]
 
     def failing(self, dataset, request, target):

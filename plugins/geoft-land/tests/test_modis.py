@@ -483,6 +483,7 @@ def test_fetch_downloads_only_missing_granules(tmp_path, home, fake, monkeypatch
     again = ModisSource().fetch(OPTIONS, out, progress=False)
     (names, _), = fake.downloads
     assert names == [have.name] and len(again.skipped) == 2
+    assert len(list(out.glob(have.name + ".damaged-*"))) == 1  # set aside, never deleted
     # read back in a fresh process: the HDF4 library keeps a file this process created, then
     # saw truncated, unreadable for the rest of the process (not so for downloaded files)
     import subprocess

@@ -77,11 +77,12 @@ def channel_mapping(store, fields: "StoreFields"):
 
 
 def table_cases(store, fields: "StoreFields", spec, *, interpolation: str | None = None,
-                superobs: bool | None = None) -> list[dict[str, Any]]:
+                superobs: bool | None = None, truth: bool = True) -> list[dict[str, Any]]:
     """One case per analysis time of an observation file (``spec``: a TableObservations, a
     path or a DataFrame): ``{"time", "operator" (on our channels), "y", "sigma_y" (normalised),
     "count" (rows per observation), "truth" (when the store has the time, else None),
-    "report"}``. The file is read once; ``interpolation``/``superobs`` override the spec's."""
+    "report"}``. The file is read once; ``interpolation``/``superobs`` override the spec's;
+    ``truth=False`` reads no field (checking the file only)."""
     import pandas as pd
 
     from geoft.diffusion.config import TableObservations
@@ -118,10 +119,10 @@ def table_cases(store, fields: "StoreFields", spec, *, interpolation: str | None
         if superobs:
             op, y, sigma_y, count = superobservations(op, y, sigma_y, errors=spec.superob_error)
             report["n_superobservations"] = int(op.n_obs)
-        match = np.flatnonzero(store.times == pd.Timestamp(when))
+        match = np.flatnonzero(store.times == pd.Timestamp(when)) if truth else []
         cases.append({"time": pd.Timestamp(when), "operator": op, "y": np.asarray(y),
                       "sigma_y": np.asarray(sigma_y), "count": count,
-                      "truth": fields.read(int(match[0])) if match.size else None,
+                      "truth": fields.read(int(match[0])) if len(match) else None,
                       "report": report})
     return cases
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import logging
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -108,7 +107,8 @@ class HrrrOptions(Strict):
 def _intact(task: "_Subset") -> bool:
     """A subset already on disk is skipped on resume only when it still reads whole: every
     message scans and it holds every field asked (a file truncated or damaged since it was
-    written -- a copy cut short, a disk full -- is logged, removed and fetched again)."""
+    written -- a copy cut short, a disk full -- is set aside and fetched again)."""
+    from geoft.io import set_aside
     from geoft_hrrr.grib import scan
 
     try:
@@ -118,8 +118,7 @@ def _intact(task: "_Subset") -> bool:
         problem = f"holds {len(refs)} of {len(task.searches)} fields"
     except GeoftError as exc:
         problem = exc.what
-    logging.getLogger(__name__).warning("%s: %s; fetching it again", task.path, problem)
-    task.path.unlink()
+    set_aside(task.path, problem)
     return False
 
 
@@ -180,7 +179,8 @@ class HrrrSource:
         tasks = self._tasks(options, out_dir)
         requests = [{"run": f"{t.run:%Y-%m-%dT%H}", "fxx": t.fxx, "product": t.product,
                      "search": t.regex} for t in tasks]
-        complete = [t.path.exists() and _intact(t) for t in tasks]
+        # a dry run changes nothing: the files on disk are checked when fetching for real
+        complete = [t.path.exists() and (dry_run or _intact(t)) for t in tasks]
         skipped = [r for r, done in zip(requests, complete) if done]
         todo = [t for t, done in zip(tasks, complete) if not done]
         provenance = {"source": "hrrr", "herbie_priority": options.priority,

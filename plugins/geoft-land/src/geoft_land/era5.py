@@ -200,9 +200,12 @@ class Era5Source:
             path = out_dir / name
             entry = {"dataset": options.dataset, "request": request, "file": str(path)}
             asked = path.with_name(path.name + ".request.json")
-            same = asked.is_file() and json.loads(asked.read_text()) == \
+            recorded = json.loads(asked.read_text()) if asked.is_file() else None
+            same = recorded is not None and {k: v for k, v in recorded.items()
+                                             if k != "bytes"} == \
                 json.loads(json.dumps(entry["request"] | {"dataset": options.dataset}))
-            if path.is_file() and path.stat().st_size > 0 and same and _still_whole(path):
+            if path.is_file() and path.stat().st_size > 0 and same and (
+                    dry_run or _still_whole(path, asked)):
                 result.skipped.append(entry)
                 result.files.append(path)
                 continue
@@ -213,7 +216,8 @@ class Era5Source:
                 client = _client(options)
             try:
                 atomic_write(path, lambda p: client.retrieve(options.dataset, request, str(p)))
-                atomic_write_json(asked, request | {"dataset": options.dataset})
+                atomic_write_json(asked, request | {"dataset": options.dataset,
+                                                    "bytes": path.stat().st_size})
             except GeoftError:
                 raise
             except Exception as exc:  # the CDS reports errors as plain exceptions
@@ -264,15 +268,21 @@ def open_land_era(files: list, static: list[str] | None = None,
 # ------------------------------------------------------------------------------------------
 # reading: GRIB (cfgrib) or netCDF -> (time, point)
 # ------------------------------------------------------------------------------------------
-def _still_whole(path: Path) -> bool:
-    """A file already fetched is skipped on resume only when it still reads to its end: every
-    GRIB message (headers, no values decoded), or a netCDF file's last value of every
-    variable. A damaged one (a copy cut short) is logged, removed and fetched again."""
-    import logging
-
+def _still_whole(path: Path, record: Path) -> bool:
+    """A file already fetched is skipped on resume only when it is still whole: its size is
+    the one recorded when it was fetched (``bytes`` in its request record: a cheap check),
+    or, for files fetched before sizes were recorded, it reads to its end (every GRIB
+    message, headers only, or a netCDF file's last value of every variable). A damaged one (a
+    copy cut short) is set aside and fetched again."""
     from geoft.errors import brief
-    from geoft.io import is_grib
+    from geoft.io import is_grib, set_aside
 
+    size = json.loads(record.read_text()).get("bytes")  # recorded since 2026-12
+    if size is not None:
+        if path.stat().st_size == size:
+            return True
+        set_aside(path, f"{path.stat().st_size} bytes, {size} when fetched")
+        return False
     try:
         if is_grib(path):
             import pyproj  # noqa: F401  (before eccodes: bundled PROJ clash)
@@ -292,10 +302,10 @@ def _still_whole(path: Path) -> bool:
                 for v in ds.data_vars.values():
                     v[(-1,) * v.ndim].values
         return True
+    except (ImportError, MemoryError):
+        raise
     except Exception as exc:  # noqa: BLE001 - eccodes, netCDF and HDF5 raise many kinds
-        logging.getLogger(__name__).warning("%s: cannot be read to its end (%s); fetching it "
-                                            "again", path, brief(exc))
-        path.unlink()
+        set_aside(path, f"cannot be read to its end ({brief(exc)})")
         return False
 
 

@@ -394,14 +394,15 @@ def _open_hdf(path: Path) -> Any:
 
 def _still_whole(path: Path) -> bool:
     """A granule already on disk is skipped on resume only when it still opens as a MODIS
-    granule; a damaged one (truncated copy, a login page saved as .hdf) is logged, removed and
+    granule; a damaged one (truncated copy, a login page saved as .hdf) is set aside and
     downloaded again."""
+    from geoft.io import set_aside
+
     try:
         check_granule(path)
         return True
     except GeoftError as exc:
-        logger.warning("%s: %s; downloading it again", path, exc.what)
-        path.unlink()
+        set_aside(path, exc.what)
         return False
 
 
