@@ -617,16 +617,9 @@ def doctor(target: Path = typer.Argument(..., metavar="RECIPE|STORE",
     result = doctor_store(path)
     if loaded is not None:
         from geoft.doctor import model_warnings
-        from geoft.plugins import blame, get_plugin_manager
         from geoft.store import PreparedStore
 
-        entry = get_plugin_manager().entry("model", loaded.recipe.model.name) \
-            if loaded.recipe.model is not None else None
-        if entry is None:
-            result["warnings"] += model_warnings(loaded, PreparedStore.open(path))
-        else:
-            with blame(entry, "checking the store"):
-                result["warnings"] += model_warnings(loaded, PreparedStore.open(path))
+        result["warnings"] += model_warnings(loaded, PreparedStore.open(path))
         result["ok"] = not result["warnings"]
     if json_:
         sys.stdout.write(json.dumps(result) + "\n")

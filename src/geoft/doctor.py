@@ -173,15 +173,20 @@ def diagnose(ds, variables: list[str], ranges, stats: dict[str, tuple], *,
 
 def model_warnings(loaded, store) -> list[str]:
     """The recipe's model's own checks of a store (``check_store(store, options)``, e.g.
-    Aurora's comparison with its pretrained normalisation); [] for models without one."""
-    from geoft.plugins import get_plugin_manager
+    Aurora's comparison with its pretrained normalisation); [] for models without one. A
+    failing check is blamed on the model's plugin."""
+    from geoft.plugins import blame, get_plugin_manager
     from geoft.stages import instance
 
     if loaded.recipe.model is None or not hasattr(store, "level_vars"):
         return []
-    adapter = instance(get_plugin_manager().get("model", loaded.recipe.model.name))
-    check = getattr(adapter, "check_store", None)
-    return list(check(store, loaded.parts.get("model"))) if callable(check) else []
+    pm = get_plugin_manager()
+    name = loaded.recipe.model.name
+    check = getattr(instance(pm.get("model", name)), "check_store", None)
+    if not callable(check):
+        return []
+    with blame(pm.entry("model", name), "checking the store"):
+        return list(check(store, loaded.parts.get("model")))
 
 
 def doctor_store(path) -> dict[str, Any]:

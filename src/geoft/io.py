@@ -148,6 +148,18 @@ def set_aside(path: str | os.PathLike, why: str) -> Path:
     return aside
 
 
+def whole_or_set_aside(path: str | os.PathLike, check: Callable[[Path], Any]) -> bool:
+    """For a resumed fetch: True when ``check(path)`` passes; when it raises
+    :class:`GeoftError` (the file is damaged) the file is set aside (:func:`set_aside`) and
+    False says to fetch it again."""
+    try:
+        check(Path(path))
+        return True
+    except GeoftError as exc:
+        set_aside(path, exc.what)
+        return False
+
+
 def is_grib(path: str | os.PathLike) -> bool:
     """A GRIB file by its suffix, or by its first bytes (IFS climate files and many archives
     have no suffix)."""

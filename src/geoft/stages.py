@@ -181,8 +181,7 @@ def _doctor_before_training(loaded: LoadedRecipe, store_path: Path) -> list[str]
 
     store = PreparedStore.open(store_path)
     warnings = list(json.loads(store.ds.attrs.get("geoft_doctor", "[]")))
-    with blame(_entry("model", loaded.recipe.model.name), "checking the store"):
-        warnings += model_warnings(loaded, store)
+    warnings += model_warnings(loaded, store)
     for line in warnings:
         logging.getLogger("geoft").warning("data doctor: %s", line)
     return warnings

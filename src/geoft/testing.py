@@ -289,16 +289,6 @@ def check_dataset(dataset, raw, options, data, out_path, *, name: str | None = N
         _fail("dataset", name, f"gave a store that does not validate: {exc}")
 
 
-def _open_store(store):
-    from geoft.store import PreparedStore
-    from geoft.table import TableStore
-
-    if not isinstance(store, (str, Path)):
-        return store
-    return TableStore.open(store) if str(store).endswith(".parquet") else \
-        PreparedStore.open(store)
-
-
 def check_forecast(model, checkpoint_dir, store, *, lead_steps: int = 2, split: str = "test",
                    init_indices: Sequence[int] | None = None, name: str | None = None):
     """A model's predictions have the shape and units evaluation expects, from a trained
@@ -311,8 +301,9 @@ def check_forecast(model, checkpoint_dir, store, *, lead_steps: int = 2, split: 
     per row of the split, with the same units promise. ``store``: a store object or its path.
     Returns the forecast."""
     from geoft.evaluate import call_forecast
+    from geoft.store import open_prepared
 
-    store = _open_store(store)
+    store = open_prepared(store) if isinstance(store, (str, Path)) else store
     name = name or type(model).__name__
     if hasattr(store, "targets") and hasattr(store, "rows"):  # a table
         if not hasattr(model, "predict_table"):

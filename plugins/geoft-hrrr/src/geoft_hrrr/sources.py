@@ -108,18 +108,15 @@ def _intact(task: "_Subset") -> bool:
     """A subset already on disk is skipped on resume only when it still reads whole: every
     message scans and it holds every field asked (a file truncated or damaged since it was
     written -- a copy cut short, a disk full -- is set aside and fetched again)."""
-    from geoft.io import set_aside
+    from geoft.io import whole_or_set_aside
     from geoft_hrrr.grib import scan
 
-    try:
-        _, refs = scan(task.path)
-        if len(refs) >= len(task.searches):
-            return True
-        problem = f"holds {len(refs)} of {len(task.searches)} fields"
-    except GeoftError as exc:
-        problem = exc.what
-    set_aside(task.path, problem)
-    return False
+    def check(path: Path) -> None:
+        _, refs = scan(path)
+        if len(refs) < len(task.searches):
+            raise GeoftError(f"holds {len(refs)} of {len(task.searches)} fields")
+
+    return whole_or_set_aside(task.path, check)
 
 
 class _Subset(NamedTuple):

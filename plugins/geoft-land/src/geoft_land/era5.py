@@ -274,15 +274,24 @@ def _still_whole(path: Path, record: Path) -> bool:
     or, for files fetched before sizes were recorded, it reads to its end (every GRIB
     message, headers only, or a netCDF file's last value of every variable). A damaged one (a
     copy cut short) is set aside and fetched again."""
-    from geoft.errors import brief
-    from geoft.io import is_grib, set_aside
+    from geoft.io import whole_or_set_aside
 
     size = json.loads(record.read_text()).get("bytes")  # recorded since 2026-12
-    if size is not None:
-        if path.stat().st_size == size:
-            return True
-        set_aside(path, f"{path.stat().st_size} bytes, {size} when fetched")
-        return False
+    return whole_or_set_aside(path, _read_to_end if size is None else
+                              lambda p: _has_size(p, size))
+
+
+def _has_size(path: Path, size: int) -> None:
+    if path.stat().st_size != size:
+        raise GeoftError(f"{path.stat().st_size} bytes, {size} when fetched")
+
+
+def _read_to_end(path: Path) -> None:
+    """Every GRIB message (headers only), or a netCDF file's last value of every variable;
+    GeoftError when the file stops short."""
+    from geoft.errors import brief
+    from geoft.io import is_grib
+
     try:
         if is_grib(path):
             import pyproj  # noqa: F401  (before eccodes: bundled PROJ clash)
@@ -301,12 +310,10 @@ def _still_whole(path: Path, record: Path) -> bool:
             with xr.open_dataset(path) as ds:
                 for v in ds.data_vars.values():
                     v[(-1,) * v.ndim].values
-        return True
     except (ImportError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - eccodes, netCDF and HDF5 raise many kinds
-        set_aside(path, f"cannot be read to its end ({brief(exc)})")
-        return False
+        raise GeoftError(f"cannot be read to its end ({brief(exc)})") from exc
 
 
 def _grib_parts(path: Path) -> list["xr.Dataset"]:

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from geoft.errors import GeoftError
-from geoft.io import atomic_write, file_lock, partial_name
+from geoft.io import atomic_write, file_lock, partial_name, whole_or_set_aside
 from geoft.protocols import FetchResult
 from geoft.schema import Strict
 
@@ -390,20 +390,6 @@ def _open_hdf(path: Path) -> Any:
         raise GeoftError(f"cannot open as an HDF4 file ({exc})", where=str(path),
                          fix="delete the file and fetch it again (it may be truncated or not "
                              "a MODIS granule)") from exc
-
-
-def _still_whole(path: Path) -> bool:
-    """A granule already on disk is skipped on resume only when it still opens as a MODIS
-    granule; a damaged one (truncated copy, a login page saved as .hdf) is set aside and
-    downloaded again."""
-    from geoft.io import set_aside
-
-    try:
-        check_granule(path)
-        return True
-    except GeoftError as exc:
-        set_aside(path, exc.what)
-        return False
 
 
 def check_granule(path: str | os.PathLike) -> None:
@@ -761,7 +747,10 @@ class ModisSource:
             name = _granule_file_name(granule)
             names.append(name)
             entry = {"granule": name}
-            if (out_dir / name).is_file() and _still_whole(out_dir / name):
+            # a granule on disk must still open as one (a truncated copy, a login page
+            # saved as .hdf: set aside and downloaded again)
+            if (out_dir / name).is_file() and whole_or_set_aside(out_dir / name,
+                                                                 check_granule):
                 skipped.append(entry)
             else:
                 missing.append((granule, name))
