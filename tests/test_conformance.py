@@ -374,3 +374,22 @@ def test_check_reconstructor_observation_files_passes_densify_and_assimilate(tmp
                                         tmp_path / "d" / "model", tmp_path / type(broken).__name__)
     finally:
         torch.set_num_threads(before)
+
+
+def test_make_tiny_store_writes_given_values_and_statistics(tmp_path):
+    """make_tiny_store(values=, norm=, land=False) (bench/densify_grf.py's GRF store): the
+    fields are the given arrays, their z-scores are the values under norm (0, 1), no land."""
+    from geoft.diffusion.reconstruction import open_fields
+    from geoft.testing import make_tiny_store
+
+    values = np.random.default_rng(0).standard_normal((12, 8, 8)).astype(np.float32)
+    path = make_tiny_store(tmp_path / "s.zarr", n_time=12, n_lat=8, n_lon=8, levels=None,
+                           level_vars=(), surface_vars=("zos",), values={"zos": values},
+                           norm={"zos": (0.0, 1.0)}, land=False)
+    store, fields = open_fields(path, ["zos"], where="test")
+    assert fields.valid.all()
+    np.testing.assert_array_equal(fields.read(5)[0], values[5])
+    with xr.open_zarr(path, consolidated=False) as ds:
+        assert ds["zos"].attrs["norm_mean"] == [0.0] and ds["zos"].attrs["norm_std"] == [1.0]
+    default = make_tiny_store(tmp_path / "d.zarr", n_time=12, n_lat=8, n_lon=8)
+    assert not open_fields(default, ["zos"], where="test")[1].valid.all()  # land by default

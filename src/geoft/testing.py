@@ -35,12 +35,20 @@ def make_tiny_store(
     lon_range: tuple[float, float] = (341.0, 347.0),
     seed: int = 0,
     chunk_days: int = 8,
+    values: dict[str, np.ndarray] | None = None,
+    norm: dict[str, tuple[float, float]] | None = None,
+    land: bool = True,
 ) -> Path:
     """Write a tiny prepared store at ``path`` and return the path.
 
     Surface vars have dims (time, lat, lon); level vars (time, level, lat, lon). A 3x4 land patch
     (more land at deeper levels) is invalid and filled with the train mean like ``prepare`` does.
     The split is by fractions of the time axis: train, val, then test.
+
+    ``values``: ``{surface variable: (time, lat, lon) array}`` written instead of the synthetic
+    waves (e.g. samples of a known random field); ``norm``: ``{variable: (mean, std)}`` stored
+    instead of the train statistics (``(0, 1)`` keeps z-scores equal to the values);
+    ``land=False``: no land patch.
     """
     rng = np.random.default_rng(seed)
     times = pd.date_range(start, periods=n_time, freq=pd.Timedelta(hours=timestep_hours))
@@ -48,11 +56,12 @@ def make_tiny_store(
     lon = np.linspace(lon_range[0], lon_range[1], n_lon, endpoint=False)
     yy, xx = np.meshgrid(np.arange(n_lat), np.arange(n_lon), indexing="ij")
     valid = np.ones((n_lat, n_lon), bool)
-    valid[n_lat // 2 - 1: n_lat // 2 + 2, n_lon // 2 - 2: n_lon // 2 + 2] = False
+    if land:
+        valid[n_lat // 2 - 1: n_lat // 2 + 2, n_lon // 2 - 2: n_lon // 2 + 2] = False
     has_levels = bool(levels) and bool(level_vars)
     nlev = len(levels) if has_levels else 0
     valid_level = np.repeat(valid[None], max(nlev, 1), axis=0)
-    for k in range(nlev):  # the ocean shrinks with depth: one more column of land per level
+    for k in range(nlev if land else 0):  # the ocean shrinks with depth: one more column
         valid_level[k, n_lat // 2 - 1: n_lat // 2 + 2, n_lon // 2 - 2 - k: n_lon // 2 + 2 + k] = False
 
     t = np.arange(n_time)[:, None, None]
@@ -73,8 +82,9 @@ def make_tiny_store(
 
     data_vars: dict[str, xr.DataArray] = {}
     for v in surface_vars:
-        data_vars[v] = xr.DataArray(field(scales.get(v, 1.0), offsets.get(v, 0.0)),
-                                    dims=("time", "lat", "lon"))
+        data = (np.asarray(values[v], np.float32) if values and v in values
+                else field(scales.get(v, 1.0), offsets.get(v, 0.0)))
+        data_vars[v] = xr.DataArray(data, dims=("time", "lat", "lon"))
     for v in (level_vars if has_levels else ()):
         stack = np.stack([field(scales.get(v, 1.0), offsets.get(v, 0.0) - 2.0 * k, 0.8**k)
                           for k in range(nlev)], axis=1)
@@ -109,6 +119,9 @@ def make_tiny_store(
     for v in list(surface_vars) + list(level_vars if has_levels else ()):
         mask = ds["valid_level"] if v in level_vars and has_levels else ds["valid"]
         mean, std = normalisation_stats(ds[v], mask, train_idx)
+        if norm and v in norm:
+            mean = np.full_like(np.atleast_1d(mean), norm[v][0], dtype=np.float64)
+            std = np.full_like(np.atleast_1d(std), norm[v][1], dtype=np.float64)
         ds[v] = ds[v].where(mask, other=np.float32(mean.reshape((-1, 1, 1)) if ds[v].ndim == 4
                                                      else np.float32(mean[0]))).astype(np.float32)
         ds[v].attrs.update(units=units.get(v, "1"), standard_name=names.get(v, v),
