@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from geoft.errors import GeoftError
 from geoft.training.engine import Trainer, WarmupCosine
 
 TINY_AURORA = {"architecture": "custom",
@@ -199,3 +200,68 @@ def test_warmup_cosine_schedule_values():
     np.testing.assert_allclose(s(4), 1.0)
     np.testing.assert_allclose(s(13), 0.1)
     np.testing.assert_allclose(s(8.5), 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 0.5)))
+
+
+def test_deferred_loss_reading_trains_the_same_and_syncs_once_per_window(table, tmp_path,
+                                                                         monkeypatch):
+    """sync_every: 4 (the default on a GPU is log_every) reads the loss from the device once
+    per 4 steps instead of every step, and changes nothing else: the same weights and the same
+    metrics lines as sync_every: 1."""
+    from geoft.training import engine
+
+    reads = []
+    real_settle = engine.Trainer.settle
+
+    def settle(self, window):
+        reads.append((self.counters.step, len(self._pending)))
+        return real_settle(self, window)
+
+    monkeypatch.setattr(engine.Trainer, "settle", settle)
+    runs = {}
+    for every in (1, 4):
+        spec, cfg = mlp_spec(table, tmp_path / f"s{every}")
+        cfg = cfg.model_copy(update={"steps": 10, "sync_every": every, "log_every": 4,
+                                     "checkpoint_every": 6, "val_every": 100})
+        trainer = Trainer(spec, cfg, tmp_path / f"s{every}", progress=False)
+        summary = trainer.fit(resume=False)
+        runs[every] = (trainer.model.state_dict(), _metrics(tmp_path / f"s{every}"), summary)
+    (w1, m1, s1), (w4, m4, s4) = runs[1], runs[4]
+    assert all(torch.equal(w1[k], w4[k]) for k in w1)
+    assert m1 == m4 and [m["step"] for m in m4 if m["kind"] == "train"] == [4, 8, 10]
+    assert s1["loss_first"] == s4["loss_first"] and s1["loss_last"] == s4["loss_last"]
+    # read at step 4 (line), 6 (checkpoint), 8 (line), 10 (line, last; checkpoint finds none)
+    assert [r for r in reads if r[1]] == [(4, 4), (6, 2), (8, 2), (10, 2)]
+
+
+def test_a_deferred_non_finite_loss_stops_before_any_checkpoint_holds_it(table, tmp_path,
+                                                                        monkeypatch):
+    spec, cfg = mlp_spec(table, tmp_path / "n")
+    cfg = cfg.model_copy(update={"steps": 12, "sync_every": 5, "log_every": 5,
+                                 "checkpoint_every": 4, "val_every": 100})
+    trainer = Trainer(spec, cfg, tmp_path / "n", progress=False)
+    real, calls = spec.loss, []
+
+    def loss(module, batch, ctx):
+        total, parts = real(module, batch, ctx)
+        calls.append(1)
+        return (total * float("nan"), parts) if len(calls) == 6 else (total, parts)
+
+    monkeypatch.setattr(spec, "loss", loss)
+    with pytest.raises(GeoftError, match=r"loss became nan at step 6 \(losses are read every 5"):
+        trainer.fit(resume=False)
+    saved = sorted(p.name for p in (tmp_path / "n/checkpoints").glob("step-*"))
+    assert saved == ["step-000004"]  # step 8's checkpoint found the NaN of step 6 first
+    weights = torch.load(tmp_path / "n/checkpoints/step-000004/model.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_diffusion_training_reads_the_loss_once_per_metrics_line_on_a_gpu(monkeypatch):
+    from geoft.diffusion.config import engine_config
+    from geoft.diffusion.densify import DensifyConfig
+    from geoft.training import engine
+
+    cfg = DensifyConfig(variables=["zos"], log_every=25)
+    assert engine_config(cfg).sync_every == 1  # CPU: every step (stop before any update)
+    monkeypatch.setattr(engine, "resolve_device", lambda device: torch.device("cuda"))
+    assert engine_config(cfg).sync_every == 25 and engine_config(cfg).num_workers == 4
+    assert engine_config(cfg.model_copy(update={"sync_every": 5})).sync_every == 5

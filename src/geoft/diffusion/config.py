@@ -235,6 +235,9 @@ class DiffusionTraining(Strict):
     ema_decay: float = Field(0.999, gt=0, le=1)
     checkpoint_every: int = Field(250, ge=1)
     log_every: int = Field(25, ge=1)
+    # read the loss from the device every that many steps (None: every step on the CPU,
+    # every `log_every` steps on a GPU, so the host never waits for the device mid-window)
+    sync_every: int | None = Field(None, ge=1)
     cache: bool = True  # keep read samples in memory (only if the selection fits 2 GiB)
     # DataLoader processes that read samples and draw their observation masks (and the linear
     # first guess) ahead of the training step; None: 0 on the CPU (the cores train), 4 on a GPU.
@@ -254,14 +257,16 @@ def engine_config(cfg: DiffusionTraining):
     from geoft.training.config import TrainConfig
     from geoft.training.engine import resolve_device
 
+    cuda = resolve_device(cfg.device).type == "cuda"
     workers = cfg.num_workers
     if workers is None:
-        workers = 4 if resolve_device(cfg.device).type == "cuda" else 0
+        workers = 4 if cuda else 0
 
     return TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                        weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
                        grad_clip=cfg.grad_clip or None, ema_decay=cfg.ema_decay,
                        checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+                       sync_every=cfg.sync_every or (cfg.log_every if cuda else 1),
                        keep_checkpoints=2, num_workers=workers, seed=cfg.seed,
                        device=cfg.device,
                        cpu_threads=cfg.cpu_threads, val_every=10**9)

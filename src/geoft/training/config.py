@@ -49,6 +49,10 @@ class TrainConfig(Strict):
     many times faster for small models. ``log_every`` writes one ``metrics.jsonl`` line per that
     many steps (the mean loss over them). ``ema_decay`` keeps an exponential moving average of
     the weights (with warm-up ``1 - (1 + step)^-ema_power``), saved as ``ema.pt``.
+    ``sync_every``: read the loss from the device every that many steps (and at every
+    metrics line and checkpoint) instead of every step: 1 stops on a non-finite loss before
+    the step changes any weight; larger values let the host run ahead of a GPU (a non-finite
+    loss is then found a few steps later, before any checkpoint holds it).
     ``parallel``: how several processes share the model (``ddp`` or ``fsdp``).
     """
 
@@ -73,6 +77,7 @@ class TrainConfig(Strict):
     cpu_threads: int | None = Field(None, ge=1)
     max_time: dt.timedelta | None = None
     log_every: int = Field(1, ge=1)
+    sync_every: int = Field(1, ge=1)
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp", description="with several processes (torchrun/srun): ddp replicates the model "
         "(small models); fsdp shards parameters, gradients and optimizer states (FSDP2 "

@@ -248,7 +248,7 @@ _ALLOW_CHANGES = False
 #: else changes what is learnt
 RESUMABLE_CHANGES = {"steps", "epochs", "max_time", "val_every", "val_batches",
                      "checkpoint_every", "keep_checkpoints", "num_workers", "cpu_threads",
-                     "log_every", "dashboard", "device", "early_stopping_patience",
+                     "log_every", "sync_every", "dashboard", "device", "early_stopping_patience",
                      "early_stopping_min_delta", "data", "greedy_max_mb"}
 
 
@@ -521,6 +521,7 @@ class Trainer:
         self.generator = torch.Generator(device=self.device).manual_seed(
             cfg.seed + 7919 * self.dist.rank)
         self.counters = Counters()
+        self._pending: list = []  # deferred steps' statistics on the device (sync_every > 1)
         self._started = time.monotonic()
         self.dashboard = None  # opened by fit() on rank 0, once the resume step is known
         self._val_sample = None
@@ -557,13 +558,19 @@ class Trainer:
         return self.spec.loss(module if module is not None else self.train_module, batch,
                               self.context(training))
 
-    def train_step(self, batch: Any) -> dict[str, Any]:
+    def train_step(self, batch: Any, *, defer: bool = False) -> dict[str, Any]:
         """Forward, loss, backward, clip, optimizer, scheduler and EMA step on one batch.
 
         One host synchronisation per step: the loss and its parts (averaged over ranks under
         DDP, in the same collective as a non-finite flag) are read before the backward pass, so
         a non-finite loss stops every rank together before any weight changes. The gradient
-        norm stays on the device until a metrics line is written."""
+        norm stays on the device until a metrics line is written.
+
+        ``defer=True`` (``sync_every`` > 1): nothing is read from the device; the step returns
+        those statistics as a tensor (``stats``, with the part ``names``) for
+        :meth:`settle` to read later together with other steps', so the host can queue the
+        next steps while the device works. A non-finite loss is then found at the next
+        settling point, always before a checkpoint is written."""
         self.train_module.train()
         loss, parts = self.compute_loss(batch, self.train_module)
         names = list(parts)
@@ -577,12 +584,10 @@ class Trainer:
 
             dist.all_reduce(stats, op=dist.ReduceOp.SUM)
             stats[:-1] /= self.dist.world_size
-        values = stats.tolist()
-        if values[-1] > 0 or not math.isfinite(values[0]):
-            raise GeoftError(f"the training loss became {values[0]} at step "
-                             f"{self.counters.step + 1}", where=str(self.out_dir),
-                             fix="lower the learning rate, keep gradient clipping on, and check "
-                                 "the store for extreme values")
+        values = None
+        if not defer:
+            values = stats.tolist()
+            self._check_finite(values, self.counters.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = self.config.grad_clip if self.config.grad_clip else math.inf
@@ -594,40 +599,79 @@ class Trainer:
         self.scheduler.step()
         if self.ema is not None:
             self.ema.step(self.trainable)
+        if defer:
+            return {"stats": stats, "names": names, "lr": lr, "grad_norm": grad_norm.detach()}
         return {"loss": values[0], "lr": lr, "grad_norm": grad_norm.detach(),
                 "loss_parts": dict(zip(names, values[1:-1]))}
+
+    def _check_finite(self, values: list[float], step: int, deferred: bool = False) -> None:
+        if values[-1] > 0 or not math.isfinite(values[0]):
+            later = (f" (losses are read every {self.config.sync_every} steps: the weights "
+                     f"in memory since are dropped, no checkpoint holds them)" if deferred
+                     else "")
+            raise GeoftError(f"the training loss became {values[0]} at step {step}{later}",
+                             where=str(self.out_dir),
+                             fix="lower the learning rate, keep gradient clipping on, and check "
+                                 "the store for extreme values")
+
+    def settle(self, window: _Window) -> list[float]:
+        """Read the deferred steps' statistics from the device in one synchronisation, stop on
+        a non-finite loss, add them to ``window``; returns their losses in step order."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return []
+        flat = torch.cat([stats for _, stats, _, _ in pending]).tolist()
+        losses, pos = [], 0
+        for step, stats, names, n in pending:
+            values = flat[pos:pos + stats.numel()]
+            pos += stats.numel()
+            self._check_finite(values, step, deferred=True)
+            window.add(values[0], dict(zip(names, values[1:-1])), n)
+            losses.append(values[0])
+        return losses
 
     def run_step(self, window: _Window) -> dict[str, Any]:
         """Fetch a batch, train on it, record it: the body of the training loop. ``data_wait``
         in the metrics lines: the share of the wall time spent waiting for batches (the loader
-        not keeping up; on a GPU, time the device may idle)."""
+        not keeping up; on a GPU, time the device may idle). ``losses`` in the returned line:
+        the losses read from the device at this step (this step's, or with ``sync_every`` > 1
+        those of every step since the last reading, or none)."""
         t_data = time.perf_counter()
         batch = self.next_batch()
         t_data = time.perf_counter() - t_data
         window.data_s += t_data
         self.counters.data_s += t_data
-        metrics = self.train_step(batch)
+        defer = self.config.sync_every > 1
+        metrics = self.train_step(batch, defer=True) if defer else self.train_step(batch)
         self.sampler.advance()
         self.counters.step += 1
+        step = self.counters.step
         n = self.config.batch_size * self.dist.world_size
         self.counters.samples += n
-        window.add(metrics["loss"], metrics["loss_parts"], n)
-        line = {"kind": "train", "step": self.counters.step, "epoch": self.sampler.epoch,
-                **metrics}
-        if self.counters.step % self.config.log_every == 0 or \
-                self.counters.step == self.total_steps:
+        log = step % self.config.log_every == 0 or step == self.total_steps
+        if defer:
+            self._pending.append((step, metrics.pop("stats"), metrics.pop("names"), n))
+            losses = self.settle(window) if log or step % self.config.sync_every == 0 else []
+        else:
+            window.add(metrics["loss"], metrics["loss_parts"], n)
+            losses = [metrics["loss"]]
+        line = {"kind": "train", "step": step, "epoch": self.sampler.epoch, **metrics,
+                "losses": losses}
+        if log:
             now = time.perf_counter()
             line = {**line, "loss": window.loss / window.n, "grad_norm": float(line["grad_norm"]),
                     "loss_parts": {k: v / window.n for k, v in window.parts.items()},
                     "samples_per_s": round(window.samples / max(now - window.t0, 1e-9), 3),
                     "data_wait": round(window.data_s / max(now - window.t0, 1e-9), 4),
                     "seconds": round(self.elapsed(), 3)}
+            line.pop("losses")
             if self.ema is not None:
                 line["ema_decay"] = float(self.ema.cur_decay_value)
             if self.device.type == "cuda":
                 line["gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(self.device)
                                                / 2**30, 3)
             self._write_metrics(line)
+            line["losses"] = losses
             window.__init__()
         return line
 
@@ -992,9 +1036,12 @@ class Trainer:
             val_text = ""
             while self.counters.step < last:
                 line = self.run_step(window)
-                losses.append(line["loss"])
+                losses.extend(line["losses"])
                 step = self.counters.step
-                bar.update(completed=step, status=f"loss {line['loss']:.4f}{val_text}")
+                if line["losses"]:
+                    bar.update(completed=step, status=f"loss {line['losses'][-1]:.4f}{val_text}")
+                else:
+                    bar.update(completed=step)
                 improved = False
                 if self.has_validation and (step % cfg.val_every == 0 or step == self.total_steps):
                     val = self.validate()
@@ -1018,6 +1065,7 @@ class Trainer:
                     stop, stop_reason = 1.0, "max_time"
                 stop = self.dist.all_reduce([stop], op="max", device=self.device)[0]
                 if (step % cfg.checkpoint_every == 0 or improved or stop or step == last):
+                    losses.extend(self.settle(window))  # never save a non-finite step
                     self.save_checkpoint(best=improved)
                 if stop:
                     break
