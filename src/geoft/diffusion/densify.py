@@ -380,6 +380,7 @@ class ConditionalObjective:
         if cfg.first_guess != "none" and residual_scale is None:
             residual_scale = estimate_residual_scale(fields, self.train_indices, cfg)
         self.residual_scale = residual_scale if cfg.first_guess != "none" else None
+        self._scale = None  # its device tensor, made once
         self.pairs = training_pairs(fields, self.train_indices, cfg, self.masks)
         self.precision = cfg.precision
 
@@ -414,10 +415,15 @@ class ConditionalObjective:
             if "first_guess" in batch:
                 first_guess = dev("first_guess")
             else:
-                first_guess = first_guess_batch(self.first_guess, obs, mask.bool(),
-                                                self.fields.valid)
-            scale = torch.as_tensor(self.residual_scale, device=self.device, dtype=x0.dtype)
-            target_field = (x0 - first_guess) / scale[:, None, None] * self.valid
+                # the device copy of the valid mask: a numpy array would be copied from
+                # pageable memory every step, which waits for the device
+                first_guess = first_guess_batch(
+                    self.first_guess, obs, mask.bool(),
+                    self.valid if self.first_guess == "normalised" else self.fields.valid)
+            if self._scale is None:
+                self._scale = torch.as_tensor(self.residual_scale, device=self.device,
+                                              dtype=x0.dtype)[:, None, None]
+            target_field = (x0 - first_guess) / self._scale * self.valid
         x_t = self.scheduler.add_noise(target_field, noise, t)
         cond = conditioning(obs, mask, self.static, first_guess, error)
         pred = forward(model, torch.cat([x_t, cond], dim=1), t, self.precision)
