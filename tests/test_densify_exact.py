@@ -25,6 +25,7 @@ import torch
 from geoft.diffusion import densify as D
 from geoft.diffusion import obs
 from geoft.diffusion.sda import GaussianRandomField
+from geoft.testing import PosteriorTally
 
 
 @pytest.fixture(autouse=True)
@@ -133,8 +134,7 @@ def _run(*, first_guess: str, sampler: str, sigma_y: float, parameterization: st
     net = _ExactDenoiser(cov, valid, cfg, static, first_guess=first_guess != "none",
                          noisy=noisy, residual_scale=scale)
     v = valid.reshape(-1)
-    sq_ens = sq_exact = ens_var = post_var = sq_gap = 0.0
-    n_hidden = 0
+    tally = PosteriorTally()
     for seed in range(first_seed, first_seed + truths):
         truth = grf.sample(1, torch.Generator().manual_seed(seed))[0].numpy() * valid
         rng = np.random.default_rng(200 + seed)
@@ -166,19 +166,10 @@ def _run(*, first_guess: str, sampler: str, sigma_y: float, parameterization: st
         var = np.zeros(N * N)
         var[v] = np.diag(post)
         exact, var = exact.reshape(1, N, N), var.reshape(1, N, N)
-        hidden = valid & ~mask
-        ens_mean = ens.mean(axis=0)
-        sq_ens += ((ens_mean - truth)[hidden] ** 2).sum()
-        sq_exact += ((exact - truth)[hidden] ** 2).sum()
-        ens_var += ens.var(axis=0, ddof=1)[hidden].sum()
-        post_var += var[hidden].sum()
-        sq_gap += ((ens_mean - exact)[hidden] ** 2).sum()
-        n_hidden += int(hidden.sum())
-    rmse, rmse_exact = np.sqrt(sq_ens / n_hidden), np.sqrt(sq_exact / n_hidden)
-    return {"ratio": rmse / rmse_exact, "rmse_exact": rmse_exact,
-            "spread_skill": np.sqrt((members + 1) / members) * np.sqrt(ens_var / n_hidden) / rmse,
-            "variance_ratio": ens_var / post_var,
-            "gap": sq_gap / (post_var / members), "calls": net.calls}
+        tally.add(ens, truth, exact, var, valid & ~mask)
+    return {"ratio": tally.ratio, "rmse_exact": tally.rmse_exact,
+            "spread_skill": tally.spread_skill, "variance_ratio": tally.variance_ratio,
+            "gap": tally.gap, "calls": net.calls}
 
 
 CASES = {

@@ -21,6 +21,7 @@ from geoft.diffusion.baselines import gaussian_posterior
 from geoft.diffusion.schedule import VPSchedule
 from geoft.diffusion.sda import GaussianRandomField, guided_noise, sample_prior, sda_sample
 from geoft.errors import GeoftError
+from geoft.testing import PosteriorTally
 
 
 @pytest.fixture(autouse=True)
@@ -213,8 +214,7 @@ def test_sda_ensemble_matches_the_exact_posterior():
     n, members, sigma_y = 64, 32, 0.05
     grf = GaussianRandomField(n, kappa=3.0)
     started = time.perf_counter()
-    sq_err_sda = sq_err_oracle = ens_var = post_var = sq_mean_gap = 0.0
-    n_hidden = 0
+    tally = PosteriorTally()
     for seed in range(4):
         truth = grf.sample(1, torch.Generator().manual_seed(seed))[0].numpy()
         rng = np.random.default_rng(100 + seed)
@@ -223,23 +223,14 @@ def test_sda_ensemble_matches_the_exact_posterior():
         mean, var = grf.posterior(operator, y, sigma_y)
         ensemble = sda_sample(grf.eps_fn(), (members, 1, n, n), operator, y, sigma_y,
                               generator=torch.Generator().manual_seed(1000 + seed))
-        ensemble = ensemble.double().numpy()
-        hidden = ~operator.observed_mask((1, n, n))
-        ens_mean = ensemble.mean(axis=0)
-        sq_err_sda += ((ens_mean - truth)[hidden] ** 2).sum()
-        sq_err_oracle += ((mean - truth)[hidden] ** 2).sum()
-        ens_var += ensemble.var(axis=0, ddof=1)[hidden].sum()
-        post_var += var[hidden].sum()
-        sq_mean_gap += ((ens_mean - mean)[hidden] ** 2).sum()
-        n_hidden += int(hidden.sum())
+        tally.add(ensemble.double().numpy(), truth, mean, var,
+                  ~operator.observed_mask((1, n, n)))
     elapsed = time.perf_counter() - started
 
-    rmse_sda = np.sqrt(sq_err_sda / n_hidden)
-    rmse_oracle = np.sqrt(sq_err_oracle / n_hidden)
-    spread_skill = np.sqrt((members + 1) / members) * np.sqrt(ens_var / n_hidden) / rmse_sda
-    variance_ratio = ens_var / post_var
+    rmse_sda, rmse_oracle = tally.rmse, tally.rmse_exact
+    spread_skill, variance_ratio = tally.spread_skill, tally.variance_ratio
     # E|ensemble mean - posterior mean|^2 = posterior var / members for exact sampling
-    mean_gap_in_sampling_noise = sq_mean_gap / (post_var / members)
+    mean_gap_in_sampling_noise = tally.gap
     print(f"\nSDA RMSE {rmse_sda:.4f} vs exact posterior {rmse_oracle:.4f} "
           f"(ratio {rmse_sda / rmse_oracle:.3f}), spread-skill {spread_skill:.3f}, "
           f"ensemble/posterior variance {variance_ratio:.3f}, mean gap / sampling noise "
@@ -265,7 +256,7 @@ def test_sda_ensemble_weighs_observations_comparable_to_the_prior_spread():
     likelihood)."""
     n, members, sigma_y = 16, 64, 0.7
     grf = GaussianRandomField(n, kappa=1.5)
-    sq_gap = post_var = ens_var = 0.0
+    tally = PosteriorTally()
     for seed in range(8):
         truth = grf.sample(1, torch.Generator().manual_seed(seed))[0].numpy()
         rng = np.random.default_rng(100 + seed)
@@ -274,15 +265,11 @@ def test_sda_ensemble_weighs_observations_comparable_to_the_prior_spread():
         mean, var = grf.posterior(operator, y, sigma_y)
         ensemble = sda_sample(grf.eps_fn(), (members, 1, n, n), operator, y, sigma_y, steps=128,
                               generator=torch.Generator().manual_seed(1000 + seed))
-        ensemble = ensemble.double().numpy()
-        sq_gap += ((ensemble.mean(axis=0) - mean) ** 2).sum()
-        post_var += var.sum()
-        ens_var += ensemble.var(axis=0, ddof=1).sum()
-    gap = sq_gap / (post_var / members)
-    variance_ratio = ens_var / post_var
+        tally.add(ensemble.double().numpy(), truth, mean, var, np.ones_like(truth, bool))
+    gap, variance_ratio = tally.gap, tally.variance_ratio
     print(f"\nsigma_y {sigma_y}: mean gap / sampling noise {gap:.2f}, ensemble/posterior "
-          f"variance {variance_ratio:.3f}, posterior std {np.sqrt(post_var / (8 * n * n)):.3f}")
-    assert 0.55 < np.sqrt(post_var / (8 * n * n)) < 0.75  # noise comparable to the spread
+          f"variance {variance_ratio:.3f}, posterior std {tally.posterior_std:.3f}")
+    assert 0.55 < tally.posterior_std < 0.75  # noise comparable to the spread
     assert gap < 1.6
     assert 0.95 <= variance_ratio <= 1.08
 

@@ -139,6 +139,65 @@ def make_tiny_store(
     return atomic_write_zarr(ds.chunk({"time": chunk_days}), path)
 
 
+class PosteriorTally:
+    """Pooled statistics of ensembles against exact posteriors, for known-answer tests of
+    samplers (a Gaussian random field's posterior by optimal interpolation, say).
+
+    :meth:`add` one case at a time: the ensemble ``(members, ...)``, the truth, the exact
+    posterior mean and variance, and the points that count (e.g. hidden ocean pixels). Then
+    ``ratio`` (ensemble-mean RMSE over the exact mean's), ``spread_skill``
+    (``sqrt((M+1)/M) * sqrt(mean ensemble variance) / RMSE``), ``variance_ratio`` (ensemble
+    variance over exact posterior variance) and ``gap`` (the squared distance of the ensemble
+    mean from the exact mean in units of its sampling noise, posterior variance / M: 1 for
+    exact sampling)."""
+
+    def __init__(self):
+        self.sq_ens = self.sq_exact = self.ens_var = self.post_var = self.sq_gap = 0.0
+        self.n = 0
+        self.members = 0
+
+    def add(self, ensemble, truth, mean, var, where) -> None:
+        ensemble = np.asarray(ensemble, np.float64)
+        where = np.asarray(where, bool)
+        self.members = ensemble.shape[0]
+        ens_mean = ensemble.mean(axis=0)
+        self.sq_ens += ((ens_mean - truth)[where] ** 2).sum()
+        self.sq_exact += ((np.asarray(mean) - truth)[where] ** 2).sum()
+        self.ens_var += ensemble.var(axis=0, ddof=1)[where].sum()
+        self.post_var += np.asarray(var)[where].sum()
+        self.sq_gap += ((ens_mean - mean)[where] ** 2).sum()
+        self.n += int(where.sum())
+
+    @property
+    def rmse(self) -> float:
+        return float(np.sqrt(self.sq_ens / self.n))
+
+    @property
+    def rmse_exact(self) -> float:
+        return float(np.sqrt(self.sq_exact / self.n))
+
+    @property
+    def ratio(self) -> float:
+        return self.rmse / self.rmse_exact
+
+    @property
+    def spread_skill(self) -> float:
+        m = self.members
+        return float(np.sqrt((m + 1) / m) * np.sqrt(self.ens_var / self.n) / self.rmse)
+
+    @property
+    def variance_ratio(self) -> float:
+        return float(self.ens_var / self.post_var)
+
+    @property
+    def gap(self) -> float:
+        return float(self.sq_gap / (self.post_var / self.members))
+
+    @property
+    def posterior_std(self) -> float:
+        return float(np.sqrt(self.post_var / self.n))
+
+
 # ---------------------------------------------------------------------------------------------
 # conformance checks a plugin runs in its own test suite (as scikit-learn's check_estimator)
 # ---------------------------------------------------------------------------------------------
