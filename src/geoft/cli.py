@@ -716,9 +716,34 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
 _USAGE_ERRORS = _usage_errors()
 
 
+class _AbandonedZarrReads:
+    """A ``logging`` filter for the ``asyncio`` logger. zarr reads a store's members
+    concurrently on its own event loop; when one member's metadata is damaged the open fails
+    (geoft says so in one line) and the other reads are abandoned, and asyncio may report each
+    of them with a traceback when the process exits ("Task was destroyed but it is pending!",
+    "Task exception was never retrieved"), depending on timing. Those reports are dropped;
+    any other asyncio report is kept."""
+
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        return not (message.startswith(("Task was destroyed but it is pending",
+                                        "Task exception was never retrieved"))
+                    and "zarr" in message)
+
+
+def _quiet_abandoned_zarr_reads() -> None:
+    import logging
+
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _AbandonedZarrReads) for f in logger.filters):
+        logger.addFilter(_AbandonedZarrReads())
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or bool(os.environ.get("GEOFT_DEBUG"))
+    if not debug:
+        _quiet_abandoned_zarr_reads()
     if "--debug" in argv[1:]:  # `geoft prepare R --debug` as the error message suggests it
         argv = ["--debug"] + [a for a in argv if a != "--debug"]
     command = typer.main.get_command(app)
