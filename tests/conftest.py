@@ -17,6 +17,20 @@ os.environ.setdefault("COPERNICUSMARINE_DISABLE_SSL_CONTEXT", "")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread for a module of tiny models, restored afterwards: tiny
+    convolutions gain nothing from a thread pool, and on a busy 2-core machine its threads
+    spin against each other (10-100x slower). Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def fresh_plugins():
     """Reload plugins before and after a test that changes what is installed."""

@@ -26,14 +26,7 @@ from geoft.testing import make_tiny_store
 VARIABLES = ["zos", "thetao:0", "uo", "vo"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny convolutions are fastest single-threaded (a shared core makes torch's thread pool
-    spin); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cfg_for(**kw) -> A.AssimilateConfig:

@@ -33,14 +33,7 @@ def tiny(**extra) -> dict:
     return {"architecture": "custom", "size": dict(TINY), **extra}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy machine every op of a
-    2-thread pool waits for a scheduler slice (100x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

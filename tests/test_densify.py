@@ -30,14 +30,7 @@ VARIABLES = ["zos", "thetao:0", "thetao:1"]
 TINY = {"block_out_channels": [16, 32]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny convolutions are fastest single-threaded, and a shared CI core makes torch's
-    thread pool spin (10-30x slower); restored afterwards for other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_cfg(**kw) -> D.DensifyConfig:

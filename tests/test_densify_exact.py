@@ -28,12 +28,7 @@ from geoft.diffusion.sda import GaussianRandomField
 from geoft.testing import PosteriorTally
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 N = 24  # 576 pixels: dense float64 linear algebra stays cheap

@@ -24,14 +24,7 @@ from geoft.errors import GeoftError
 from geoft.testing import PosteriorTally
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These problems are small: one intra-op thread is fastest, and on a busy 2-core machine
-    # OpenMP threads spinning against each other made the exact-posterior test 10x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_exact_eps_is_the_dense_gaussian_noise_prediction():
@@ -195,6 +188,26 @@ def test_prior_sampling_reproduces_the_grf_variance_and_spectrum():
         assert low < ratio < high, (lo, hi, ratio)
 
 
+def _pooled_against_the_exact_posterior(grf, members, sigma_y, fraction, truths,
+                                        hidden_only, **sampler):
+    """SDA ensembles with the exact GRF score for ``truths`` seeded truths (truth seed k,
+    observation seed 100 + k, sampler seed 1000 + k) pooled against the exact posterior."""
+    n = grf.n
+    tally = PosteriorTally()
+    for seed in range(truths):
+        truth = grf.sample(1, torch.Generator().manual_seed(seed))[0].numpy()
+        rng = np.random.default_rng(100 + seed)
+        operator = obs.random_points((n, n), fraction, rng)
+        y = obs.simulate_observations(truth, operator, sigma_y, rng)
+        mean, var = grf.posterior(operator, y, sigma_y)
+        ensemble = sda_sample(grf.eps_fn(), (members, 1, n, n), operator, y, sigma_y,
+                              generator=torch.Generator().manual_seed(1000 + seed), **sampler)
+        where = (~operator.observed_mask((1, n, n)) if hidden_only
+                 else np.ones_like(truth, bool))
+        tally.add(ensemble.double().numpy(), truth, mean, var, where)
+    return tally
+
+
 def test_sda_ensemble_matches_the_exact_posterior():
     """THE correctness test: exact prior score, 5% random observations with noise 0.05 on a
     64x64 GRF, 32 members, default sampler settings (256 steps, 1 correction, gamma 1e-2).
@@ -214,17 +227,7 @@ def test_sda_ensemble_matches_the_exact_posterior():
     n, members, sigma_y = 64, 32, 0.05
     grf = GaussianRandomField(n, kappa=3.0)
     started = time.perf_counter()
-    tally = PosteriorTally()
-    for seed in range(4):
-        truth = grf.sample(1, torch.Generator().manual_seed(seed))[0].numpy()
-        rng = np.random.default_rng(100 + seed)
-        operator = obs.random_points((n, n), 0.05, rng)
-        y = obs.simulate_observations(truth, operator, sigma_y, rng)
-        mean, var = grf.posterior(operator, y, sigma_y)
-        ensemble = sda_sample(grf.eps_fn(), (members, 1, n, n), operator, y, sigma_y,
-                              generator=torch.Generator().manual_seed(1000 + seed))
-        tally.add(ensemble.double().numpy(), truth, mean, var,
-                  ~operator.observed_mask((1, n, n)))
+    tally = _pooled_against_the_exact_posterior(grf, members, sigma_y, 0.05, 4, True)
     elapsed = time.perf_counter() - started
 
     rmse_sda, rmse_oracle = tally.rmse, tally.rmse_exact
@@ -256,16 +259,8 @@ def test_sda_ensemble_weighs_observations_comparable_to_the_prior_spread():
     likelihood)."""
     n, members, sigma_y = 16, 64, 0.7
     grf = GaussianRandomField(n, kappa=1.5)
-    tally = PosteriorTally()
-    for seed in range(8):
-        truth = grf.sample(1, torch.Generator().manual_seed(seed))[0].numpy()
-        rng = np.random.default_rng(100 + seed)
-        operator = obs.random_points((n, n), 0.2, rng)
-        y = obs.simulate_observations(truth, operator, sigma_y, rng)
-        mean, var = grf.posterior(operator, y, sigma_y)
-        ensemble = sda_sample(grf.eps_fn(), (members, 1, n, n), operator, y, sigma_y, steps=128,
-                              generator=torch.Generator().manual_seed(1000 + seed))
-        tally.add(ensemble.double().numpy(), truth, mean, var, np.ones_like(truth, bool))
+    tally = _pooled_against_the_exact_posterior(grf, members, sigma_y, 0.2, 8, False,
+                                                steps=128)
     gap, variance_ratio = tally.gap, tally.variance_ratio
     print(f"\nsigma_y {sigma_y}: mean gap / sampling noise {gap:.2f}, ensemble/posterior "
           f"variance {variance_ratio:.3f}, posterior std {tally.posterior_std:.3f}")
