@@ -286,10 +286,10 @@ def first_guess_np(kind: str, known: np.ndarray, mask: np.ndarray, valid: np.nda
                              np.asarray(mask, bool)[None], valid)[0].numpy()
 
 
-def first_guess_batch(kind: str, obs: "torch.Tensor", masks: np.ndarray, valid: np.ndarray
-                      ) -> "torch.Tensor":
+def first_guess_batch(kind: str, obs: "torch.Tensor", masks, valid) -> "torch.Tensor":
     """``(B, C, H, W)`` first guesses on ``obs``'s device: ``normalised`` in one batched call
-    there, ``linear`` per sample on the CPU."""
+    there, ``linear`` per sample on the CPU. ``masks`` ``(B, C, H, W)`` and ``valid``
+    ``(C, H, W)``: numpy arrays or tensors (a tensor already on the device is not copied)."""
     import torch
 
     if kind == "normalised":
@@ -300,6 +300,7 @@ def first_guess_batch(kind: str, obs: "torch.Tensor", masks: np.ndarray, valid: 
                                           torch.as_tensor(valid, device=obs.device))
     obs_np = obs.cpu().numpy()
     masks = masks.cpu().numpy() if torch.is_tensor(masks) else np.asarray(masks, bool)
+    valid = valid.cpu().numpy() if torch.is_tensor(valid) else np.asarray(valid, bool)
     return torch.as_tensor(np.stack([linear_first_guess(obs_np[b] * masks[b], masks[b], valid)
                                      for b in range(obs_np.shape[0])]), device=obs.device)
 
@@ -380,7 +381,10 @@ class ConditionalObjective:
         if cfg.first_guess != "none" and residual_scale is None:
             residual_scale = estimate_residual_scale(fields, self.train_indices, cfg)
         self.residual_scale = residual_scale if cfg.first_guess != "none" else None
-        self._scale = None  # its device tensor, made once
+        # device copies made once: a numpy array copied to the GPU every step (from pageable
+        # memory) waits for the device
+        self._scale = (None if self.residual_scale is None else torch.as_tensor(
+            self.residual_scale, device=device, dtype=torch.float32)[:, None, None])
         self.pairs = training_pairs(fields, self.train_indices, cfg, self.masks)
         self.precision = cfg.precision
 
@@ -415,14 +419,7 @@ class ConditionalObjective:
             if "first_guess" in batch:
                 first_guess = dev("first_guess")
             else:
-                # the device copy of the valid mask: a numpy array would be copied from
-                # pageable memory every step, which waits for the device
-                first_guess = first_guess_batch(
-                    self.first_guess, obs, mask.bool(),
-                    self.valid if self.first_guess == "normalised" else self.fields.valid)
-            if self._scale is None:
-                self._scale = torch.as_tensor(self.residual_scale, device=self.device,
-                                              dtype=x0.dtype)[:, None, None]
+                first_guess = first_guess_batch(self.first_guess, obs, mask.bool(), self.valid)
             target_field = (x0 - first_guess) / self._scale * self.valid
         x_t = self.scheduler.add_noise(target_field, noise, t)
         cond = conditioning(obs, mask, self.static, first_guess, error)

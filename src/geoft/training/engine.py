@@ -655,8 +655,7 @@ class Trainer:
         else:
             window.add(metrics["loss"], metrics["loss_parts"], n)
             losses = [metrics["loss"]]
-        line = {"kind": "train", "step": step, "epoch": self.sampler.epoch, **metrics,
-                "losses": losses}
+        line = {"kind": "train", "step": step, "epoch": self.sampler.epoch, **metrics}
         if log:
             now = time.perf_counter()
             line = {**line, "loss": window.loss / window.n, "grad_norm": float(line["grad_norm"]),
@@ -664,16 +663,14 @@ class Trainer:
                     "samples_per_s": round(window.samples / max(now - window.t0, 1e-9), 3),
                     "data_wait": round(window.data_s / max(now - window.t0, 1e-9), 4),
                     "seconds": round(self.elapsed(), 3)}
-            line.pop("losses")
             if self.ema is not None:
                 line["ema_decay"] = float(self.ema.cur_decay_value)
             if self.device.type == "cuda":
                 line["gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(self.device)
                                                / 2**30, 3)
             self._write_metrics(line)
-            line["losses"] = losses
             window.__init__()
-        return line
+        return {**line, "losses": losses}
 
     @torch.no_grad()
     def validate(self) -> dict[str, Any]:
